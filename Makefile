@@ -1,0 +1,41 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned here, not in pyproject: a plain `torch` requirement pulls a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]" scipy
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/moai demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check moai tests bench
+	$(BIN)/ruff format --check moai tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format moai tests bench
+	$(BIN)/ruff check --fix moai tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/model.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
