@@ -1,0 +1,96 @@
+"""MoAI-Compressor (paper §3.1, reference §2): a Perceiver resampler over the auxiliary embeddings.
+
+Input: aux embeddings = [word embeddings of the verbalized CV outputs ; projected panoptic-map tokens],
+shape [B, T, D]. Output: [B, L, D] with L learned latents (64 in MoAI-7B), used only as keys/values of the
+mixer's AUX experts. Each block: latents += Attn(LN(latents) -> q, [LN(x) ; LN(latents)] -> k, v), then
+latents += FF(latents); a final LayerNorm.
+
+Shapes: B batch, T aux tokens, L latents, D hidden, H heads, E head width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration import MoAICompressorConfig
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to [inputs ; latents] (Flamingo's variant of Perceiver cross-attention)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.norm_media = nn.LayerNorm(dim, eps=eps)
+        self.norm_latents = nn.LayerNorm(dim, eps=eps)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        x, latents = self.norm_media(x), self.norm_latents(latents)
+        q = self.to_q(latents)  # [B, L, H*E]
+        k, v = self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1)  # [B, T+L, H*E] each
+        q, k, v = (z.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for z in (q, k, v))  # [B,H,*,E]
+        sim = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # [B, H, L, T+L]
+        if key_mask is not None:
+            keep = torch.cat([key_mask.bool(), key_mask.new_ones(b, latents.shape[1], dtype=torch.bool)], dim=1)
+            sim = sim.masked_fill(~keep[:, None, None, :], torch.finfo(sim.dtype).min)
+        sim = sim - sim.amax(dim=-1, keepdim=True).detach()  # max-subtraction, as the official
+        out = sim.softmax(dim=-1) @ v  # [B, H, L, E]
+        return self.to_out(out.transpose(1, 2).flatten(2))  # [B, L, D]
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear -> GELU -> Linear, no biases."""
+
+    def __init__(self, dim: int, mult: float, eps: float) -> None:
+        super().__init__()
+        inner = int(dim * mult)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, inner, bias=False)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class CompressorBlock(nn.Module):
+    def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
+        super().__init__()
+        self.attn = PerceiverAttention(dim, config.num_heads, config.head_dim, config.layer_norm_eps)
+        self.ff = FeedForward(dim, config.ff_mult, config.layer_norm_eps)
+
+
+class MoAICompressor(nn.Module):
+    """Compress aux embeddings [B, T, D] into [B, L, D] learned-latent tokens."""
+
+    def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.latents = nn.Parameter(torch.randn(config.num_latents, dim))
+        self.position_embedding = (
+            nn.Embedding(config.max_aux_positions, dim) if config.aux_position_embeddings else None
+        )
+        self.layers = nn.ModuleList(CompressorBlock(dim, config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+    def forward(self, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D]."""
+        if self.position_embedding is not None:
+            if aux_mask is None:
+                positions = torch.arange(aux_embeds.shape[1], device=aux_embeds.device).expand(aux_embeds.shape[:2])
+            else:  # count positions over real tokens only, so left padding does not shift them
+                positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
+            positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)
+            aux_embeds = aux_embeds + self.position_embedding(positions)
+        key_mask = aux_mask if self.config.key_padding_mask else None
+        latents = self.latents.to(aux_embeds.dtype).expand(aux_embeds.shape[0], -1, -1)  # [B, L, D]
+        for block in self.layers:
+            latents = block.attn(aux_embeds, latents, key_mask) + latents
+            latents = block.ff(latents) + latents
+        return self.norm(latents)

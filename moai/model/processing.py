@@ -1,0 +1,356 @@
+"""MoAIProcessor: image + question (+ aux text, + panoptic map) -> batch-first tensors for the model.
+
+The one contract between text and model (style anchors §5): the prompt template, ``<image>`` placement and
+expansion to N image tokens, aux-text tokenisation, per-token stream ids (``mm_token_type_ids``: 0 pad or
+generated, 1 image, 2 prompt language, 3 answer), labels when answers are given, and pixel values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerFast
+
+from .configuration import CLIP_MEAN, CLIP_STD, MoAIConfig
+from .mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
+
+IMAGE_TOKEN = "<image>"
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A chat template: ``prompt`` has ``{image}`` and ``{question}`` slots; ``answer`` has ``{answer}``."""
+
+    prompt: str
+    answer: str
+    stop: str | None = None
+    """End-of-turn marker that can serve as an extra stop token."""
+
+
+TEMPLATES = {
+    # the official eval/benchmark template (reference §1.4); the tokenizer adds <s>
+    "official": PromptTemplate(
+        prompt=(
+            "AI assistant should give helpful and detailed answers to user after fully understanding an image. "
+            "{image} [UNUSED_TOKEN_146]user\n{question}[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n"
+        ),
+        answer=" {answer}[UNUSED_TOKEN_145]</s>",
+        stop="[UNUSED_TOKEN_145]",
+    ),
+    "chatml": PromptTemplate(
+        prompt="{image}\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+        answer="{answer}<|im_end|></s>",
+        stop="<|im_end|>",
+    ),
+}
+
+
+def build_byte_tokenizer(vocab_size: int = 264) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built offline (no download): 3 specials, 256 bytes, chat tags, ``<image>``.
+
+    Ids: 0 ``<pad>``, 1 ``<s>``, 2 ``</s>``, 3..258 the bytes, 259 ``<|im_start|>``, 260 ``<|im_end|>``,
+    reserved rows up to ``vocab_size - 1``, and ``<image>`` = ``vocab_size`` (the extra embedding row).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    specials = ["<pad>", "<s>", "</s>"]
+    byte_chars = sorted(ByteLevel.alphabet(), key=lambda c: _BYTE_ORDER[c])
+    vocab = {tok: i for i, tok in enumerate(specials + byte_chars)}
+    chat = ["<|im_start|>", "<|im_end|>"]
+    reserved = [f"<reserved_{i}>" for i in range(vocab_size - len(vocab) - len(chat))]
+    if len(reserved) < 0:
+        raise ValueError(f"vocab_size {vocab_size} is too small for a byte tokenizer")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(chat + reserved + [IMAGE_TOKEN])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+    assert fast.convert_tokens_to_ids(IMAGE_TOKEN) == vocab_size
+    return fast
+
+
+def _byte_order() -> dict[str, int]:
+    """GPT-2's byte -> printable-char table, as a char -> byte value map."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_ORDER = _byte_order()
+
+
+class MoAIProcessor:
+    """Tokenizer + image processor + prompt template for MoAI.
+
+    Args:
+        tokenizer: a tokenizer that knows ``<image>`` and adds BOS.
+        image_size: square side the images are resized to (bilinear, no crop; official: 490).
+        num_image_tokens: tokens one image expands to (``(image_size / patch) ** 2``).
+        template: name in ``TEMPLATES``.
+        image_mean / image_std: per-channel normalisation in [0, 1] units (applied as ``x*255`` scale).
+        aux_map_mode: ``standard`` (uint8 colour maps, normalised like images) or ``official`` (float maps in
+            [0, 1], cast to fp16 and normalised as if 0..255: the official quirk, reference §1.3).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        image_size: int,
+        num_image_tokens: int,
+        template: str = "chatml",
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        aux_map_mode: str = "standard",
+    ) -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+        if aux_map_mode not in ("standard", "official"):
+            raise ValueError(f"aux_map_mode must be standard or official, got {aux_map_mode!r}")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.num_image_tokens = num_image_tokens
+        self.template_name = template
+        self.template = TEMPLATES[template]
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.aux_map_mode = aux_map_mode
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer does not know {IMAGE_TOKEN}")
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: MoAIConfig, tokenizer: Any | None = None, **kwargs: Any) -> MoAIProcessor:
+        tokenizer = tokenizer or build_byte_tokenizer(config.text_config.vocab_size)
+        return cls(
+            tokenizer,
+            image_size=config.image_size,
+            num_image_tokens=config.num_image_tokens,
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_preset(cls, name: str) -> MoAIProcessor:
+        """Processor of a preset; ``tiny`` / ``mid`` use the offline byte tokenizer."""
+        if name == "moai-7b":
+            raise ValueError(
+                "the moai-7b processor needs the official InternLM2 tokenizer files: use "
+                "MoAIProcessor.from_pretrained(DIR) on a converted checkpoint (see docs/official.md)"
+            )
+        config = MoAIConfig.from_preset(name)
+        return cls.from_config(config)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path)
+        settings = ProcessorSettings(
+            image_size=self.image_size, num_image_tokens=self.num_image_tokens, template=self.template_name,
+            image_mean=self.image_mean, image_std=self.image_std, aux_map_mode=self.aux_map_mode,
+        )
+        (path / "processor_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> MoAIProcessor:
+        path = Path(path)
+        settings_file = path / "processor_config.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{settings_file} not found: not a MoAI processor directory")
+        settings = json.loads(settings_file.read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(tokenizer, **settings)
+
+    # -- text ------------------------------------------------------------------------------------
+    def format_prompt(self, question: str) -> str:
+        """Place the question in the template; ``<image>`` goes to the template's slot unless the text has it."""
+        n = question.count(IMAGE_TOKEN)
+        if n > 1:
+            raise ValueError(f"text has {n} {IMAGE_TOKEN} tokens; MoAI takes exactly one image per sample")
+        slot = "" if n == 1 else IMAGE_TOKEN
+        return self.template.prompt.format(image=slot, question=question)
+
+    def _encode_sample(self, question: str, answer: str | None) -> tuple[list[int], list[int], list[int]]:
+        prompt_ids = self.tokenizer(self.format_prompt(question)).input_ids
+        ids, streams = [], []
+        for tid in prompt_ids:  # expand the single <image> to N image tokens
+            if tid == self.image_token_id:
+                ids += [tid] * self.num_image_tokens
+                streams += [STREAM_IMAGE] * self.num_image_tokens
+            else:
+                ids.append(tid)
+                streams.append(STREAM_PROMPT)
+        labels = [IGNORE_INDEX] * len(ids)
+        if answer is not None:
+            answer_ids = self.tokenizer(self.template.answer.format(answer=answer), add_special_tokens=False).input_ids
+            ids += answer_ids
+            streams += [STREAM_ANSWER] * len(answer_ids)
+            labels += answer_ids
+        return ids, streams, labels
+
+    def _pad_left(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
+
+    # -- images ----------------------------------------------------------------------------------
+    def _to_rgb_array(self, image: Any, what: str) -> np.ndarray:
+        if isinstance(image, (str, Path)):
+            try:
+                with Image.open(image) as im:
+                    image = im.convert("RGB")
+            except OSError as err:
+                raise ValueError(f"{what}: cannot read image file {image}: {err}") from err
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+            if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+                image = image.transpose(1, 2, 0)  # CHW -> HWC
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"{what}: expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}")
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise ValueError(f"{what}: expected an RGB image of shape (height, width, 3), got shape {image.shape}")
+        if image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"{what}: image has an empty side, shape {image.shape}")
+        return image
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, 3] in 0..255 units -> [B, 3, H, W], ``(x - 255 mean) / (255 std)`` as the official."""
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1) * 255
+        return (x.permute(0, 3, 1, 2) - mean) / std
+
+    def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """Resize to image_size x image_size (PIL bilinear, no crop) and normalise: [B, 3, S, S] float32."""
+        out = []
+        for i, image in enumerate(images):
+            arr = self._to_rgb_array(image, f"images[{i}]")
+            if arr.dtype != np.uint8:
+                arr = np.clip(arr, 0, 255).astype(np.uint8)
+            pil = Image.fromarray(arr)
+            if pil.size != (self.image_size, self.image_size):
+                pil = pil.resize((self.image_size, self.image_size), Image.BILINEAR)
+            out.append(torch.from_numpy(np.asarray(pil).astype(np.float32)))
+        return self._normalise(torch.stack(out))
+
+    def preprocess_aux_images(self, maps: Sequence[Any]) -> torch.Tensor:
+        """Panoptic colour maps -> [B, 3, S, S]; nearest resize keeps the colours."""
+        out = []
+        for i, m in enumerate(maps):
+            if self.aux_map_mode == "official":
+                # float map in [0, 1] (colormap / 255), cast to fp16, then normalised as if it were 0..255
+                arr = torch.as_tensor(np.asarray(m), dtype=torch.float32)
+                if arr.ndim != 3 or arr.shape[-1] != 3:
+                    raise ValueError(f"aux_images[{i}]: expected a (height, width, 3) float map, got {tuple(arr.shape)}")
+                if arr.shape[:2] != (self.image_size, self.image_size):
+                    arr = torch.nn.functional.interpolate(
+                        arr.permute(2, 0, 1)[None], size=(self.image_size,) * 2, mode="nearest"
+                    )[0].permute(1, 2, 0)
+                out.append(arr.half().float())
+            else:
+                arr = self._to_rgb_array(m, f"aux_images[{i}]").astype(np.uint8)
+                pil = Image.fromarray(arr)
+                if pil.size != (self.image_size, self.image_size):
+                    pil = pil.resize((self.image_size, self.image_size), Image.NEAREST)
+                out.append(torch.from_numpy(np.asarray(pil).astype(np.float32)))
+        return self._normalise(torch.stack(out))
+
+    # -- main entry ------------------------------------------------------------------------------
+    def __call__(
+        self,
+        images: Sequence[Any] | Any | None = None,
+        text: Sequence[str] | str | None = None,
+        aux_text: Sequence[str] | str | None = None,
+        aux_images: Sequence[Any] | None = None,
+        answers: Sequence[str] | None = None,
+        return_tensors: str = "pt",
+    ) -> BatchFeature:
+        """Encode a batch. One image per sample; questions without ``<image>`` get it from the template."""
+        if return_tensors != "pt":
+            raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
+        if text is None:
+            raise ValueError("text is required")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("text is an empty list")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"text[{i}] must be a string, got {type(t).__name__}")
+            if not t.replace(IMAGE_TOKEN, "").strip():
+                raise ValueError(f"text[{i}] is empty")
+        if images is None:
+            raise ValueError("images is required: MoAI takes exactly one image per sample")
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(image_list) != len(texts):
+            raise ValueError(
+                f"number of images ({len(image_list)}) does not match the number of texts ({len(texts)}): "
+                f"each sample has exactly one {IMAGE_TOKEN}"
+            )
+        if answers is not None and len(answers) != len(texts):
+            raise ValueError(f"{len(answers)} answers for {len(texts)} texts")
+
+        rows = [self._encode_sample(t, None if answers is None else answers[i]) for i, t in enumerate(texts)]
+        pad_id = self.tokenizer.pad_token_id
+        data: dict[str, torch.Tensor] = {
+            "input_ids": self._pad_left([r[0] for r in rows], pad_id),
+            "attention_mask": self._pad_left([[1] * len(r[0]) for r in rows], 0),
+            "mm_token_type_ids": self._pad_left([r[1] for r in rows], STREAM_NONE),
+            "pixel_values": self.preprocess_images(image_list),
+        }
+        if answers is not None:
+            data["labels"] = self._pad_left([r[2] for r in rows], IGNORE_INDEX)
+        if aux_text is not None:
+            aux_list = [aux_text] if isinstance(aux_text, str) else list(aux_text)
+            if len(aux_list) != len(texts):
+                raise ValueError(f"{len(aux_list)} aux texts for {len(texts)} texts")
+            aux_ids = [self.tokenizer(a).input_ids for a in aux_list]
+            data["aux_input_ids"] = self._pad_left(aux_ids, pad_id)
+            data["aux_attention_mask"] = self._pad_left([[1] * len(a) for a in aux_ids], 0)
+        if aux_images is not None:
+            if len(aux_images) != len(texts):
+                raise ValueError(f"{len(aux_images)} aux images for {len(texts)} texts")
+            data["aux_pixel_values"] = self.preprocess_aux_images(aux_images)
+        return BatchFeature(data=data)
+
+    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(ids, **kwargs)
+
+    def decode(self, ids: torch.Tensor | Sequence[int], **kwargs: Any) -> str:
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+@dataclass
+class ProcessorSettings:
+    """What `processor_config.json` stores besides the tokenizer."""
+
+    image_size: int
+    num_image_tokens: int
+    template: str
+    image_mean: list[float]
+    image_std: list[float]
+    aux_map_mode: str

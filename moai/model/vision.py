@@ -1,0 +1,71 @@
+"""Image path: CLIP vision tower at the target resolution + the mlp2x_gelu projector (reference §5).
+
+Shapes: B batch, N image patch tokens (CLS dropped), C vision width, D LLM hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.activations import ACT2FN
+
+
+def interpolate_position_table(table: torch.Tensor, new_grid: int, *, fp16_roundtrip: bool = True) -> torch.Tensor:
+    """Resize a CLIP position table (1 + g*g, C) to (1 + new_grid^2, C), as the official tower does once.
+
+    Bicubic, ``align_corners=False``, on the patch rows only; the CLS row is kept. The official code casts
+    the interpolated patch rows to fp16 and back (``fp16_roundtrip``), which changes them by up to ~1e-3
+    relative; reproducing it is needed for parity with MoAI-7B (transformers-pitfalls, CLIP note).
+    """
+    num_rows, width = table.shape
+    old_grid = int(round((num_rows - 1) ** 0.5))
+    if old_grid * old_grid != num_rows - 1:
+        raise ValueError(f"position table has {num_rows} rows, expected 1 + a square number")
+    cls_row, patch_rows = table[:1], table[1:]
+    grid = patch_rows.reshape(1, old_grid, old_grid, width).permute(0, 3, 1, 2).float()  # [1, C, g, g]
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    patch_rows = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, width)  # [g'^2, C]
+    if fp16_roundtrip:
+        patch_rows = patch_rows.half().float()
+    return torch.cat([cls_row.float(), patch_rows], dim=0).to(table.dtype)
+
+
+class MoAIVisionEncoder(nn.Module):
+    """CLIP vision tower built at the target image size; returns patch features of one hidden layer.
+
+    The official MoAI-7B reads ``hidden_states[-1]`` (the last encoder layer, *before* CLIP's
+    post-layernorm) and drops CLS (reference §5).
+    """
+
+    def __init__(self, config: CLIPVisionConfig, feature_layer: int = -1) -> None:
+        super().__init__()
+        self.feature_layer = feature_layer
+        self.tower = CLIPVisionModel(config)
+
+    def load_pretrained_tower(self, state_dict: dict[str, torch.Tensor], *, fp16_roundtrip: bool = True) -> None:
+        """Load CLIP weights trained at another resolution, interpolating the position table once."""
+        state_dict = dict(state_dict)
+        key = "embeddings.position_embedding.weight"
+        table = state_dict[key]
+        target = self.tower.embeddings.position_embedding.weight
+        if table.shape != target.shape:
+            new_grid = int(round((target.shape[0] - 1) ** 0.5))
+            state_dict[key] = interpolate_position_table(table, new_grid, fp16_roundtrip=fp16_roundtrip)
+        self.tower.load_state_dict(state_dict, strict=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = pixel_values.to(dtype=self.tower.embeddings.patch_embedding.weight.dtype)
+        if self.feature_layer == -1:
+            hidden = self.tower(pixel_values).last_hidden_state  # [B, 1 + N, C], pre post-layernorm
+        else:
+            hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states[self.feature_layer]
+        return hidden[:, 1:]  # [B, N, C], CLS dropped
+
+
+class MoAIProjector(nn.Sequential):
+    """mlp2x_gelu: Linear(C, D) -> GELU -> Linear(D, D) (LLaVA-1.5 / InternLM-XComposer2 style)."""
+
+    def __init__(self, in_features: int, out_features: int, act: str = "gelu") -> None:
+        super().__init__(nn.Linear(in_features, out_features), ACT2FN[act], nn.Linear(out_features, out_features))
