@@ -34,10 +34,14 @@ class PerceiverAttention(nn.Module):
         x, latents = self.norm_media(x), self.norm_latents(latents)
         q = self.to_q(latents)  # [B, L, H*E]
         k, v = self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1)  # [B, T+L, H*E] each
-        q, k, v = (z.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for z in (q, k, v))  # [B,H,*,E]
+        q, k, v = (
+            z.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for z in (q, k, v)
+        )  # [B,H,*,E]
         sim = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # [B, H, L, T+L]
         if key_mask is not None:
-            keep = torch.cat([key_mask.bool(), key_mask.new_ones(b, latents.shape[1], dtype=torch.bool)], dim=1)
+            keep = torch.cat(
+                [key_mask.bool(), key_mask.new_ones(b, latents.shape[1], dtype=torch.bool)], dim=1
+            )
             sim = sim.masked_fill(~keep[:, None, None, :], torch.finfo(sim.dtype).min)
         sim = sim - sim.amax(dim=-1, keepdim=True).detach()  # max-subtraction, as the official
         out = sim.softmax(dim=-1) @ v  # [B, H, L, E]
@@ -83,7 +87,9 @@ class MoAICompressor(nn.Module):
         """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D]."""
         if self.position_embedding is not None:
             if aux_mask is None:
-                positions = torch.arange(aux_embeds.shape[1], device=aux_embeds.device).expand(aux_embeds.shape[:2])
+                positions = torch.arange(aux_embeds.shape[1], device=aux_embeds.device).expand(
+                    aux_embeds.shape[:2]
+                )
             else:  # count positions over real tokens only, so left padding does not shift them
                 positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
             positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)

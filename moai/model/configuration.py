@@ -185,7 +185,9 @@ class MoAIConfig(PreTrainedConfig):
             if not 0 <= idx < text.num_hidden_layers:
                 raise ValueError(f"mixer_config.layers has {idx}, outside 0..{text.num_hidden_layers - 1}")
         if text.hidden_size % mixer.num_heads:
-            raise ValueError(f"hidden_size={text.hidden_size} not divisible by mixer num_heads={mixer.num_heads}")
+            raise ValueError(
+                f"hidden_size={text.hidden_size} not divisible by mixer num_heads={mixer.num_heads}"
+            )
         if mixer.mode not in ("sample", "gated", "topk"):
             raise ValueError(f"mixer_config.mode must be sample, gated or topk, got {mixer.mode!r}")
         if mixer.scope not in ("prompt", "causal"):
@@ -195,7 +197,9 @@ class MoAIConfig(PreTrainedConfig):
         if mixer.forced_experts is not None and (
             len(mixer.forced_experts) != 2 or any(e not in (0, 1, 2) for e in mixer.forced_experts)
         ):
-            raise ValueError(f"mixer_config.forced_experts must be [img, lang] with values in 0..2, got {mixer.forced_experts}")
+            raise ValueError(
+                f"mixer_config.forced_experts must be [img, lang] with values in 0..2, got {mixer.forced_experts}"
+            )
         if self.image_token_id < text.vocab_size and self.image_token_id != text.vocab_size:
             # an <image> id inside the LM vocabulary would be predictable by the head; allowed but unusual
             pass
@@ -214,14 +218,29 @@ class MoAIConfig(PreTrainedConfig):
 def _tiny() -> dict[str, Any]:
     return dict(
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=112, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=112,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
         ),
         text_config=dict(
-            vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False,
+            vocab_size=264,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+            tie_word_embeddings=False,
         ),
         compressor_config=dict(depth=2, num_heads=4, head_dim=16, num_latents=16, ff_mult=1.0),
         mixer_config=dict(layers=[2], num_heads=4, rank=16),
@@ -232,14 +251,29 @@ def _tiny() -> dict[str, Any]:
 def _mid() -> dict[str, Any]:
     return dict(
         vision_config=dict(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            image_size=224, patch_size=16, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
         ),
         text_config=dict(
-            vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-            num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False,
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+            tie_word_embeddings=False,
         ),
         compressor_config=dict(depth=4, num_heads=4, head_dim=64, num_latents=64, ff_mult=1.0),
         mixer_config=dict(layers=[3, 7, 11], num_heads=4, rank=64),
@@ -255,7 +289,10 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
         vision_feature_layer=-1,
         compressor=dict(key_padding_mask=False, aux_position_embeddings=False),
         mixer=dict(
-            layers=mixer_layers, scope="prompt", gate_softmax_dtype=gate_dtype, identity_init=False,
+            layers=mixer_layers,
+            scope="prompt",
+            gate_softmax_dtype=gate_dtype,
+            identity_init=False,
             expert_padding_mask=True,
         ),
         plora=dict(dropout=0.05, zero_init_b=False),
@@ -268,16 +305,34 @@ def _moai_7b() -> dict[str, Any]:
         compat=official["compat"],
         position_ids_from_mask=official["position_ids_from_mask"],
         vision_config=dict(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            image_size=490, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=490,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=768,
         ),
         text_config=dict(
-            vocab_size=92544, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False,
+            vocab_size=92544,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+            tie_word_embeddings=False,
         ),
-        compressor_config=dict(depth=4, num_heads=4, head_dim=64, num_latents=64, ff_mult=1.0, **official["compressor"]),
+        compressor_config=dict(
+            depth=4, num_heads=4, head_dim=64, num_latents=64, ff_mult=1.0, **official["compressor"]
+        ),
         mixer_config=dict(num_heads=4, rank=64, **official["mixer"]),
         plora_config=dict(r=256, alpha=256.0, **official["plora"]),
     )

@@ -51,7 +51,9 @@ class ExpertAttention(nn.Module):
         self.v_proj = LowRankLinear(dim, rank)
         self.o_proj = LowRankLinear(dim, rank)
 
-    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_q: torch.Tensor, x_kv: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Args: x_q [B, Nq, D]; x_kv [B, Nk, D]; keep [B, Nq, Nk] or [B, 1, Nk] bool (True = may attend)."""
         q, k, v = F.gelu(self.q_proj(x_q)), F.gelu(self.k_proj(x_kv)), F.gelu(self.v_proj(x_kv))
         q, k, v = (z.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for z in (q, k, v))  # [B, H, N, E]

@@ -31,6 +31,7 @@ from .plora import add_plora, zero_init
 from .vision import MoAIProjector, MoAIVisionEncoder
 
 IGNORE_INDEX = -100
+TRAINABLE_POLICIES = ("moai", "moai+plora", "all", "none")
 
 
 @dataclass
@@ -136,6 +137,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         for idx, layer in enumerate(layers):
             layer.self_attn.register_forward_pre_hook(self._make_attention_hook(idx), with_kwargs=True)
         self.post_init()
+        self.set_trainable("moai")
 
     # -- hooks -----------------------------------------------------------------------------------
     @staticmethod
@@ -176,6 +178,36 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """Names of the MoAI modules' parameters (compressor, experts, gates): trainable by default."""
         return [n for n, _ in self.named_parameters() if n.startswith("compressor.") or ".moai_mixer." in n]
 
+    def set_trainable(self, policy: str = "moai") -> int:
+        """Set ``requires_grad`` by policy and return the trainable count.
+
+        ``moai``: compressor + mixers only (the official recipe, reference §6.1); ``moai+plora``: also the
+        PLoRA factors; ``all``: everything; ``none``: nothing.
+        """
+        if policy not in TRAINABLE_POLICIES:
+            raise ValueError(f"trainable policy must be one of {TRAINABLE_POLICIES}, got {policy!r}")
+        moai = set(self.moai_parameter_names())
+        for name, param in self.named_parameters():
+            is_plora = ".plora_" in name
+            param.requires_grad_(
+                policy == "all"
+                or (policy != "none" and (name in moai or (policy == "moai+plora" and is_plora)))
+            )
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def component_parameter_counts(self) -> dict[str, int]:
+        """Parameter count per component (PLoRA counted apart from the LLM it hooks into)."""
+        counts: dict[str, int] = {}
+        for name, param in self.named_parameters():
+            if ".moai_mixer." in name:
+                key = "mixers"
+            elif ".plora_" in name:
+                key = "plora"
+            else:
+                key = name.split(".", 1)[0]
+            counts[key] = counts.get(key, 0) + param.numel()
+        return counts
+
     # -- inputs ----------------------------------------------------------------------------------
     def token_streams(
         self,
@@ -190,7 +222,11 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         Tokens that continue a non-empty cache are generated tokens (0) unless they are image tokens.
         """
         image = input_ids == self.config.image_token_id
-        real = torch.ones_like(image) if attention_mask is None else attention_mask[:, -input_ids.shape[1] :].bool()
+        real = (
+            torch.ones_like(image)
+            if attention_mask is None
+            else attention_mask[:, -input_ids.shape[1] :].bool()
+        )
         streams = torch.full_like(input_ids, STREAM_NONE)
         if past_length == 0:
             streams[real & ~image] = STREAM_PROMPT
@@ -221,7 +257,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         the panoptic map goes through the same vision tower and projector as the image (reference §1.1.4).
         """
         if aux_input_ids is None:
-            raise ValueError("aux_input_ids (the tokenised verbalization) is required when aux_embeds is not given")
+            raise ValueError(
+                "aux_input_ids (the tokenised verbalization) is required when aux_embeds is not given"
+            )
         parts = [self.get_input_embeddings()(aux_input_ids)]  # [B, T_verb, D]
         masks = [torch.ones_like(aux_input_ids) if aux_attention_mask is None else aux_attention_mask]
         if self.config.use_aux_map:
@@ -307,8 +345,10 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                 if bool((streams == STREAM_IMAGE).any()) or past_length == 0:
                     inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
         else:
-            streams = mm_token_type_ids if mm_token_type_ids is not None else inputs_embeds.new_zeros(
-                inputs_embeds.shape[:2], dtype=torch.long
+            streams = (
+                mm_token_type_ids
+                if mm_token_type_ids is not None
+                else inputs_embeds.new_zeros(inputs_embeds.shape[:2], dtype=torch.long)
             )
 
         # MoAI-Compressor: only when some token of this chunk enters the mixer (never on decode steps)
@@ -317,7 +357,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         if mixer_layers and bool((streams != STREAM_NONE).any()):
             aux_mask = None
             if aux_embeds is None:
-                aux_embeds, aux_mask = self.build_aux_embeds(aux_input_ids, aux_attention_mask, aux_pixel_values)
+                aux_embeds, aux_mask = self.build_aux_embeds(
+                    aux_input_ids, aux_attention_mask, aux_pixel_values
+                )
             elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
                 aux_mask = aux_attention_mask
             compressed = self.compressor(aux_embeds.to(inputs_embeds.dtype), aux_mask).to(inputs_embeds.dtype)
@@ -376,7 +418,9 @@ def causal_lm_loss(
     shift_logits = logits[:, :-1].float()  # [B, S-1, V]
     shift_labels = labels[:, 1:].to(logits.device)  # [B, S-1]
     total = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
     count = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum()

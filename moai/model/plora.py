@@ -6,8 +6,8 @@ image token. q, k and v share one ``A`` (the official fused ``wqkv`` has one), o
 parameter keys (``q_proj.weight`` ...) are unchanged.
 
 The deltas are forward hooks on the projections. They read the image mask from a per-layer context that a
-forward pre-hook on the decoder layer fills from the ``moai_state`` keyword the LLM passes down; hooks re-run
-under gradient checkpointing, so the recomputed graph keeps PLoRA (transformers-pitfalls §2).
+forward pre-hook on the attention module fills from the ``moai_state`` keyword the LLM passes down; those
+hooks re-run under gradient checkpointing, so the recomputed graph keeps PLoRA (transformers-pitfalls §2).
 """
 
 from __future__ import annotations
@@ -87,13 +87,17 @@ def add_plora(layer: nn.Module, config: PLoRAConfig) -> PLoRAContext:
         make_b(proj)
         proj.register_forward_hook(own_hook)
 
-    def layer_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    # The context is filled by a pre-hook on the *attention* module: transformers checkpoints the decoder
+    # layer's `forward`, so hooks on the layer itself would not re-run when backward recomputes it, while
+    # hooks on its attention (called inside that forward) do. The MLP runs later in the same forward and
+    # reads the same mask. This hook must be registered before the one that pops `moai_state`.
+    def attn_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         state = kwargs.get("moai_state")
         ctx.reset(None if state is None else state.image_mask)
 
-    def layer_post_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-        ctx.reset(None)  # drop references to this forward's tensors
+    def attn_post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        ctx.qkv_input = ctx.qkv_down = None  # drop this forward's activations
 
-    layer.register_forward_pre_hook(layer_pre_hook, with_kwargs=True)
-    layer.register_forward_hook(layer_post_hook, with_kwargs=True)
+    attn.register_forward_pre_hook(attn_pre_hook, with_kwargs=True)
+    attn.register_forward_hook(attn_post_hook)
     return ctx

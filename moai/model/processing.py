@@ -167,8 +167,12 @@ class MoAIProcessor:
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
         settings = ProcessorSettings(
-            image_size=self.image_size, num_image_tokens=self.num_image_tokens, template=self.template_name,
-            image_mean=self.image_mean, image_std=self.image_std, aux_map_mode=self.aux_map_mode,
+            image_size=self.image_size,
+            num_image_tokens=self.num_image_tokens,
+            template=self.template_name,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+            aux_map_mode=self.aux_map_mode,
         )
         (path / "processor_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
 
@@ -203,7 +207,9 @@ class MoAIProcessor:
                 streams.append(STREAM_PROMPT)
         labels = [IGNORE_INDEX] * len(ids)
         if answer is not None:
-            answer_ids = self.tokenizer(self.template.answer.format(answer=answer), add_special_tokens=False).input_ids
+            answer_ids = self.tokenizer(
+                self.template.answer.format(answer=answer), add_special_tokens=False
+            ).input_ids
             ids += answer_ids
             streams += [STREAM_ANSWER] * len(answer_ids)
             labels += answer_ids
@@ -228,11 +234,15 @@ class MoAIProcessor:
             if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
                 image = image.transpose(1, 2, 0)  # CHW -> HWC
         if not isinstance(image, np.ndarray):
-            raise ValueError(f"{what}: expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}")
+            raise ValueError(
+                f"{what}: expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}"
+            )
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
         if image.ndim != 3 or image.shape[-1] not in (1, 3):
-            raise ValueError(f"{what}: expected an RGB image of shape (height, width, 3), got shape {image.shape}")
+            raise ValueError(
+                f"{what}: expected an RGB image of shape (height, width, 3), got shape {image.shape}"
+            )
         if image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         if min(image.shape[:2]) < 1:
@@ -266,7 +276,9 @@ class MoAIProcessor:
                 # float map in [0, 1] (colormap / 255), cast to fp16, then normalised as if it were 0..255
                 arr = torch.as_tensor(np.asarray(m), dtype=torch.float32)
                 if arr.ndim != 3 or arr.shape[-1] != 3:
-                    raise ValueError(f"aux_images[{i}]: expected a (height, width, 3) float map, got {tuple(arr.shape)}")
+                    raise ValueError(
+                        f"aux_images[{i}]: expected a (height, width, 3) float map, got {tuple(arr.shape)}"
+                    )
                 if arr.shape[:2] != (self.image_size, self.image_size):
                     arr = torch.nn.functional.interpolate(
                         arr.permute(2, 0, 1)[None], size=(self.image_size,) * 2, mode="nearest"

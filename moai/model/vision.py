@@ -12,7 +12,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.activations import ACT2FN
 
 
-def interpolate_position_table(table: torch.Tensor, new_grid: int, *, fp16_roundtrip: bool = True) -> torch.Tensor:
+def interpolate_position_table(
+    table: torch.Tensor, new_grid: int, *, fp16_roundtrip: bool = True
+) -> torch.Tensor:
     """Resize a CLIP position table (1 + g*g, C) to (1 + new_grid^2, C), as the official tower does once.
 
     Bicubic, ``align_corners=False``, on the patch rows only; the CLS row is kept. The official code casts
@@ -44,7 +46,9 @@ class MoAIVisionEncoder(nn.Module):
         self.feature_layer = feature_layer
         self.tower = CLIPVisionModel(config)
 
-    def load_pretrained_tower(self, state_dict: dict[str, torch.Tensor], *, fp16_roundtrip: bool = True) -> None:
+    def load_pretrained_tower(
+        self, state_dict: dict[str, torch.Tensor], *, fp16_roundtrip: bool = True
+    ) -> None:
         """Load CLIP weights trained at another resolution, interpolating the position table once."""
         state_dict = dict(state_dict)
         key = "embeddings.position_embedding.weight"
@@ -68,4 +72,6 @@ class MoAIProjector(nn.Sequential):
     """mlp2x_gelu: Linear(C, D) -> GELU -> Linear(D, D) (LLaVA-1.5 / InternLM-XComposer2 style)."""
 
     def __init__(self, in_features: int, out_features: int, act: str = "gelu") -> None:
-        super().__init__(nn.Linear(in_features, out_features), ACT2FN[act], nn.Linear(out_features, out_features))
+        super().__init__(
+            nn.Linear(in_features, out_features), ACT2FN[act], nn.Linear(out_features, out_features)
+        )

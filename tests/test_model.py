@@ -1,0 +1,186 @@
+"""Model-core behaviour: batch invariance, cache, save/load, identity init, leakage, beams, keys, counts."""
+
+import pytest
+import torch
+from conftest import QUESTIONS, random_images, select, tiny_model
+from transformers import LlamaModel
+
+from moai import MoAIConfig, MoAIForConditionalGeneration
+
+
+def test_batch_invariance_logits_and_greedy(batch4, processor):
+    model = tiny_model()
+    with torch.no_grad():
+        batched = model(**batch4).logits
+        batched_ids = model.generate(**batch4, max_new_tokens=6, do_sample=False)
+    width = batch4["input_ids"].shape[1]
+    for i in range(4):
+        single = select(batch4, i, processor)
+        n = single["input_ids"].shape[1]
+        assert n < width or i == 1  # the batch is really padded
+        with torch.no_grad():
+            alone = model(**single).logits
+            alone_ids = model.generate(**single, max_new_tokens=6, do_sample=False)
+        torch.testing.assert_close(batched[i, width - n :], alone[0], atol=1e-5, rtol=0)
+        assert batched_ids[i, width:].tolist() == alone_ids[0, n:].tolist()
+
+
+def test_kv_cache_equals_no_cache(batch4):
+    model = tiny_model(seed=1)
+    with torch.no_grad():
+        cached = model.generate(**batch4, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = model.generate(**batch4, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert cached.tolist() == uncached.tolist()
+
+
+def test_save_load_round_trip(tmp_path, batch4):
+    model = tiny_model(seed=2)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = MoAIForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch4).logits, model(**batch4).logits, atol=0, rtol=0)
+    from transformers import AutoConfig, AutoModel
+
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "MoAIConfig"
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MoAIForConditionalGeneration)
+
+
+def test_identity_init_equals_base_model(batch4):
+    torch.manual_seed(3)
+    config = MoAIConfig.from_preset("tiny")
+    assert config.mixer_config.identity_init and config.plora_config.zero_init_b
+    model = MoAIForConditionalGeneration(config).eval()
+    base_config = MoAIConfig.from_preset("tiny")
+    base_config.mixer_config.layers = []
+    base = MoAIForConditionalGeneration(base_config).eval()
+    missing, unexpected = base.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(".moai_mixer." in k for k in unexpected)
+    with torch.no_grad():
+        out = model(**batch4)
+        torch.testing.assert_close(out.logits, base(**batch4).logits, atol=1e-5, rtol=0)
+    assert out.gate_weights is not None  # the mixer did run
+    # and it is not trivially the identity once the expert output factors move
+    from conftest import randomize_zero_inits
+
+    randomize_zero_inits(model)
+    with torch.no_grad():
+        assert (model(**batch4).logits - base(**batch4).logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scope", ["prompt", "causal"])
+def test_no_leakage_from_answers(processor, scope):
+    model = tiny_model(seed=4, scope=scope)
+    model.train()  # training mode: labels present, dropout is 0 in the tiny preset
+    images = random_images(1)
+    kwargs = dict(
+        images=images,
+        text=["What color is the circle?"],
+        aux_text=["aux words"],
+        aux_images=random_images(1, 2, (112, 112)),
+    )
+    a = processor(**kwargs, answers=["pink and round"])
+    b = processor(**kwargs, answers=["blue and round"])
+    diff = (a["input_ids"] != b["input_ids"]).nonzero()
+    first = int(diff[:, 1].min())
+    assert (a["mm_token_type_ids"][0, first:] == 3).all()  # the change is in the answer
+    out_a, out_b = model(**a), model(**b)
+    torch.testing.assert_close(out_a.logits[:, :first], out_b.logits[:, :first], atol=0, rtol=0)
+    assert out_a.loss is not None and torch.isfinite(out_a.loss)
+
+
+def test_beam_search_expands_moai_inputs(batch4, processor):
+    model = tiny_model(seed=5)
+    with torch.no_grad():
+        beams = model.generate(**batch4, max_new_tokens=5, num_beams=3, do_sample=False)
+    width = batch4["input_ids"].shape[1]
+    for i in (0, 2):
+        single = select(batch4, i, processor)
+        n = single["input_ids"].shape[1]
+        with torch.no_grad():
+            alone = model.generate(**single, max_new_tokens=5, num_beams=3, do_sample=False)
+        assert beams[i, width:].tolist() == alone[0, n:].tolist()
+
+
+def test_sampling_runs(batch4):
+    model = tiny_model(seed=6)
+    torch.manual_seed(0)
+    ids = model.generate(**batch4, max_new_tokens=4, do_sample=True, top_p=0.9, temperature=0.8)
+    assert ids.shape == (4, batch4["input_ids"].shape[1] + 4)
+
+
+def test_llm_parameter_keys_unchanged():
+    config = MoAIConfig.from_preset("tiny")
+    model = MoAIForConditionalGeneration(config)
+    llm_keys = set(LlamaModel(config.text_config).state_dict())
+    ours = {k.removeprefix("language_model.") for k in model.state_dict() if k.startswith("language_model.")}
+    assert llm_keys <= ours
+    extra = ours - llm_keys
+    assert extra and all(".plora_" in k or ".moai_mixer." in k for k in extra)
+
+
+def test_only_moai_modules_trainable_by_default():
+    model = tiny_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(model.moai_parameter_names())
+    assert all(n.startswith("compressor.") or ".moai_mixer." in n for n in trainable)
+    assert model.set_trainable("moai+plora") > model.set_trainable("moai")
+
+
+def test_moai_7b_parameter_counts():
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(MoAIConfig.from_preset("moai-7b"))
+    assert sum(p.numel() for p in model.parameters()) == 8_868_637_720
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 201_793_560
+    assert model.get_input_embeddings().weight.shape == (92545, 4096)
+    assert model.lm_head.weight.shape == (92544, 4096)
+
+
+def test_gate_weights_and_modes(batch4):
+    model = tiny_model(seed=7)
+    with torch.no_grad():
+        gated = model(**batch4).gate_weights[0]  # [B, S, 3]
+        streams = batch4["mm_token_type_ids"]
+        in_stream = (streams == 1) | (streams == 2)
+        torch.testing.assert_close(gated.sum(-1)[in_stream], torch.ones(int(in_stream.sum())))
+        assert (gated[~in_stream] == 0).all()
+        model.set_mixer_mode("topk")
+        model.config.mixer_config.top_k = 1
+        top1 = model(**batch4).gate_weights[0]
+        assert set(top1[in_stream].unique().tolist()) <= {0.0, 1.0}
+        model.set_mixer_mode("sample")
+        model.config.mixer_config.forced_experts = [2, 0]
+        sampled = model(**batch4).gate_weights[0]
+        assert (sampled[streams == 1].argmax(-1) == 2).all() and (sampled[streams == 2].argmax(-1) == 0).all()
+    with pytest.raises(ValueError, match="mixer mode"):
+        model.set_mixer_mode("dense")
+
+
+def test_gradient_checkpointing_keeps_plora_and_sample_draw(processor):
+    model = tiny_model(seed=8)
+    model.set_trainable("moai+plora")
+    model.set_mixer_mode("sample")
+    model.train()
+    batch = processor(
+        images=random_images(2),
+        text=QUESTIONS[:2],
+        aux_text=["a", "b"],
+        aux_images=random_images(2, 1, (112, 112)),
+        answers=["red", "3"],
+    )
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.mixer_generator = torch.Generator().manual_seed(0)
+        if checkpointing:
+            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, ckpt = grads(False), grads(True)
+    assert any(".plora_" in n for n in plain)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-5, rtol=1e-4)
