@@ -173,7 +173,7 @@ def test_gradient_checkpointing_keeps_plora_and_sample_draw(processor):
         model.zero_grad()
         model.mixer_generator = torch.Generator().manual_seed(0)
         if checkpointing:
-            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.activation_checkpointing_disable()
         model(**batch).loss.backward()
