@@ -1,0 +1,64 @@
+"""Verbalization of external CV-model outputs (MoAI paper, arXiv 2403.07508; reference §1.3).
+
+``official`` reproduces the official sentences byte for byte; ``colormap`` builds the panoptic-map image.
+"""
+
+from moai.verbalize.colormap import (
+    PANOPTIC_NUM_COLORS,
+    corrected_panoptic_map,
+    official_panoptic_map,
+    pascal_colormap,
+)
+from moai.verbalize.official import (
+    DEFAULT_SELECTION,
+    OCR_CONFIDENCE_THRESHOLD,
+    OD_SCORE_THRESHOLD,
+    OFFICIAL_CANVAS,
+    SELECTION_INTROSELECT,
+    SELECTION_NUMPY,
+    SGG_SCORE_THRESHOLD,
+    SGG_TOP_K,
+    coco_panoptic_classes,
+    format_box,
+    introselect_argpartition,
+    join_aux,
+    mask_bounding_boxes,
+    number_duplicates,
+    owlv2_queries,
+    paddle_ocr_lines,
+    psg_predicates,
+    strip_label_suffixes,
+    verbalize_detections,
+    verbalize_ocr,
+    verbalize_relations,
+    verbalize_segments,
+)
+
+__all__ = [
+    "DEFAULT_SELECTION",
+    "OCR_CONFIDENCE_THRESHOLD",
+    "OD_SCORE_THRESHOLD",
+    "OFFICIAL_CANVAS",
+    "PANOPTIC_NUM_COLORS",
+    "SELECTION_INTROSELECT",
+    "SELECTION_NUMPY",
+    "SGG_SCORE_THRESHOLD",
+    "SGG_TOP_K",
+    "coco_panoptic_classes",
+    "corrected_panoptic_map",
+    "format_box",
+    "introselect_argpartition",
+    "join_aux",
+    "mask_bounding_boxes",
+    "number_duplicates",
+    "official_panoptic_map",
+    "owlv2_queries",
+    "paddle_ocr_lines",
+    "pascal_colormap",
+    "psg_predicates",
+    "strip_label_suffixes",
+    "verbalize_detections",
+    "verbalize_ocr",
+    "verbalize_relations",
+    "verbalize_segments",
+]
