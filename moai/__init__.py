@@ -4,11 +4,32 @@ Glossary: *perception* runs external CV models; *verbalization* turns their outp
 the *processor* encodes image + question + aux text into tensors; the *compressor* (MoAI-Compressor)
 condenses aux embeddings into a few tokens; the *mixer* (MoAI-Mixer) fuses them into the LLM through
 six attention experts chosen by two gates; *PLoRA* adds low-rank deltas at image tokens only.
+
+The model classes are imported lazily, so that ``moai.verbalize`` and the CLI start without torch.
 """
 
-from .model.configuration import MoAIConfig
-from .model.modeling import MoAIForConditionalGeneration
-from .model.processing import MoAIProcessor
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MoAIConfig", "MoAIForConditionalGeneration", "MoAIProcessor"]
 __version__ = "0.1.0"
+__all__ = ["MoAIConfig", "MoAIForConditionalGeneration", "MoAIProcessor"]
+
+_LAZY = {
+    "MoAIConfig": "moai.model.configuration",
+    "MoAIForConditionalGeneration": "moai.model.modeling",
+    "MoAIProcessor": "moai.model.processing",
+}
+
+if TYPE_CHECKING:
+    from .model.configuration import MoAIConfig
+    from .model.modeling import MoAIForConditionalGeneration
+    from .model.processing import MoAIProcessor
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        if name == "MoAIConfig":  # registering the Auto classes needs the modeling module
+            importlib.import_module("moai.model.modeling")
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'moai' has no attribute {name!r}")

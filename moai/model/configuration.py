@@ -131,6 +131,9 @@ class MoAIConfig(PreTrainedConfig):
     vision_feature_layer: int = -1
     """Index into the CLIP hidden states used as image features (-1: last layer, before post-layernorm,
     as the official; LLaVA uses -2)."""
+    vision_attn_implementation: str | None = None
+    """Attention kernel of the vision tower; ``moai_clip_official`` reproduces the arithmetic order of the
+    official environment (transformers 4.38 CLIP) bit for bit. None: the model's ``attn_implementation``."""
     projector_hidden_act: str = "gelu"
     """Activation of the mlp2x projector (Linear -> act -> Linear)."""
     use_aux_map: bool = True
@@ -286,6 +289,7 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
     return dict(
         compat="official",
         position_ids_from_mask=False,
+        vision_attn_implementation="moai_clip_official",
         vision_feature_layer=-1,
         compressor=dict(key_padding_mask=False, aux_position_embeddings=False),
         mixer=dict(
@@ -304,6 +308,7 @@ def _moai_7b() -> dict[str, Any]:
     return dict(
         compat=official["compat"],
         position_ids_from_mask=official["position_ids_from_mask"],
+        vision_attn_implementation=official["vision_attn_implementation"],
         vision_config=dict(
             hidden_size=1024,
             intermediate_size=4096,

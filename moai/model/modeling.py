@@ -113,6 +113,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def __init__(self, config: MoAIConfig) -> None:
         super().__init__(config)
         text, dim = config.text_config, config.text_config.hidden_size
+        if config.vision_attn_implementation is not None:
+            config.vision_config._attn_implementation = config.vision_attn_implementation
         self.vision = MoAIVisionEncoder(config.vision_config, config.vision_feature_layer)
         self.projector = MoAIProjector(config.vision_config.hidden_size, dim, config.projector_hidden_act)
         self.language_model = LlamaModel(text)

@@ -1,0 +1,52 @@
+"""The official InternLM2 tokenizer + chat template, carried over from an official checkpoint directory.
+
+Needs ``sentencepiece`` (and ``protobuf`` for the conversion): the ``official`` extra. Token-id parity of
+the template with the official pipeline cannot be checked offline (the tokenizer model is not in the
+fixtures); see docs/official.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..model.configuration import MoAIConfig
+from ..model.processing import IMAGE_TOKEN, MoAIProcessor
+
+
+def load_official_tokenizer(src: Path):
+    """InternLM2 SentencePiece (92,544 pieces) + ``<image>`` = 92,544, BOS added, left padding with ``</s>``."""
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "the official InternLM2 tokenizer needs sentencepiece: pip install 'moai-vlm[official]'"
+        ) from err
+    from transformers import LlamaTokenizer
+
+    tokenizer = LlamaTokenizer(
+        vocab_file=str(src / "tokenizer.model"), add_bos_token=True, add_eos_token=False
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.pad_token = tokenizer.eos_token  # the official pads with </s>
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def save_official_processor(src: Path, out: Path, config: MoAIConfig, log: Callable[[str], None]) -> None:
+    try:
+        tokenizer = load_official_tokenizer(src)
+    except ImportError as err:
+        log(f"tokenizer not converted: {err}")
+        return
+    processor = MoAIProcessor(
+        tokenizer,
+        image_size=config.image_size,
+        num_image_tokens=config.num_image_tokens,
+        template="official",
+        image_mean=config.image_mean,
+        image_std=config.image_std,
+        aux_map_mode="official",
+    )
+    processor.save_pretrained(out)
+    log(f"saved the official tokenizer and template to {out}")
