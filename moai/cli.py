@@ -70,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# later subcommands register themselves here: each takes the subparsers object
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _register_compat(sub: argparse._SubParsersAction) -> None:
+    from .compat.cli import register
+
+    register(sub)
+
+
+# subcommand groups of other modules: each takes the subparsers object
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_compat]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"moai {args.command}: error: {err}", file=sys.stderr)
         return 2
 

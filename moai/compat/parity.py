@@ -137,7 +137,7 @@ def run_parity(
     tol_scale = 1.0 if torch_dtype == torch.float32 else float("inf")  # low precision: report, no threshold
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = convert_checkpoint(fixture, tmp, log=lambda _msg: None)
+        convert_checkpoint(fixture, tmp, log=lambda _msg: None)
         model = MoAIForConditionalGeneration.from_pretrained(
             tmp, attn_implementation="eager", dtype=torch_dtype
         )

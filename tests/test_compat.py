@@ -1,0 +1,125 @@
+"""Official compatibility: key mapping, streaming conversion of a re-sharded checkpoint, parity check."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from moai.cli import main
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+TINY = FIXTURES / "official_tiny"
+
+
+def test_compat_keys_maps_all_1197(capsys):
+    assert main(["compat", "keys", str(FIXTURES / "moai7b_state_dict_shapes.json")]) == 0
+    assert capsys.readouterr().out.strip().endswith("1197/1197 keys mapped")
+
+
+def test_compat_keys_reports_missing_and_unknown(tmp_path, capsys):
+    listing = json.loads((FIXTURES / "moai7b_state_dict_shapes.json").read_text())
+    keys = dict(listing["keys"]) if isinstance(listing["keys"], dict) else dict(map(tuple, listing["keys"]))
+    dropped = "model.layers.3.attention.wo.Plora_B.weight"
+    keys.pop(dropped)
+    keys["model.layers.3.attention.surprise.weight"] = [4, 4]
+    (tmp_path / "k.json").write_text(json.dumps({"keys": keys}))
+    assert main(["compat", "keys", str(tmp_path / "k.json")]) == 2
+    assert "model.layers.3.attention.surprise.weight" in capsys.readouterr().err
+    keys.pop("model.layers.3.attention.surprise.weight")
+    (tmp_path / "k.json").write_text(json.dumps({"keys": keys}))
+    assert main(["compat", "keys", str(tmp_path / "k.json")]) == 2
+    assert "language_model.layers.3.self_attn.o_proj.plora_B.weight" in capsys.readouterr().err
+
+
+def _resharded_fixture(tmp_path: Path) -> Path:
+    src = tmp_path / "official"
+    src.mkdir()
+    shutil.copy(TINY / "config.json", src / "config.json")
+    state = load_file(str(TINY / "state_dict.safetensors"))
+    keys = sorted(state)
+    halves = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
+    weight_map = {}
+    for name, part in halves.items():
+        save_file(
+            {k: state[k].to(torch.bfloat16) if "moai" not in k else state[k] for k in part}, str(src / name)
+        )
+        weight_map.update({k: name for k in part})
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return src
+
+
+def test_convert_resharded_checkpoint_streams_and_keeps_dtype(tmp_path):
+    from moai import MoAIForConditionalGeneration
+
+    src = _resharded_fixture(tmp_path)
+    out = tmp_path / "converted"
+    assert main(["convert", "official", str(src), str(out)]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 2
+    first = load_file(str(out / "model-00001-of-00002.safetensors"))
+    assert any(v.dtype == torch.bfloat16 for v in first.values())  # source dtype kept
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["pad_token_id"] is None  # never the official -100
+    assert config["compat"] == "official" and config["mixer_config"]["layers"] == [7, 15]
+    model = MoAIForConditionalGeneration.from_pretrained(out)
+    assert model.get_input_embeddings().weight.shape[0] == 129 and model.lm_head.weight.shape[0] == 128
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+
+
+def test_convert_rejects_unmapped_and_missing_keys(tmp_path, capsys):
+    src = tmp_path / "bad"
+    src.mkdir()
+    shutil.copy(TINY / "config.json", src / "config.json")
+    state = load_file(str(TINY / "state_dict.safetensors"))
+    state["model.layers.0.attention.extra.weight"] = torch.zeros(2)
+    save_file(state, str(src / "state_dict.safetensors"))
+    assert main(["convert", "official", str(src), str(tmp_path / "o1")]) == 2
+    assert "model.layers.0.attention.extra.weight" in capsys.readouterr().err
+    state.pop("model.layers.0.attention.extra.weight")
+    state.pop("model.layers.5.feed_forward.w2.Plora_A.weight")
+    save_file(state, str(src / "state_dict.safetensors"))
+    assert main(["convert", "official", str(src), str(tmp_path / "o2")]) == 2
+    assert "language_model.layers.5.mlp.down_proj.plora_A.weight" in capsys.readouterr().err
+
+
+def test_wqkv_split_matches_grouped_layout():
+    from moai.compat.official import _split_wqkv, config_from_official
+
+    config = config_from_official(json.loads((TINY / "config.json").read_text()))
+    heads, kv, d = 4, 2, 16
+    rows = torch.arange((heads + 2 * kv) * d).float()[:, None]
+    q, k, v = _split_wqkv(rows, config)
+    # KV group 0 holds rows [q0, q1, k0, v0], group 1 [q2, q3, k1, v1]
+    assert q[:d, 0].tolist() == list(range(0, d)) and q[2 * d : 3 * d, 0].tolist() == list(
+        range(4 * d, 5 * d)
+    )
+    assert k[:d, 0].tolist() == list(range(2 * d, 3 * d)) and v[d:, 0].tolist() == list(range(7 * d, 8 * d))
+
+
+@pytest.mark.slow
+def test_parity_check_on_official_tiny(capsys):
+    assert main(["compat", "check", str(TINY)]) == 0
+    out = capsys.readouterr().out
+    for key in (
+        "logits_eval_b1",
+        "logits_step2_b1",
+        "logits_step1_dice00_b1",
+        "generated_ids_beam3_b1",
+        "generated_ids_b2",
+        "aux_embeds_b1",
+    ):
+        assert f"ok   {key}" in out
+    assert out.strip().splitlines()[-1].startswith("PARITY OK")
+
+
+def test_compat_verbalize_public(capsys):
+    assert main(["compat", "verbalize", str(FIXTURES / "verbalize_public.jsonl")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("28/28 exact") and "ocr_none_no_text_found" in last
