@@ -123,3 +123,39 @@ def test_compat_verbalize_public(capsys):
     assert main(["compat", "verbalize", str(FIXTURES / "verbalize_public.jsonl")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("28/28 exact") and "ocr_none_no_text_found" in last
+
+
+def test_published_config_takes_moai_sizes_from_preset():
+    """The published config.json is InternLM2's only: MoAI/CLIP/PLoRA sizes come from the moai-7b preset."""
+    from moai import MoAIForConditionalGeneration
+    from moai.compat.official import config_from_official
+
+    published = {
+        "architectures": ["MoAIModel"],
+        "model_type": "internlm",
+        "vocab_size": 92544,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        "bias": False,
+        "pad_token_id": -100,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+    config = config_from_official(published)
+    assert config.text_config.pad_token_id is None
+    assert config.text_config.rope_parameters["rope_type"] == "dynamic"
+    assert config.text_config.rope_parameters["factor"] == 2.0
+    assert (
+        config.mixer_config.layers == [7, 15, 23, 31] and config.mixer_config.gate_softmax_dtype == "float16"
+    )
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) == 8_868_637_720
