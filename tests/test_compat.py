@@ -159,3 +159,21 @@ def test_published_config_takes_moai_sizes_from_preset():
     with torch.device("meta"):
         model = MoAIForConditionalGeneration(config)
     assert sum(p.numel() for p in model.parameters()) == 8_868_637_720
+
+
+def test_first_divergence_is_reported_in_data_flow_order():
+    from moai.compat.parity import _report_divergence
+
+    want = {
+        f"inter.eval_b1.{k}": torch.zeros(2)
+        for k in ("vit_features", "compressed_aux", "layer00_out", "layer01_out")
+    }
+    got = {
+        "vit_features": torch.zeros(2),
+        "compressed_aux": torch.zeros(2),
+        "layer00_out": torch.ones(2),
+        "layer01_out": torch.ones(2),
+    }
+    lines = []
+    _report_divergence("eval_b1", got, want, lines.append)
+    assert lines == ["     first divergence in eval_b1: layer00_out max|Δ|=1"]
