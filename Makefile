@@ -24,12 +24,12 @@ demo: $(STAMP)
 	$(BIN)/moai demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check moai tests bench
-	$(BIN)/ruff format --check moai tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff format moai tests bench
-	$(BIN)/ruff check --fix moai tests bench
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint
 	$(BIN)/python -m pytest
