@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES
 from safetensors.torch import load_file, save_file
 
 from moai.cli import main
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 TINY = FIXTURES / "official_tiny"
 
 

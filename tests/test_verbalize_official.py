@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from moai.compat import verbalize_golden
 from moai.verbalize.colormap import (
@@ -33,7 +34,6 @@ from moai.verbalize.official import (
     verbalize_segments,
 )
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 GOLDEN = FIXTURES / "verbalize_public.jsonl"
 PUBLIC_CASES = 29
 RESULT_LINE = re.compile(r"^(\d+)/(\d+) exact( \((\d+) documented deviations: [^()]+\))?$")
