@@ -120,9 +120,17 @@ class _Capture:
 
 
 def run_parity(
-    fixture: str | Path, out: Callable[[str], None] = print, device: str = "cpu", dtype: str = "float32"
+    fixture: str | Path,
+    out: Callable[[str], None] = print,
+    device: str = "cpu",
+    dtype: str = "float32",
+    report: dict[str, dict] | None = None,
 ) -> int:
-    """Run every check; print one line each and a final verdict. Returns the exit code (0 = all required pass)."""
+    """Run every check; print one line each and a final verdict. Returns the exit code (0 = all required pass).
+
+    In a low-precision ``dtype`` the differences are reported without thresholds. ``report`` (if given) is
+    filled with ``{check: {"ok", "max_diff", "detail"}}``.
+    """
     from safetensors.torch import load_file
 
     fixture = Path(fixture)
@@ -270,6 +278,8 @@ def run_parity(
             aux, _ = model.build_aux_embeds(verb, None, aux_pixels)
         add(f"aux_embeds_{suffix} from recipe", _maxdiff(aux.cpu(), inputs[f"aux_embeds_{suffix}"]), AUX_TOL)
 
+    if report is not None:
+        report.update({c.name: {"ok": c.ok, "max_diff": c.max_diff, "detail": c.detail} for c in checks})
     failed = [c for c in checks if c.required and not c.ok]
     worst = max((c.max_diff for c in checks), default=0.0)
     if failed:
