@@ -221,7 +221,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Derive per-token stream ids [B, S] from the ids: image tokens, prompt language, answers (labels).
 
-        Tokens that continue a non-empty cache are generated tokens (0) unless they are image tokens.
+        The prompt ends at the first labelled token: everything from there on (answers, and in multi-turn
+        data the later turns, whose states have seen earlier answers) is stream 3, outside the ``prompt``
+        mixer scope. Tokens that continue a non-empty cache are generated tokens (0) unless image tokens.
         """
         image = input_ids == self.config.image_token_id
         real = (
@@ -233,7 +235,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         if past_length == 0:
             streams[real & ~image] = STREAM_PROMPT
             if labels is not None:
-                streams[real & ~image & (labels != IGNORE_INDEX)] = STREAM_ANSWER
+                after = (labels != IGNORE_INDEX).long().cumsum(dim=1) > 0  # [B, S] at/after the first answer
+                streams[real & ~image & after] = STREAM_ANSWER
         streams[real & image] = STREAM_IMAGE
         return streams
 

@@ -27,10 +27,12 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A chat template: ``prompt`` has ``{image}`` and ``{question}`` slots; ``answer`` has ``{answer}``."""
+    """A chat template: ``prompt`` has ``{image}`` and ``{question}`` slots; ``answer`` has ``{answer}``;
+    ``turn`` (with ``{question}``) starts each later turn of a multi-turn conversation."""
 
     prompt: str
     answer: str
+    turn: str
     stop: str | None = None
     """End-of-turn marker that can serve as an extra stop token."""
 
@@ -43,11 +45,13 @@ TEMPLATES = {
             "{image} [UNUSED_TOKEN_146]user\n{question}[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n"
         ),
         answer=" {answer}[UNUSED_TOKEN_145]</s>",
+        turn="\n[UNUSED_TOKEN_146]user\n{question}[UNUSED_TOKEN_145]\n[UNUSED_TOKEN_146]assistant\n",
         stop="[UNUSED_TOKEN_145]",
     ),
     "chatml": PromptTemplate(
         prompt="{image}\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
         answer="{answer}<|im_end|></s>",
+        turn="\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
         stop="<|im_end|>",
     ),
 }
@@ -196,6 +200,21 @@ class MoAIProcessor:
         return self.template.prompt.format(image=slot, question=question)
 
     def _encode_sample(self, question: str, answer: str | None) -> tuple[list[int], list[int], list[int]]:
+        return self.encode_turns([(question, answer)])
+
+    def encode_turns(self, turns: Sequence[tuple[str, str | None]]) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, stream ids and labels of one conversation [(question, answer), ...].
+
+        The first question carries the image (template slot unless it has ``<image>``); later questions must
+        not. Only the answers (with their end tokens) get labels. Streams: image 1, the first prompt 2, and
+        everything from the first answer on 3 (outside the ``prompt`` mixer scope, reference §3.3).
+        """
+        if not turns:
+            raise ValueError("a conversation needs at least one turn")
+        question, answer = turns[0]
+        for i, (later_q, _) in enumerate(turns[1:], start=1):
+            if IMAGE_TOKEN in later_q:
+                raise ValueError(f"turn {i} has {IMAGE_TOKEN}; MoAI takes exactly one image, in the first turn")
         prompt_ids = self.tokenizer(self.format_prompt(question)).input_ids
         ids, streams = [], []
         for tid in prompt_ids:  # expand the single <image> to N image tokens
@@ -206,16 +225,23 @@ class MoAIProcessor:
                 ids.append(tid)
                 streams.append(STREAM_PROMPT)
         labels = [IGNORE_INDEX] * len(ids)
-        if answer is not None:
-            answer_ids = self.tokenizer(
-                self.template.answer.format(answer=answer), add_special_tokens=False
-            ).input_ids
+        for i, (q, a) in enumerate(turns):
+            if i > 0:
+                turn_ids = self.tokenizer(self.template.turn.format(question=q), add_special_tokens=False).input_ids
+                ids += turn_ids
+                streams += [STREAM_ANSWER] * len(turn_ids)
+                labels += [IGNORE_INDEX] * len(turn_ids)
+            if a is None:
+                if i != len(turns) - 1:
+                    raise ValueError(f"turn {i} has no answer but is not the last turn")
+                continue
+            answer_ids = self.tokenizer(self.template.answer.format(answer=a), add_special_tokens=False).input_ids
             ids += answer_ids
             streams += [STREAM_ANSWER] * len(answer_ids)
             labels += answer_ids
         return ids, streams, labels
 
-    def _pad_left(self, rows: list[list[int]], value: int) -> torch.Tensor:
+    def pad_left(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
         return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
 
@@ -329,20 +355,20 @@ class MoAIProcessor:
         rows = [self._encode_sample(t, None if answers is None else answers[i]) for i, t in enumerate(texts)]
         pad_id = self.tokenizer.pad_token_id
         data: dict[str, torch.Tensor] = {
-            "input_ids": self._pad_left([r[0] for r in rows], pad_id),
-            "attention_mask": self._pad_left([[1] * len(r[0]) for r in rows], 0),
-            "mm_token_type_ids": self._pad_left([r[1] for r in rows], STREAM_NONE),
+            "input_ids": self.pad_left([r[0] for r in rows], pad_id),
+            "attention_mask": self.pad_left([[1] * len(r[0]) for r in rows], 0),
+            "mm_token_type_ids": self.pad_left([r[1] for r in rows], STREAM_NONE),
             "pixel_values": self.preprocess_images(image_list),
         }
         if answers is not None:
-            data["labels"] = self._pad_left([r[2] for r in rows], IGNORE_INDEX)
+            data["labels"] = self.pad_left([r[2] for r in rows], IGNORE_INDEX)
         if aux_text is not None:
             aux_list = [aux_text] if isinstance(aux_text, str) else list(aux_text)
             if len(aux_list) != len(texts):
                 raise ValueError(f"{len(aux_list)} aux texts for {len(texts)} texts")
             aux_ids = [self.tokenizer(a).input_ids for a in aux_list]
-            data["aux_input_ids"] = self._pad_left(aux_ids, pad_id)
-            data["aux_attention_mask"] = self._pad_left([[1] * len(a) for a in aux_ids], 0)
+            data["aux_input_ids"] = self.pad_left(aux_ids, pad_id)
+            data["aux_attention_mask"] = self.pad_left([[1] * len(a) for a in aux_ids], 0)
         if aux_images is not None:
             if len(aux_images) != len(texts):
                 raise ValueError(f"{len(aux_images)} aux images for {len(texts)} texts")
