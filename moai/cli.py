@@ -76,8 +76,24 @@ def _register_compat(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from .train.cli import register
+
+    register(sub)
+
+
+def _register_perceive(sub: argparse._SubParsersAction) -> None:
+    from .perception.cli import register
+
+    register(sub)
+
+
 # subcommand groups of other modules: each takes the subparsers object
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_compat]
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_train,
+    _register_compat,
+    _register_perceive,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

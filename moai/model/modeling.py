@@ -373,6 +373,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, past + S]
             position_ids = positions[:, -inputs_embeds.shape[1] :]
 
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         mode = mixer_mode or self.mixer_mode
         state = MoAIState(
             streams=streams,
@@ -397,7 +398,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = causal_lm_loss(logits, labels, num_items_in_batch=kwargs.get("num_items_in_batch"))
+            loss = causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
         gate_weights = tuple(state.gate_weights[i] for i in mixer_layers if i in state.gate_weights) or None
         return MoAIOutput(loss=loss, logits=logits, cache=outputs.cache, gate_weights=gate_weights)
 

@@ -1,0 +1,201 @@
+"""Typed training configuration; YAML is its saved form (style anchors §6, §8).
+
+Unknown keys are errors, types are checked, and ``--override key=value`` (dotted keys allowed) is parsed
+with YAML rules so ``lr=2e-5`` and ``gradient_checkpointing=true`` read as numbers and booleans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class DataSource:
+    """One LLaVA-format file of a data mixture."""
+
+    path: str
+    """LLaVA conversation JSON (a list) or JSONL (one record a line)."""
+    image_root: str | None = None
+    """Directory the records' ``image`` paths are relative to (default: the file's directory)."""
+    weight: float = 1.0
+    """Sampling weight of this file in the mixture (relative to the others)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one ``moai train`` run needs."""
+
+    output_dir: str = "runs/moai"
+    """Run directory: checkpoints, metrics.jsonl, TensorBoard events, the saved config."""
+    model: str = "tiny"
+    """A preset name (tiny | mid | moai-7b) for a random model, or a ``save_pretrained`` directory."""
+    step: Literal["base", "step1", "step2"] = "step2"
+    """``step1``: mixer in sample mode (one random expert per stream and layer, gates unused); ``step2``:
+    gated mixer, compressor + experts + gates trained; ``base``: projector (and optionally LLM/LoRA)
+    without MoAI modules, to make a base model from scratch."""
+    trainable: Literal["moai", "moai+plora", "all", "projector", "projector+llm"] = "moai"
+    """What trains: MoAI modules only (the official recipe), plus PLoRA, everything, or for ``base``
+    the projector (+ the LLM)."""
+    mixer_scope: Literal["prompt", "causal"] | None = None
+    """Override the model's mixer scope (None keeps the checkpoint's)."""
+    data: list[DataSource] = field(default_factory=list)
+    """The data mixture."""
+    aux: Literal["record", "cache", "perceive", "none"] = "record"
+    """Where the aux text comes from: the record's ``aux_text`` field, the perception cache of
+    ``moai perceive --data`` (``perception_cache``), perception computed on the fly, or none."""
+    perception_cache: str | None = None
+    """Cache directory written by ``moai perceive --data`` (for ``aux: cache``)."""
+    max_length: int = 2048
+    """Maximum tokens per sample (image tokens included); longer samples are truncated at the end."""
+    batch_size: int = 4
+    """Samples per process per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_steps: int = 100
+    """Optimizer steps to run."""
+    lr: float = 2e-5
+    """Peak learning rate (official config value 2e-5)."""
+    min_lr: float = 1e-6
+    """Final learning rate of the cosine schedule (official 1e-6)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (official 0)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    max_grad_norm: float = 10.0
+    """Gradient clipping norm (official GRAD_MAX 10); 0 disables."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision (bf16/fp16 where the device supports it)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder layers in backward to save memory."""
+    save_every: int = 0
+    """Write a checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep."""
+    log_every: int = 1
+    """Write metrics every N optimizer steps."""
+    seed: int = 0
+    """Seed of model init, data order and step-1 expert draws."""
+    strict: bool = False
+    """Abort on the first bad record instead of reporting and skipping it."""
+    tensorboard: bool = True
+    """Also write TensorBoard events (when tensorboard is installed)."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+
+    # -- (de)serialisation ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of config keys")
+        for item in overrides or []:
+            apply_override(data, item)
+        config = cls.from_dict(data)
+        base = path.parent
+        for source in config.data:  # data paths are relative to the config file
+            if not Path(source.path).is_absolute():
+                source.path = str(base / source.path)
+            if source.image_root is not None and not Path(source.image_root).is_absolute():
+                source.image_root = str(base / source.image_root)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply ``key=value`` (dotted key for nesting; value parsed as YAML) to a raw config mapping."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _check(expected: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(expected):
+            raise ValueError(f"{where}: {value!r} is not one of {list(typing.get_args(expected))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(expected):
+            try:
+                return _check(option, value, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} does not match {expected}")
+    if expected is type(None):
+        if value is not None:
+            raise ValueError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        (item_type,) = typing.get_args(expected)
+        return [_check(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(expected)):
+            raise ValueError(f"{where}: expected {len(typing.get_args(expected))} values, got {value!r}")
+        return tuple(
+            _check(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(typing.get_args(expected), value))
+        )
+    if dataclasses.is_dataclass(expected):
+        if isinstance(value, expected):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(expected, value, where)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if expected in (int, float) and isinstance(value, bool):
+        raise ValueError(f"{where}: expected {expected.__name__}, got a boolean")
+    if not isinstance(value, expected):
+        raise ValueError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(names)}")
+    kwargs = {k: _check(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from err

@@ -1,0 +1,279 @@
+"""Training data: LLaVA conversation files, validation, a weighted mixture, and the collator.
+
+Records keep the LLaVA format unchanged::
+
+    {"id": "...", "image": "relative/path.png",
+     "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"}, ...]}
+
+plus an optional ``aux_text`` (the verbalized perception) and ``aux_map`` (a panoptic colour-map image).
+A bad record is reported with file, line and reason and skipped (or, with ``strict``, aborts the run);
+it is never dropped silently. A sample whose labels are all masked after truncation (the LLaVA
+"tokenization mismatch -> loss 0" trap) is counted and reported, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model.mixer import STREAM_NONE
+from ..model.processing import IGNORE_INDEX, IMAGE_TOKEN, MoAIProcessor
+from .config import DataSource
+
+
+class DataError(ValueError):
+    """A bad record under ``strict``: names the file, line and reason."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated conversation."""
+
+    id: str
+    image: Path
+    turns: tuple[tuple[str, str], ...]
+    aux_text: str
+    aux_map: Path | None
+    source: str
+    line: int
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class DataReport:
+    """What loading and encoding found; printed in the run summary."""
+
+    loaded: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    fully_masked: list[Problem] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        reasons = Counter(p.reason.split(":")[0] for p in self.problems)
+        return {
+            "loaded": self.loaded,
+            "skipped_bad_records": len(self.problems),
+            "skipped_fully_masked": len(self.fully_masked),
+            **{f"bad: {k}": v for k, v in reasons.items()},
+        }
+
+
+def _records(path: Path) -> list[tuple[int, Any]]:
+    """(line or index, record or exception text) pairs from a JSON list or a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            return [(err.lineno, f"malformed JSON: {err.msg}")]
+        if not isinstance(data, list):
+            return [(1, "malformed JSON: the top level of a .json data file must be a list of records")]
+        return [(i + 1, rec) for i, rec in enumerate(data)]
+    out = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as err:
+            out.append((lineno, f"malformed JSON line: {err.msg}"))
+    return out
+
+
+def validate_record(record: Any, image_root: Path) -> tuple[Example | None, str | None]:
+    """Check one record; return (example, None) or (None, reason)."""
+    if isinstance(record, str):
+        return None, record
+    if not isinstance(record, dict):
+        return None, f"not a JSON object: {type(record).__name__}"
+    image = record.get("image")
+    if not isinstance(image, str) or not image:
+        return None, "missing image: the record has no 'image' path (text-only records are not supported)"
+    image_path = image_root / image
+    if not image_path.is_file():
+        return None, f"missing image file: {image_path}"
+    convs = record.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        return None, "no conversations: 'conversations' must be a non-empty list"
+    turns, question = [], None
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict):
+            return None, f"bad turn: turn {i} is not an object"
+        who, value = turn.get("from"), turn.get("value")
+        if not isinstance(value, str):
+            return None, f"non-string value: turn {i} value is {type(value).__name__}"
+        if not value.strip():
+            return None, f"empty value: turn {i} is empty"
+        expected = "human" if i % 2 == 0 else "gpt"
+        if who != expected:
+            return (
+                None,
+                f"bad roles: turn {i} is from {who!r}, expected {expected!r} (human and gpt alternate)",
+            )
+        if who == "human":
+            question = value
+        else:
+            turns.append((question, value))
+    if len(convs) % 2:
+        return None, "bad roles: the last human turn has no gpt answer"
+    n_images = sum(t["value"].count(IMAGE_TOKEN) for t in convs)
+    if n_images == 0:
+        return None, f"no {IMAGE_TOKEN}: the conversation has no {IMAGE_TOKEN} token"
+    if n_images > 1:
+        return None, f"several {IMAGE_TOKEN}: the conversation has {n_images}, MoAI takes one image"
+    if IMAGE_TOKEN not in convs[0]["value"]:
+        return None, f"misplaced {IMAGE_TOKEN}: it must be in the first human turn"
+    aux_text = record.get("aux_text", "")
+    if not isinstance(aux_text, str):
+        return None, f"non-string value: aux_text is {type(aux_text).__name__}"
+    aux_map = record.get("aux_map")
+    aux_map_path = image_root / aux_map if isinstance(aux_map, str) else None
+    if aux_map_path is not None and not aux_map_path.is_file():
+        return None, f"missing image file: aux_map {aux_map_path}"
+    example = Example(
+        id=str(record.get("id", "")),
+        image=image_path,
+        turns=tuple(turns),
+        aux_text=aux_text,
+        aux_map=aux_map_path,
+        source="",
+        line=0,
+    )
+    return example, None
+
+
+def load_examples(
+    source: DataSource,
+    *,
+    strict: bool = False,
+    report: DataReport | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Example]:
+    """Validated examples of one file; bad records are reported (and skipped, or abort under strict)."""
+    path = Path(source.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    root = Path(source.image_root) if source.image_root else path.parent
+    report = report if report is not None else DataReport()
+    examples = []
+    for line, record in _records(path):
+        example, reason = validate_record(record, root)
+        if reason is not None:
+            problem = Problem(str(path), line, reason)
+            if strict:
+                raise DataError(str(problem))
+            report.problems.append(problem)
+            log(f"skipped {problem}")
+            continue
+        examples.append(Example(**{**example.__dict__, "source": str(path), "line": line}))
+    report.loaded += len(examples)
+    return examples
+
+
+class Mixture:
+    """A deterministic, resumable stream of examples from several files with sampling weights.
+
+    One mixture epoch takes ``ceil(weight * len(file))`` samples of each file (a random subset when the
+    weight is below 1, repeats when above), shuffled together; the order of epoch e is seeded by
+    (seed, e), so global position p always names the same example: resuming needs only p.
+    """
+
+    def __init__(self, files: Sequence[list[Example]], weights: Sequence[float], seed: int) -> None:
+        self.files = [f for f in files]
+        self.weights = list(weights)
+        self.seed = seed
+        self.epoch_len = sum(math.ceil(w * len(f)) for f, w in zip(self.files, self.weights) if f)
+        if self.epoch_len == 0:
+            raise ValueError("the data mixture is empty: no valid examples")
+        self._cache: tuple[int, list[Example]] | None = None
+
+    def _epoch(self, epoch: int) -> list[Example]:
+        if self._cache is None or self._cache[0] != epoch:
+            rng = random.Random(f"{self.seed}-{epoch}")
+            order: list[Example] = []
+            for examples, weight in zip(self.files, self.weights):
+                n = math.ceil(weight * len(examples))
+                whole, part = divmod(n, len(examples)) if examples else (0, 0)
+                order += examples * whole + rng.sample(examples, part)
+            rng.shuffle(order)
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def __getitem__(self, position: int) -> Example:
+        return self._epoch(position // self.epoch_len)[position % self.epoch_len]
+
+
+@dataclass
+class EncodedSample:
+    ids: list[int]
+    streams: list[int]
+    labels: list[int]
+
+
+class Collator:
+    """Encode and pad a list of examples into one batch (left padding, batch-first tensors)."""
+
+    def __init__(self, processor: MoAIProcessor, max_length: int, use_aux_map: bool) -> None:
+        self.processor = processor
+        self.max_length = max_length
+        self.use_aux_map = use_aux_map
+
+    def encode(self, example: Example) -> EncodedSample:
+        ids, streams, labels = self.processor.encode_turns(example.turns)
+        return EncodedSample(ids[: self.max_length], streams[: self.max_length], labels[: self.max_length])
+
+    def check(self, example: Example) -> str | None:
+        """Why an example cannot be trained on after truncation, or None."""
+        sample = self.encode(example)
+        n_image = sum(1 for t in sample.ids if t == self.processor.image_token_id)
+        if 0 < n_image < self.processor.num_image_tokens:
+            return f"truncated image: max_length {self.max_length} cuts into the image tokens"
+        if all(label == IGNORE_INDEX for label in sample.labels[1:]):
+            return f"fully masked: no answer token left after truncation to {self.max_length} tokens"
+        return None
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        p = self.processor
+        encoded = [self.encode(e) for e in examples]
+        batch = {
+            "input_ids": p.pad_left([s.ids for s in encoded], p.tokenizer.pad_token_id),
+            "attention_mask": p.pad_left([[1] * len(s.ids) for s in encoded], 0),
+            "mm_token_type_ids": p.pad_left([s.streams for s in encoded], STREAM_NONE),
+            "labels": p.pad_left([s.labels for s in encoded], IGNORE_INDEX),
+            "pixel_values": p.preprocess_images([_open_rgb(e.image) for e in examples]),
+        }
+        aux_ids = [p.tokenizer(e.aux_text).input_ids for e in examples]
+        batch["aux_input_ids"] = p.pad_left(aux_ids, p.tokenizer.pad_token_id)
+        batch["aux_attention_mask"] = p.pad_left([[1] * len(a) for a in aux_ids], 0)
+        if self.use_aux_map:
+            maps = [
+                _open_rgb(e.aux_map)
+                if e.aux_map is not None
+                else np.zeros((p.image_size, p.image_size, 3), np.uint8)
+                for e in examples
+            ]
+            batch["aux_pixel_values"] = p.preprocess_aux_images(maps)
+        return batch
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")

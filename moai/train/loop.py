@@ -1,0 +1,383 @@
+"""The two-step MoAI training loop (paper §3.3, reference §6), one explicit loop on accelerate.
+
+    setup -> for step: micro-batches, global label count, forward/backward, clip, optimizer, schedule,
+             log -> checkpoint every N -> final save
+
+Equivalence across process counts: batches are drawn from a deterministic global stream (each rank takes
+its slice), the loss is normalised by the *global* number of label tokens (across ranks and accumulation
+micro-batches), and the step-1 expert draw is seeded from the step, so every rank draws the same experts.
+DDP runs with unused-parameter detection (unchosen experts and the gates get no gradient in step 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.configuration import MoAIConfig
+from ..model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
+from ..model.modeling import MoAIForConditionalGeneration
+from ..model.processing import IGNORE_INDEX, MoAIProcessor
+from .config import TrainConfig
+from .data import Collator, DataReport, Mixture, Problem, load_examples
+
+MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
+EXPERT_NAMES = ("I_AUX", "I_LANG", "I_SELF", "L_AUX", "L_IMG", "L_SELF")
+assert len(IMAGE_EXPERTS) + len(LANGUAGE_EXPERTS) == len(EXPERT_NAMES)
+
+
+# -- model ----------------------------------------------------------------------------------------
+def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAIProcessor]:
+    """A random preset (seeded) or a saved model; the processor that goes with it."""
+    path = Path(config.model)
+    if path.is_dir():
+        model = MoAIForConditionalGeneration.from_pretrained(path)
+        processor = (
+            MoAIProcessor.from_pretrained(path)
+            if (path / "processor_config.json").is_file()
+            else MoAIProcessor.from_config(model.config)
+        )
+    else:
+        torch.manual_seed(config.seed)
+        model_config = MoAIConfig.from_preset(config.model)
+        if config.step == "base":  # a base model has no MoAI modules
+            model_config.mixer_config.layers = []
+        model = MoAIForConditionalGeneration(model_config)
+        processor = MoAIProcessor.from_config(model_config)
+    if config.mixer_scope is not None:
+        model.config.mixer_config.scope = config.mixer_scope
+    if config.step != "base" and not model.config.mixer_config.layers:
+        raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
+    model.set_mixer_mode(MODES[config.step])
+    return model, processor
+
+
+def set_trainable(model: MoAIForConditionalGeneration, policy: str) -> int:
+    """Apply a trainable policy (see `TrainConfig.trainable`); return the trainable count."""
+    if policy in ("moai", "moai+plora", "all"):
+        return model.set_trainable(policy)
+    model.set_trainable("none")
+    for name, param in model.named_parameters():
+        if name.startswith("projector.") or (
+            policy == "projector+llm" and (name.startswith("language_model.") or name.startswith("lm_head."))
+        ):
+            param.requires_grad_(".moai_mixer." not in name)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` at ``max_steps``."""
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        span = max(1, config.max_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
+    """Write ``checkpoints/step-N`` atomically (temp dir + rename), then point ``latest`` at it."""
+    from safetensors.torch import save_file
+
+    root = run / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / "latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    others = sorted(p for p in root.glob("step-*") if p != final)
+    for old in others[: max(0, len(others) - max(keep - 1, 0))]:  # keep `keep` checkpoints, this one included
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    pointer = run / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "state.pt").is_file() else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def gate_statistics(
+    gate_weights: tuple[torch.Tensor, ...] | None, streams: torch.Tensor, layers: list[int]
+) -> dict:
+    """Average gate weight of each expert per mixer layer (image experts over image tokens, ...)."""
+    if not gate_weights:
+        return {}
+    out = {}
+    image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
+    for layer, weights in zip(layers, gate_weights):
+        w = weights.detach().float()
+        stats = {}
+        for names, mask in ((EXPERT_NAMES[:3], image), (EXPERT_NAMES[3:], lang)):
+            if bool(mask.any()):
+                mean = w[mask].mean(dim=0)
+                stats.update({n: float(v) for n, v in zip(names, mean)})
+        out[f"layer{layer}"] = stats
+    return out
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one training stage; return the summary (also written to ``output_dir/summary.json``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if not config.data:
+        raise ValueError("config.data is empty: list at least one LLaVA data file")
+    if config.aux not in ("record", "none"):
+        raise ValueError(
+            f"aux: {config.aux} needs the perception stage (moai perceive --data); use aux: record "
+            "(the records' aux_text field) or aux: none until it is available"
+        )
+    use_cuda = torch.cuda.is_available()
+    if config.precision == "fp16" and not use_cuda:
+        raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    accelerator = Accelerator(
+        cpu=not use_cuda,
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    main_process = accelerator.is_main_process
+    say = log if main_process else (lambda _msg: None)
+    run = Path(config.output_dir)
+    if main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        config.save(run / "config.yaml")
+
+    model, processor = build_model(config)
+    n_trainable = set_trainable(model, config.trainable)
+    n_total = sum(p.numel() for p in model.parameters())
+    say(f"parameters: {n_total:,} total, {n_trainable:,} trainable ({config.trainable}); step {config.step}")
+    if n_trainable == 0:
+        raise ValueError(
+            f"trainable policy {config.trainable!r} leaves nothing to train for step {config.step}"
+        )
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    # data: validate every record, then drop (and report) samples that truncation leaves unusable
+    report = DataReport()
+    collator = Collator(
+        processor, config.max_length, model.config.use_aux_map and bool(model.config.mixer_config.layers)
+    )
+    files = []
+    for source in config.data:
+        examples = load_examples(source, strict=config.strict, report=report, log=say)
+        usable = []
+        for example in examples:
+            reason = collator.check(example)
+            if reason is None:
+                usable.append(example)
+                continue
+            problem = Problem(example.source, example.line, reason)
+            if config.strict:
+                raise ValueError(str(problem))
+            report.fully_masked.append(problem)
+            say(f"skipped {problem}")
+        files.append(usable)
+    mixture = Mixture(files, [s.weight for s in config.data], config.seed)
+    say(f"data: {report.counts()}")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.mixer_generator = torch.Generator()
+
+    start = 0
+    metrics_path = run / "metrics.jsonl"
+    if resume:
+        checkpoint = latest_checkpoint(run)
+        if checkpoint is None:
+            say(f"--resume: no checkpoint in {run}/checkpoints, starting from step 0")
+        else:
+            start = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
+            say(f"resumed from {checkpoint} at step {start}")
+            if main_process:
+                _truncate_metrics(metrics_path, start)
+    elif main_process and metrics_path.exists():
+        metrics_path.unlink()
+
+    writer = None
+    if main_process and config.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run / "tensorboard"))
+        except ImportError:
+            say("tensorboard not installed: metrics go to metrics.jsonl only")
+    bar = None
+    if main_process and config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=start, desc=f"train {config.step}", unit="step")
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = config.batch_size * world
+    model.train()
+    last_loss = float("nan")
+    started = time.perf_counter()
+    for step in range(start, config.max_steps):
+        t0 = time.perf_counter()
+        batches = []
+        for micro in range(config.grad_accum):
+            base = (step * config.grad_accum + micro) * per_step + rank * config.batch_size
+            examples = [mixture[base + j] for j in range(config.batch_size)]
+            batches.append({k: v.to(accelerator.device) for k, v in collator(examples).items()})
+        local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        gate_stats: dict = {}
+        for micro, batch in enumerate(batches):
+            # the same step-1 draw on every rank and on a resumed run: seeded from the step
+            unwrapped.mixer_generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
+            sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                out = model(**batch, num_items_in_batch=count)
+                accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is a global mean
+            step_loss += out.loss.detach()
+            gate_stats = gate_statistics(
+                out.gate_weights, batch["mm_token_type_ids"], unwrapped.config.mixer_config.layers
+            )
+        grad_norm = (
+            float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+            if config.max_grad_norm > 0
+            else None
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = float(accelerator.reduce(step_loss, reduction="sum"))
+        tokens = int(
+            accelerator.reduce(
+                torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=accelerator.device),
+                "sum",
+            )
+        )
+        elapsed = time.perf_counter() - t0
+        done = step + 1
+        if main_process and (done % config.log_every == 0 or done == config.max_steps):
+            record = {
+                "step": done,
+                "loss": last_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens / elapsed,
+                "samples_per_s": per_step * config.grad_accum / elapsed,
+                "label_tokens": int(count),
+                "gates": gate_stats,
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                writer.add_scalar("train/loss", last_loss, done)
+                writer.add_scalar("train/lr", record["lr"], done)
+                for layer, stats in gate_stats.items():
+                    for name, value in stats.items():
+                        writer.add_scalar(f"gates/{layer}/{name}", value, done)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+        if config.save_every and done % config.save_every == 0 and done < config.max_steps:
+            accelerator.wait_for_everyone()
+            if main_process:
+                save_checkpoint(run, done, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+    if bar is not None:
+        bar.close()
+    accelerator.wait_for_everyone()
+    summary = {
+        "step": config.step,
+        "steps": config.max_steps,
+        "final_loss": last_loss,
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "processes": world,
+        "seconds": time.perf_counter() - started,
+        "data": report.counts(),
+        "bad_records": [str(p) for p in report.problems],
+        "fully_masked": [str(p) for p in report.fully_masked],
+    }
+    if main_process:
+        save_checkpoint(run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+        unwrapped.save_pretrained(run / "final")
+        processor.save_pretrained(run / "final")
+        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if writer is not None:
+            writer.close()
+        say(f"done: {config.max_steps} steps, final loss {last_loss:.4f}; model in {run / 'final'}")
+        say(f"summary: {summary['data']}")
+    return summary

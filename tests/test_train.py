@@ -1,0 +1,221 @@
+"""Training: config, data validation and reporting, the loop, resume after SIGKILL, DDP equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_data import write_config, write_dataset
+
+from moai.cli import main
+from moai.train.config import TrainConfig
+from moai.train.data import DataError, DataReport, load_examples
+from moai.train.loop import train
+
+QUIET = dict(log=lambda _msg: None)
+
+
+def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown keys \['lrr'\]"):
+        TrainConfig.from_dict({"lrr": 1.0})
+    with pytest.raises(ValueError, match=r"config.max_steps: expected int, got str"):
+        TrainConfig.from_dict({"max_steps": "ten"})
+    with pytest.raises(ValueError, match=r"config.step: 'step3' is not one of"):
+        TrainConfig.from_dict({"step": "step3"})
+    data = write_dataset(tmp_path, n=2)
+    config = TrainConfig.load(write_config(tmp_path, data), ["lr=3e-4", "gradient_checkpointing=true"])
+    assert config.lr == 3e-4 and config.gradient_checkpointing is True
+    config.save(tmp_path / "saved.yaml")
+    assert TrainConfig.load(tmp_path / "saved.yaml").to_dict() == config.to_dict()
+
+
+def _bad_records(root: Path) -> Path:
+    write_dataset(root, n=2)
+    good = json.loads((root / "data.jsonl").read_text().splitlines()[0])
+
+    def with_conv(conv, **extra):
+        return json.dumps({**good, "conversations": conv, **extra})
+
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "image": "images/missing.png"}),
+        with_conv([{"from": "human", "value": "no image here"}, {"from": "gpt", "value": "x"}]),
+        with_conv([{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "x"}]),
+        with_conv([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "  "}]),
+        with_conv([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": 42}]),
+    ]
+    path = root / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_records_are_reported_with_file_line_reason(tmp_path):
+    from moai.train.config import DataSource
+
+    path = _bad_records(tmp_path)
+    report = DataReport()
+    messages = []
+    examples = load_examples(DataSource(str(path)), report=report, log=messages.append)
+    assert len(examples) == 1 and report.loaded == 1
+    reasons = {p.line: p.reason for p in report.problems}
+    assert reasons[2].startswith("malformed JSON line")
+    assert reasons[3].startswith("missing image file")
+    assert reasons[4].startswith("no <image>")
+    assert reasons[5].startswith("several <image>")
+    assert reasons[6].startswith("empty value")
+    assert reasons[7].startswith("non-string value")
+    assert all(m.startswith(f"skipped {path}:") for m in messages) and len(messages) == 6
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON line"):
+        load_examples(DataSource(str(path)), strict=True)
+
+
+def test_run_summary_counts_bad_records(tmp_path):
+    bad = _bad_records(tmp_path)
+    good = write_dataset(tmp_path, n=4, name="good.jsonl")
+    cfg = TrainConfig.load(write_config(tmp_path, good, max_steps=2, batch_size=2))
+    cfg.data.append(type(cfg.data[0])(path=str(bad)))
+    summary = train(cfg, **QUIET)
+    assert summary["data"]["loaded"] == 5 and summary["data"]["skipped_bad_records"] == 6
+    assert len(summary["bad_records"]) == 6 and all(str(bad) in r for r in summary["bad_records"])
+    cfg.strict, cfg.output_dir = True, str(tmp_path / "strict")
+    with pytest.raises(DataError, match=":2: malformed JSON line"):
+        train(cfg, **QUIET)
+
+
+def test_fully_masked_and_truncated_samples_are_reported_not_trained(tmp_path):
+    data = write_dataset(tmp_path, n=4)
+    lines = data.read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["conversations"][0]["value"] = "<image>\n" + "x" * 200  # the prompt alone exceeds max_length
+    lines[0] = json.dumps(rec)
+    data.write_text("\n".join(lines) + "\n")
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=1, batch_size=2, max_length=140))
+    summary = train(cfg, **QUIET)
+    assert summary["data"]["skipped_fully_masked"] == 1 and summary["data"]["loaded"] == 4
+    assert "fully masked" in summary["fully_masked"][0] and ":1:" in summary["fully_masked"][0]
+    cfg.max_length, cfg.output_dir = 40, str(tmp_path / "short")  # cuts into the 64 image tokens
+    with pytest.raises(ValueError, match="the data mixture is empty"):
+        train(cfg, **QUIET)
+
+
+def test_loss_goes_down_and_plot(tmp_path):
+    data = write_dataset(tmp_path, n=8)
+    cfg = write_config(
+        tmp_path, data, max_steps=30, batch_size=8, lr=3e-3, trainable="moai+plora", save_every=10
+    )
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "run"
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 30 and losses[-1] < losses[0] - 0.2  # ln(264) = 5.58 at the start
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-0000020", "step-0000030"]
+    assert main(["train", "--plot", str(run)]) == 0
+    assert (run / "training.png").stat().st_size > 1000
+    from moai import MoAIForConditionalGeneration, MoAIProcessor
+
+    model = MoAIForConditionalGeneration.from_pretrained(run / "final")
+    processor = MoAIProcessor.from_pretrained(run / "final")
+    assert model.config.mixer_config.layers == [2] and processor.num_image_tokens == 64
+
+
+def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
+    data = write_dataset(tmp_path, n=4)
+    cfg = TrainConfig.load(write_config(tmp_path, data, step="step1", max_steps=3, batch_size=4))
+    before = None
+    from moai.train.loop import build_model
+
+    model, _ = build_model(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "gate_" in n}
+    train(cfg, **QUIET)
+    after = load_file(str(Path(cfg.output_dir) / "final" / "model.safetensors"))
+    for name, value in before.items():
+        assert torch.equal(after[name], value), f"{name} changed in step 1"
+    gates = [
+        json.loads(line)["gates"]["layer2"]
+        for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    for g in gates:  # one expert per stream: one-hot averages
+        assert sorted(round(v, 6) for v in (g["I_AUX"], g["I_LANG"], g["I_SELF"])) == [0.0, 0.0, 1.0]
+
+
+def _final_trainable(run: Path) -> dict[str, torch.Tensor]:
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run / "checkpoints" / latest / "trainable.safetensors"))
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    data = write_dataset(tmp_path, n=16)
+    fields = dict(max_steps=40, batch_size=4, save_every=2, lr=2e-3, step="step1")
+    reference = TrainConfig.load(write_config(tmp_path, data, **fields))
+    reference.output_dir = str(tmp_path / "reference")
+    train(reference, **QUIET)
+
+    killed_cfg = write_config(tmp_path, data, **{**fields, "output_dir": str(tmp_path / "killed")})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moai.cli", "train", str(killed_cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = pointer.read_text().strip()
+    assert killed_at != "step-0000040", "the run finished before it could be killed"
+    resumed = TrainConfig.load(killed_cfg)
+    train(resumed, resume=True, **QUIET)
+    want, got = _final_trainable(tmp_path / "reference"), _final_trainable(tmp_path / "killed")
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process_double_batch(tmp_path):
+    data = write_dataset(tmp_path, n=16)
+    fields = dict(max_steps=4, lr=2e-3, step="step1", trainable="moai+plora")
+    single = TrainConfig.load(write_config(tmp_path, data, batch_size=4, **fields))
+    single.output_dir = str(tmp_path / "single")
+    train(single, **QUIET)
+    ddp_cfg = write_config(tmp_path, data, batch_size=2, **{**fields, "output_dir": str(tmp_path / "ddp")})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "moai.cli",
+        "train",
+        str(ddp_cfg),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2
+
+    def losses(run):
+        return [
+            json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    torch.testing.assert_close(torch.tensor(losses("ddp")), torch.tensor(losses("single")), atol=1e-5, rtol=0)
+    want, got = _final_trainable(tmp_path / "single"), _final_trainable(tmp_path / "ddp")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0)
