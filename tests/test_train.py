@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from train_data import write_config, write_dataset
 
@@ -219,3 +220,16 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path):
     want, got = _final_trainable(tmp_path / "single"), _final_trainable(tmp_path / "ddp")
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0)
+
+
+def test_shipped_configs_load():
+    configs = Path(__file__).resolve().parent.parent / "moai" / "train" / "configs"
+    train_configs = {"moai7b_step1.yaml", "moai7b_step2.yaml", "tiny_step2.yaml"}
+    for path in sorted(configs.glob("*.yaml")):
+        if path.name in train_configs:
+            config = TrainConfig.load(path)
+            assert config.step in ("step1", "step2")
+        else:  # accelerate launch configs
+            data = yaml.safe_load(path.read_text())
+            assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED"), path.name
+    assert train_configs <= {p.name for p in configs.glob("*.yaml")}

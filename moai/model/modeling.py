@@ -176,6 +176,22 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             raise ValueError(f"mixer mode must be sample, gated or topk, got {mode!r}")
         self.mixer_mode = mode
 
+    @torch.no_grad()
+    def reset_mixers(self, layers: list[int] | None = None) -> None:
+        """(Re-)initialise the mixers of ``layers`` (default: all): normal weights, zero biases, and the
+        identity init when configured. Used when mixers are added to a base model trained without them.
+        """
+        std = self.config.text_config.initializer_range
+        chosen = self.config.mixer_config.layers if layers is None else layers
+        for idx in chosen:
+            for sub in self.language_model.layers[idx].self_attn.moai_mixer.modules():
+                if isinstance(sub, nn.Linear):
+                    sub.weight.normal_(0.0, std)
+                    if sub.bias is not None:
+                        sub.bias.zero_()
+                    if getattr(sub, "_moai_zero_init", False):
+                        sub.weight.zero_()
+
     def moai_parameter_names(self) -> list[str]:
         """Names of the MoAI modules' parameters (compressor, experts, gates): trainable by default."""
         return [n for n, _ in self.named_parameters() if n.startswith("compressor.") or ".moai_mixer." in n]

@@ -43,6 +43,9 @@ class TrainConfig:
     trainable: Literal["moai", "moai+plora", "all", "projector", "projector+llm"] = "moai"
     """What trains: MoAI modules only (the official recipe), plus PLoRA, everything, or for ``base``
     the projector (+ the LLM)."""
+    mixer_layers: list[int] | None = None
+    """Decoder layers that get a mixer, overriding the model's (None keeps them). Mixers added to a base
+    model trained without them start from their (identity) initialisation."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
     data: list[DataSource] = field(default_factory=list)

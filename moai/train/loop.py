@@ -42,7 +42,14 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
     """A random preset (seeded) or a saved model; the processor that goes with it."""
     path = Path(config.model)
     if path.is_dir():
-        model = MoAIForConditionalGeneration.from_pretrained(path)
+        model_config = MoAIConfig.from_pretrained(path)
+        added = []
+        if config.mixer_layers is not None:
+            added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
+            model_config.mixer_config.layers = list(config.mixer_layers)
+        model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
+        if added:
+            model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
         processor = (
             MoAIProcessor.from_pretrained(path)
             if (path / "processor_config.json").is_file()
@@ -53,6 +60,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         model_config = MoAIConfig.from_preset(config.model)
         if config.step == "base":  # a base model has no MoAI modules
             model_config.mixer_config.layers = []
+        elif config.mixer_layers is not None:
+            model_config.mixer_config.layers = list(config.mixer_layers)
         model = MoAIForConditionalGeneration(model_config)
         processor = MoAIProcessor.from_config(model_config)
     if config.mixer_scope is not None:
