@@ -1,0 +1,72 @@
+"""Perception: the four external CV models of MoAI and their cache (paper §3; reference §1.1–1.2).
+
+MoAI first runs panoptic segmentation (PS), open-world detection (OWOD), scene-graph generation (SGG) and
+OCR on the 490 × 490 resized image; their outputs, verbalized, become the auxiliary tokens. This package
+produces those outputs as plain frozen dataclasses; it imports no model until a backend is built.
+
+Public API::
+
+    from moai.perception import PerceptionConfig, perceive, verbalize_perception, panoptic_map
+
+    config = PerceptionConfig.from_preset("default")      # or "official"; .only(["ps", "ocr"])
+    [p] = perceive(["photo.jpg"], config)                  # list[Perception]
+    aux_text = verbalize_perception(p)                     # the official aux string ("v2": new models)
+    aux_map = panoptic_map(p)                              # official panoptic colour map (H, W, 3)
+
+Types (``types.py``): ``Segment`` (label, box, mask, score), ``Detection`` (label, box, score),
+``Relation`` (subject/object index + label, predicate, score, full predicate distribution),
+``TextLine`` (text, quad, score), ``SceneGraph`` and ``Perception`` (all four + canvas size), with a
+JSON round trip (``Perception.to_json`` / ``from_json``; masks as COCO run-length encoding).
+
+Images: ``load_image(path | bytes | PIL | array)`` returns RGB with EXIF orientation applied, or raises
+``ImageLoadError("<file>: <reason>")``.
+
+Cache (``cache.py``), written by ``moai perceive --data DATA --out CACHE_DIR`` (or ``precompute``) and read
+by training::
+
+    cache = PerceptionCache("CACHE_DIR")            # PerceptionCache(dir, config=cfg) also checks the config
+    p = cache.get("images/0001.jpg")                # by path or encoded bytes -> Perception | None
+    cache.config                                    # the PerceptionConfig it was written with
+
+Backends register per role in ``registry.py`` (``register_backend``); built in: ``mask2former`` (PS),
+``owlv2`` (OWOD), ``geometric`` / ``psgtr`` (SGG), ``rapidocr`` / ``paddleocr`` (OCR).
+"""
+
+from .cache import CacheMismatchError, PerceptionCache, content_hash
+from .config import BackendConfig, PerceptionConfig
+from .dataset import BadImageError, RunSummary, list_images, precompute
+from .image import ImageLoadError, load_image, to_canvas
+from .registry import MissingExtraError, backend_names, build_backend, register_backend
+from .run import Perceiver, perceive
+from .types import Detection, Perception, Relation, SceneGraph, Segment, TextLine
+from .verbalize import official_parts, panoptic_map, verbalize_perception
+
+__all__ = [
+    "BackendConfig",
+    "BadImageError",
+    "CacheMismatchError",
+    "Detection",
+    "ImageLoadError",
+    "MissingExtraError",
+    "Perceiver",
+    "Perception",
+    "PerceptionCache",
+    "PerceptionConfig",
+    "Relation",
+    "RunSummary",
+    "SceneGraph",
+    "Segment",
+    "TextLine",
+    "backend_names",
+    "build_backend",
+    "content_hash",
+    "list_images",
+    "load_image",
+    "official_parts",
+    "panoptic_map",
+    "perceive",
+    "precompute",
+    "register_backend",
+    "to_canvas",
+    "verbalize_perception",
+]

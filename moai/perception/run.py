@@ -1,0 +1,147 @@
+"""Running the configured backends over images: ``Perceiver`` and ``perceive`` (reference §1.1 steps 1–2).
+
+Data flow per batch::
+
+    load_image (RGB, EXIF applied, checked) -> canvas (490 × 490 resize) -> PS, OWOD -> SGG (reads PS/OWOD)
+                                                                         -> OCR
+                                                                         -> Perception
+
+A role that the SGG backend needs (``geometric`` reads ``ps`` and ``owod``) but that was not requested
+(``--only sgg``) is run when it has a backend configured, and left out of the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from .config import PerceptionConfig
+from .image import ImageSource, load_image, to_canvas
+from .registry import backend_requires, backend_versions, build_backend
+from .types import ROLES, Perception, SceneGraph
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"``: ``"cuda"`` when torch sees a GPU, else ``"cpu"``; any other value is returned as is."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Perceiver:
+    """The backends of one ``PerceptionConfig``, built once (models load in ``__init__``) and reused.
+
+    Args:
+        config: which backends, options and canvas.
+        backends: already built backends by role, to share models between perceivers (optional).
+    """
+
+    def __init__(self, config: PerceptionConfig, backends: dict[str, Any] | None = None) -> None:
+        if not config.roles:
+            raise ValueError("PerceptionConfig has no role to run (all of ps, owod, sgg, ocr are None)")
+        if config.device == "auto":
+            config = replace(config, device=resolve_device())
+        self.config = config
+        self.requested = config.roles
+        needed = set(self.requested)
+        if config.sgg is not None:
+            needed |= {r for r in backend_requires("sgg", config.sgg.name) if getattr(config, r) is not None}
+        self.run_roles = tuple(role for role in ROLES if role in needed)
+        self.backends: dict[str, Any] = dict(backends or {})
+        for role in self.run_roles:
+            if role not in self.backends:
+                spec = getattr(config, role)
+                self.backends[role] = build_backend(role, spec.name, spec.options, device=config.device)
+
+    def versions(self) -> dict[str, str]:
+        """Package versions of every backend that runs (part of the cache key)."""
+        out: dict[str, str] = {}
+        for role in self.run_roles:
+            out.update(backend_versions(role, getattr(self.config, role).name))
+        return dict(sorted(out.items()))
+
+    def load(self, source: ImageSource, name: str | None = None) -> Any:
+        """``load_image`` with this config's limits."""
+        cfg = self.config
+        return load_image(
+            source,
+            max_pixels=cfg.max_pixels,
+            min_side=cfg.min_side,
+            alpha_background=cfg.alpha_background,
+            name=name,
+        )
+
+    def perceive_loaded(self, images: Sequence[Any]) -> list[Perception]:
+        """Perceive already-loaded RGB ``PIL.Image``s (one backend call per role and batch)."""
+        out: list[Perception] = []
+        step = self.config.batch_size
+        for start in range(0, len(images), step):
+            out.extend(self._batch(images[start : start + step]))
+        return out
+
+    def _batch(self, images: Sequence[Any]) -> list[Perception]:
+        canvases = [to_canvas(img, self.config.canvas, self.config.resample) for img in images]
+        n = len(canvases)
+        segments = self.backends["ps"](canvases) if "ps" in self.run_roles else [[] for _ in range(n)]
+        detections = self.backends["owod"](canvases) if "owod" in self.run_roles else [[] for _ in range(n)]
+        empty_graph = SceneGraph(objects=(), relations=(), predicates=())
+        graphs = (
+            self.backends["sgg"](canvases, segments, detections)
+            if "sgg" in self.run_roles
+            else [empty_graph] * n
+        )
+        texts = self.backends["ocr"](canvases) if "ocr" in self.run_roles else [[] for _ in range(n)]
+        for role, result in (("ps", segments), ("owod", detections), ("sgg", graphs), ("ocr", texts)):
+            if len(result) != n:
+                raise RuntimeError(f"{role} backend returned {len(result)} results for {n} images")
+        keep = set(self.requested)
+        results = []
+        for img, canvas, segs, dets, graph, lines in zip(
+            images, canvases, segments, detections, graphs, texts
+        ):
+            results.append(
+                Perception(
+                    image_size=(canvas.shape[1], canvas.shape[0]),
+                    segments=tuple(segs) if "ps" in keep else (),
+                    detections=tuple(dets) if "owod" in keep else (),
+                    objects=graph.objects if "sgg" in keep else (),
+                    relations=graph.relations if "sgg" in keep else (),
+                    predicates=graph.predicates if "sgg" in keep else (),
+                    text_lines=tuple(lines) if "ocr" in keep else (),
+                    source_size=img.size,
+                    roles=self.requested,
+                )
+            )
+        return results
+
+    def __call__(self, images: Sequence[ImageSource] | ImageSource) -> list[Perception]:
+        """Load (see ``load_image``) and perceive; raises ``ImageLoadError`` on the first bad image."""
+        if not isinstance(images, list | tuple):
+            images = [images]
+        return self.perceive_loaded([self.load(image) for image in images])
+
+
+_LAST: tuple[str, Perceiver] | None = None
+
+
+def perceive(
+    images: Sequence[ImageSource] | ImageSource, config: PerceptionConfig | str = "default"
+) -> list[Perception]:
+    """Run the configured backends on images (paths, bytes, PIL images or uint8 arrays).
+
+    ``config`` is a ``PerceptionConfig`` or a preset name. The backends of the most recent config are
+    kept, so repeated calls with the same config do not reload the models; use ``Perceiver`` directly to
+    control their lifetime.
+    """
+    global _LAST
+    cfg = PerceptionConfig.from_preset(config) if isinstance(config, str) else config
+    key = repr(cfg)
+    if _LAST is None or _LAST[0] != key:
+        _LAST = None  # free the previous models before loading new ones
+        _LAST = (key, Perceiver(cfg))
+    return _LAST[1](images)

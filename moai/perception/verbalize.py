@@ -1,0 +1,75 @@
+"""``Perception`` -> aux text and panoptic map, through the verbalizers of ``moai.verbalize``.
+
+``verbalize_perception(p, style="official")`` feeds the official functions (``moai.verbalize.official``,
+byte-exact with the official ``make_*_prompt``; reference ``moai-official.md`` §1.3) with exactly the
+arrays the official pipeline hands them: the panoptic id map and ``segments_info`` order, the OWLv2
+boxes / scores / query names, the scene graph's object list and ``rel_dists`` rows, and the OCR
+``(text, confidence)`` lines. ``style="v2"`` uses ``moai.verbalize.v2`` (for new models only; not a
+default anywhere until the ShapesWorld ablation measures it).
+
+``panoptic_map(p, style="official")`` is the official colour map (the quirky [0, 1] float map fed to CLIP);
+``style="corrected"`` gives 0..255 uint8 colours (``moai.verbalize.colormap``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..verbalize.colormap import corrected_panoptic_map, official_panoptic_map
+from ..verbalize.official import (
+    DEFAULT_SELECTION,
+    join_aux,
+    psg_predicates,
+    verbalize_detections,
+    verbalize_ocr,
+    verbalize_relations,
+    verbalize_segments,
+)
+from .types import Perception
+
+STYLES = ("official", "v2")
+
+
+def official_parts(p: Perception, selection: str = DEFAULT_SELECTION) -> tuple[str, str, str, str]:
+    """The four official sentences ``(seg, od, sgg, ocr)`` of a perception (empty for roles that did not run)."""
+    seg = verbalize_segments(
+        p.segment_id_map(), [(i + 1, s.label) for i, s in enumerate(p.segments)], canvas=p.image_size
+    )
+    od = verbalize_detections(
+        np.asarray([d.box for d in p.detections], dtype=np.float32).reshape(-1, 4),
+        np.asarray([d.score for d in p.detections], dtype=np.float32),
+        [d.label for d in p.detections],
+        canvas=p.image_size,
+    )
+    predicates = p.predicates or psg_predicates()
+    if p.relations:
+        pairs = np.asarray([(r.subject, r.object) for r in p.relations], dtype=np.int64)
+        dists = np.stack([r.distribution_row(predicates) for r in p.relations])
+    else:
+        pairs = np.zeros((0, 2), dtype=np.int64)
+        dists = np.zeros((0, 1 + len(predicates)), dtype=np.float32)
+    sgg = verbalize_relations(
+        [o.label for o in p.objects], pairs, dists, predicates=predicates, selection=selection
+    )
+    ocr = verbalize_ocr([(t.text, t.score) for t in p.text_lines])
+    return seg, od, sgg, ocr
+
+
+def verbalize_perception(p: Perception, style: str = "official") -> str:
+    """The aux string of one perception (``official``: ``seg + " " + od + " " + sgg + " " + ocr``)."""
+    if style == "official":
+        return join_aux(*official_parts(p))
+    if style == "v2":
+        from ..verbalize.v2 import verbalize_v2
+
+        return verbalize_v2(p)
+    raise ValueError(f"unknown verbalization style {style!r} (expected one of {', '.join(STYLES)})")
+
+
+def panoptic_map(p: Perception, style: str = "official") -> np.ndarray:
+    """The panoptic colour map of a perception: ``official`` (H, W, 3) float in [0, 1] or ``corrected`` uint8."""
+    if style == "official":
+        return official_panoptic_map(p.segment_id_map())
+    if style == "corrected":
+        return corrected_panoptic_map(p.segment_id_map())
+    raise ValueError(f"unknown panoptic map style {style!r} (expected 'official' or 'corrected')")
