@@ -64,15 +64,21 @@ class RapidOcrReader:
         unclip_ratio: float = 1.6,
         bgr: bool = True,
     ) -> None:
-        try:
-            from rapidocr_onnxruntime import RapidOCR
-        except ImportError:
-            raise missing_extra("rapidocr", "rapidocr-onnxruntime", None) from None
+        self.check_dependencies()
+        from rapidocr_onnxruntime import RapidOCR
+
         self.engine = RapidOCR()
         self.min_score = min_score
         self.use_angle_cls = use_angle_cls
         self.call_options = {"text_score": text_score, "box_thresh": box_thresh, "unclip_ratio": unclip_ratio}
         self.bgr = bgr
+
+    @classmethod
+    def check_dependencies(cls) -> None:
+        try:
+            import rapidocr_onnxruntime  # noqa: F401
+        except ImportError:
+            raise missing_extra("rapidocr", "rapidocr-onnxruntime", None) from None
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -114,8 +120,17 @@ class PaddleOcrReader:
         use_angle_cls: bool = True,
         bgr: bool = False,
     ) -> None:
+        self.check_dependencies()
+        from paddleocr import PaddleOCR
+
+        self.engine = PaddleOCR(use_angle_cls=use_angle_cls, lang=lang, use_gpu=False, show_log=False)
+        self.min_score = min_score
+        self.bgr = bgr
+
+    @classmethod
+    def check_dependencies(cls) -> None:
         try:
-            from paddleocr import PaddleOCR
+            import paddleocr  # noqa: F401
         except ImportError:
             raise missing_extra(
                 "paddleocr",
@@ -123,9 +138,6 @@ class PaddleOcrReader:
                 "paddleocr",
                 instead="--preset default (rapidocr: the same PP-OCR models)",
             ) from None
-        self.engine = PaddleOCR(use_angle_cls=use_angle_cls, lang=lang, use_gpu=False, show_log=False)
-        self.min_score = min_score
-        self.bgr = bgr
 
     @classmethod
     def versions(cls) -> dict[str, str]:

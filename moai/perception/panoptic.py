@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._hf import from_pretrained, hf_versions, import_torch, torch_dtype
-from .registry import missing_extra, register_backend
+from .registry import missing_extra, package_version, register_backend
 from .types import Segment
 
 DEFAULT_CHECKPOINT = "facebook/mask2former-swin-base-coco-panoptic"
@@ -70,12 +70,10 @@ class Mask2FormerSegmenter:
         label_ids_to_fuse: Sequence[int] = (),
         dtype: str = "float32",
     ) -> None:
+        self.check_dependencies()
         self.torch = import_torch("mask2former")
-        try:
-            import scipy  # noqa: F401  (Mask2Former's matcher imports it when the model is built)
-            from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
-        except ImportError as err:
-            raise missing_extra("mask2former", err.name or "scipy", None) from None
+        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
         self.device = device
         self.threshold = threshold
         self.mask_threshold = mask_threshold
@@ -87,8 +85,16 @@ class Mask2FormerSegmenter:
         self.id2label = dict(self.model.config.id2label)
 
     @classmethod
+    def check_dependencies(cls) -> None:
+        import_torch("mask2former")
+        try:
+            import scipy  # noqa: F401  (Mask2Former's matcher imports it when the model is built)
+        except ImportError:
+            raise missing_extra("mask2former", "scipy", None) from None
+
+    @classmethod
     def versions(cls) -> dict[str, str]:
-        return hf_versions()
+        return {**hf_versions(), "scipy": package_version("scipy")}
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Segment]]:
         if not images:

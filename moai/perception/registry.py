@@ -16,7 +16,8 @@ Calling conventions (batched; a single image is a batch of one):
 
 ``images`` are (H, W, 3) uint8 RGB arrays of the canvas. A backend may define a class attribute
 ``requires`` (roles whose outputs it reads) and a classmethod ``versions() -> dict[str, str]`` (package
-versions that can change its output; part of the cache key).
+versions that can change its output; part of the cache key) and ``check_dependencies()`` (raises
+``MissingExtraError`` without loading anything, so a preset fails before its first model loads).
 
 Backends of the ShapesWorld world register here the same way (later issue).
 """
@@ -156,6 +157,13 @@ def backend_versions(role: str, name: str) -> dict[str, str]:
 def backend_requires(role: str, name: str) -> tuple[str, ...]:
     """Roles whose outputs the backend reads (the geometric scene graph reads ``ps`` and ``owod``)."""
     return tuple(getattr(backend_class(role, name), "requires", ()))
+
+
+def check_backend(role: str, name: str) -> None:
+    """Raise ``MissingExtraError`` now if the backend's dependencies are missing (before any model loads)."""
+    check = getattr(backend_class(role, name), "check_dependencies", None)
+    if callable(check):
+        check()
 
 
 def build_backend(role: str, name: str, options: Mapping[str, Any], device: str = "cpu") -> Any:

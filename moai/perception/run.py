@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import PerceptionConfig
 from .image import ImageSource, load_image, to_canvas
-from .registry import backend_requires, backend_versions, build_backend
+from .registry import backend_requires, backend_versions, build_backend, check_backend
 from .types import ROLES, Perception, SceneGraph
 
 
@@ -53,6 +53,9 @@ class Perceiver:
             needed |= {r for r in backend_requires("sgg", config.sgg.name) if getattr(config, r) is not None}
         self.run_roles = tuple(role for role in ROLES if role in needed)
         self.backends: dict[str, Any] = dict(backends or {})
+        for role in self.run_roles:  # every missing extra is reported before the first model loads
+            if role not in self.backends:
+                check_backend(role, getattr(config, role).name)
         for role in self.run_roles:
             if role not in self.backends:
                 spec = getattr(config, role)

@@ -11,6 +11,7 @@ PSG predicates that 2-D layout can decide and four directional ones that are *no
 
 * ``in`` (PSG): the subject's box lies inside the object's box (>= ``contain_fraction`` of its area)
   and the object's box is at least ``size_ratio`` times larger ("bird in sky", "car in road");
+* ``enclosing`` (PSG): the inverse of ``in`` ("sky enclosing bird");
 * ``on`` (PSG): the subject rests on top of the object: they overlap horizontally (>= ``min_overlap`` of
   the narrower width), the subject's top is above the object's top and its bottom edge falls in the upper
   half of the object's box ("cup on table", "person on grass");
@@ -19,13 +20,13 @@ PSG predicates that 2-D layout can decide and four directional ones that are *no
   height, disjoint horizontally with a gap <= ``near_fraction`` of the narrower width;
 * ``left of`` / ``right of`` / ``above`` / ``below`` (not PSG; added because every pair has a
   direction): the fallback, along the axis where the box centres are further apart relative to the boxes'
-  sizes.
+  sizes (``|centre offset| / mean extent`` along that axis).
 
-The other 52 PSG predicates (actions such as ``holding``, ``riding``, ``looking at``; depth such as
+The other 51 PSG predicates (actions such as ``holding``, ``riding``, ``looking at``; depth such as
 ``in front of``) need appearance or 3-D cues and are never emitted. Each ordered pair gets exactly one
 relation (the first rule that holds, in the order above), so N objects give N(N - 1) relations, which is
 >= ``min(10, N)``: the official verbalizer's top-k never runs short. Score = min(subject score, object
-score) × strength, where strength is the containment fraction (``in``), the overlap fraction (``on``,
+score) × strength, where strength is the containment fraction (``in``, ``enclosing``), the overlap fraction (``on``,
 ``over``, ``beside``) or the centre separation relative to the boxes' half-extents, clipped to 1
 (directional). The top ``top_k`` by score are returned, ties kept in pair order. Boxes are used for every
 object (segments through their mask boxes). The verbalizer's 0.8 threshold then keeps relations between
@@ -47,7 +48,7 @@ from .types import Box, Detection, Relation, SceneGraph, Segment, mask_box
 #: Non-PSG predicates of the geometric backend (appended after the 56 PSG ones in its vocabulary).
 DIRECTIONAL_PREDICATES: tuple[str, ...] = ("left of", "right of", "above", "below")
 #: PSG predicates the geometric backend can emit.
-GEOMETRIC_PSG_PREDICATES: tuple[str, ...] = ("in", "on", "over", "beside")
+GEOMETRIC_PSG_PREDICATES: tuple[str, ...] = ("in", "enclosing", "on", "over", "beside")
 
 
 def geometric_predicates() -> tuple[str, ...]:
@@ -96,6 +97,10 @@ def geometric_relation(
         inside = x_overlap * y_overlap / s_area
         if inside >= contain_fraction:
             return "in", inside
+    if o_area > 0 and s_area >= size_ratio * o_area:
+        inside = x_overlap * y_overlap / o_area
+        if inside >= contain_fraction:
+            return "enclosing", inside
     if x_frac >= min_overlap and sy1 < oy1 and oy1 <= sy2 <= oy1 + oh / 2:
         return "on", x_frac
     if x_frac >= min_overlap and sy2 <= oy1:
@@ -110,7 +115,7 @@ def geometric_relation(
     half_h = (sh + oh) / 2
     sep_x = abs(dx) / half_w if half_w > 0 else 0.0
     sep_y = abs(dy) / half_h if half_h > 0 else 0.0
-    if sep_x >= sep_y:
+    if sep_x >= sep_y:  # the axis of the larger (unclipped) separation
         return ("left of" if dx < 0 else "right of"), min(1.0, sep_x)
     return ("above" if dy < 0 else "below"), min(1.0, sep_y)
 
@@ -257,17 +262,23 @@ class PsgtrSceneGraph:
     requires: tuple[str, ...] = ()
 
     def __init__(self, *, device: str = "cpu", config_file: str = "", checkpoint: str = "") -> None:
-        try:
-            from mmdet.apis import inference_detector, init_detector
-        except ImportError:
-            raise missing_extra(
-                "psgtr", "mmdet", "psgtr", instead="--preset default (geometric scene graph)"
-            ) from None
+        self.check_dependencies()
+        from mmdet.apis import inference_detector, init_detector
+
         for option, value in (("config_file", config_file), ("checkpoint", checkpoint)):
             if not value or not Path(value).is_file():
                 raise FileNotFoundError(f"psgtr: option {option} must name an existing file, got {value!r}")
         self._inference = inference_detector
         self.model = init_detector(config_file, checkpoint, device=device)
+
+    @classmethod
+    def check_dependencies(cls) -> None:
+        try:
+            import mmdet.apis  # noqa: F401
+        except ImportError:
+            raise missing_extra(
+                "psgtr", "mmdet", "psgtr", instead="--preset default (geometric scene graph)"
+            ) from None
 
     @classmethod
     def versions(cls) -> dict[str, str]:
