@@ -362,3 +362,35 @@ def test_real_backends_through_cli(tmp_path, capsys):
     assert len(p.relations) == min(100, n * (n - 1))
     aux = verbalize_perception(p)
     assert aux.endswith("The image includes text descriptions: Bakery.")
+
+
+def test_two_processes_under_torch_distributed(tmp_path):
+    """A real 2-process launch (what ``accelerate launch`` starts): ranks from accelerate's PartialState."""
+    pytest.importorskip("accelerate")
+    images = dataset(tmp_path / "data", 5)
+    out = tmp_path / "cache"
+    cfg = write_config(tmp_path / "cfg.json", make_config())
+    script = tmp_path / "run.py"
+    script.write_text(
+        KILL_SCRIPT.format(tests=str(REPO / "tests"), data=str(tmp_path / "data"), out=str(out), cfg=cfg)
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+    ]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "perceived 3 images (rank 0 of 2): 3 new" in result.stdout
+    assert "perceived 2 images (rank 1 of 2): 2 new" in result.stdout
+    assert sorted(p.name for p in (out / "index").iterdir()) == [
+        "rank-00000-of-00002.jsonl",
+        "rank-00001-of-00002.jsonl",
+    ]
+    cache = PerceptionCache(out)
+    assert len(cache) == 5 and all(cache.get(p) is not None for p in images)

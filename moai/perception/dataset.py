@@ -76,11 +76,14 @@ def distributed_context() -> tuple[int, int, str | None]:
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and "MASTER_ADDR" in os.environ:
         try:
+            import torch
             from accelerate import PartialState
         except ImportError:
             return rank, world, None
-        state = PartialState()
-        return state.process_index, state.num_processes, str(state.device)
+        # On a CPU-only machine PartialState() stays single-process unless asked for CPU (gloo) explicitly.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if state.num_processes == world:
+            return state.process_index, state.num_processes, str(state.device)
     return rank, world, None
 
 
