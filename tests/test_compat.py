@@ -177,3 +177,47 @@ def test_first_divergence_is_reported_in_data_flow_order():
     lines = []
     _report_divergence("eval_b1", got, want, lines.append)
     assert lines == ["     first divergence in eval_b1: layer00_out max|Δ|=1"]
+
+
+def test_official_tokenizer_and_template_are_converted(tmp_path):
+    """A SentencePiece model trained here stands in for InternLM2's (not among the fixtures)."""
+    spm = pytest.importorskip("sentencepiece", reason="the official extra (sentencepiece) is not installed")
+    src = tmp_path / "official"
+    src.mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join(
+            ["AI assistant should give helpful and detailed answers to user.", "What color is it?"] * 40
+        )
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(src / "tokenizer"),
+        vocab_size=300,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+        user_defined_symbols=["[UNUSED_TOKEN_146]", "[UNUSED_TOKEN_145]"],
+    )
+    from moai.compat.tokenizer import load_official_tokenizer
+    from moai.model.processing import MoAIProcessor
+
+    tokenizer = load_official_tokenizer(src)
+    assert tokenizer.convert_tokens_to_ids("<image>") == 300  # the extra row, as 92,544 in MoAI-7B
+    assert tokenizer.pad_token_id == 2 and tokenizer.padding_side == "left"
+    processor = MoAIProcessor(
+        tokenizer, image_size=28, num_image_tokens=4, template="official", aux_map_mode="official"
+    )
+    batch = processor(images=[torch.zeros(28, 28, 3, dtype=torch.uint8).numpy()], text=["What color is it?"])
+    ids = batch["input_ids"][0].tolist()
+    assert ids[0] == 1 and ids.count(300) == 4
+    text = tokenizer.decode(ids)
+    assert (
+        "AI assistant should give helpful" in text
+        and "[UNUSED_TOKEN_146]" in text
+        and text.rstrip().endswith("assistant")
+    )

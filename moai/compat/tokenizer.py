@@ -22,11 +22,16 @@ def load_official_tokenizer(src: Path):
         raise ImportError(
             "the official InternLM2 tokenizer needs sentencepiece: pip install 'moai-vlm[official]'"
         ) from err
+    import shutil
+    import tempfile
+
     from transformers import LlamaTokenizer
 
-    tokenizer = LlamaTokenizer(
-        vocab_file=str(src / "tokenizer.model"), add_bos_token=True, add_eos_token=False
-    )
+    # load from a directory holding only the SentencePiece model: the official tokenizer_config.json points
+    # at remote code (InternLM2Tokenizer) that transformers 5 does not ship
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(src / "tokenizer.model", Path(tmp) / "tokenizer.model")
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False, legacy=True)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.pad_token = tokenizer.eos_token  # the official pads with </s>
     tokenizer.padding_side = "left"
