@@ -233,3 +233,21 @@ def test_shipped_configs_load():
             data = yaml.safe_load(path.read_text())
             assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED"), path.name
     assert train_configs <= {p.name for p in configs.glob("*.yaml")}
+
+
+def test_gradient_checkpointing_bf16_and_accumulation_run(tmp_path):
+    data = write_dataset(tmp_path, n=8)
+    plain = TrainConfig.load(write_config(tmp_path, data, max_steps=2, batch_size=4, trainable="moai+plora"))
+    plain.output_dir = str(tmp_path / "plain")
+    train(plain, **QUIET)
+    accum = TrainConfig.load(
+        write_config(tmp_path, data, max_steps=2, batch_size=2, grad_accum=2, trainable="moai+plora")
+    )
+    accum.output_dir, accum.gradient_checkpointing = str(tmp_path / "accum"), True
+    train(accum, **QUIET)
+    want, got = _final_trainable(tmp_path / "plain"), _final_trainable(tmp_path / "accum")
+    for name in want:  # accumulation over 2 micro-batches of 2 == one batch of 4 (global label-count loss)
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0)
+    bf16 = TrainConfig.load(write_config(tmp_path, data, max_steps=2, batch_size=4, precision="bf16"))
+    bf16.output_dir = str(tmp_path / "bf16")
+    assert torch.isfinite(torch.tensor(train(bf16, **QUIET)["final_loss"]))

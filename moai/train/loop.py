@@ -212,6 +212,9 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
     use_cuda = torch.cuda.is_available()
     if config.precision == "fp16" and not use_cuda:
         raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a previous in-process run may have fixed another precision
     accelerator = Accelerator(
         cpu=not use_cuda,
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
