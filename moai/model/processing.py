@@ -214,7 +214,9 @@ class MoAIProcessor:
         question, answer = turns[0]
         for i, (later_q, _) in enumerate(turns[1:], start=1):
             if IMAGE_TOKEN in later_q:
-                raise ValueError(f"turn {i} has {IMAGE_TOKEN}; MoAI takes exactly one image, in the first turn")
+                raise ValueError(
+                    f"turn {i} has {IMAGE_TOKEN}; MoAI takes exactly one image, in the first turn"
+                )
         prompt_ids = self.tokenizer(self.format_prompt(question)).input_ids
         ids, streams = [], []
         for tid in prompt_ids:  # expand the single <image> to N image tokens
@@ -227,7 +229,9 @@ class MoAIProcessor:
         labels = [IGNORE_INDEX] * len(ids)
         for i, (q, a) in enumerate(turns):
             if i > 0:
-                turn_ids = self.tokenizer(self.template.turn.format(question=q), add_special_tokens=False).input_ids
+                turn_ids = self.tokenizer(
+                    self.template.turn.format(question=q), add_special_tokens=False
+                ).input_ids
                 ids += turn_ids
                 streams += [STREAM_ANSWER] * len(turn_ids)
                 labels += [IGNORE_INDEX] * len(turn_ids)
@@ -235,7 +239,9 @@ class MoAIProcessor:
                 if i != len(turns) - 1:
                     raise ValueError(f"turn {i} has no answer but is not the last turn")
                 continue
-            answer_ids = self.tokenizer(self.template.answer.format(answer=a), add_special_tokens=False).input_ids
+            answer_ids = self.tokenizer(
+                self.template.answer.format(answer=a), add_special_tokens=False
+            ).input_ids
             ids += answer_ids
             streams += [STREAM_ANSWER] * len(answer_ids)
             labels += answer_ids
