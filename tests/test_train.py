@@ -251,3 +251,51 @@ def test_gradient_checkpointing_bf16_and_accumulation_run(tmp_path):
     bf16 = TrainConfig.load(write_config(tmp_path, data, max_steps=2, batch_size=4, precision="bf16"))
     bf16.output_dir = str(tmp_path / "bf16")
     assert torch.isfinite(torch.tensor(train(bf16, **QUIET)["final_loss"]))
+
+
+def _perception_cache(tmp_path: Path, images: list[Path]) -> Path:
+    import numpy as np
+
+    from moai.perception import Perception, PerceptionCache, PerceptionConfig, Segment, TextLine, content_hash
+    from moai.perception.cache import config_versions
+
+    config = PerceptionConfig.from_preset("default")
+    cache = PerceptionCache(tmp_path / "cache", config=config, versions=config_versions(config), create=True)
+    for i, image in enumerate(images):
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[4 : 20 + i, 8:30] = True
+        p = Perception(
+            image_size=(64, 64),
+            segments=(Segment(label="kite", box=(8.0, 4.0, 30.0, 20.0 + i), mask=mask, score=0.9),),
+            text_lines=(TextLine(text=f"WORD{i}", quad=((0, 0), (10, 0), (10, 5), (0, 5)), score=0.99),),
+        )
+        cache.put(content_hash(image), p, source=str(image))
+    return tmp_path / "cache"
+
+
+def test_aux_from_perception_cache(tmp_path):
+    from moai.perception import PerceptionCache, verbalize_perception
+    from moai.train.data import AuxResolver
+
+    data = write_dataset(tmp_path, n=6)
+    images = sorted((tmp_path / "images").glob("*.png"), key=lambda p: int(p.stem))
+    cache_dir = _perception_cache(tmp_path, images[:5])  # image 5 is not perceived
+    cfg = TrainConfig.load(
+        write_config(tmp_path, data, max_steps=1, batch_size=2, aux="cache", perception_cache=str(cache_dir))
+    )
+    summary = train(cfg, **QUIET)
+    assert (
+        summary["data"]["skipped_bad_records"] == 1 and "not in perception cache" in summary["bad_records"][0]
+    )
+    from moai.train.config import DataSource
+
+    examples = load_examples(DataSource(str(data)))
+    resolved, missing = AuxResolver("cache", str(cache_dir), None, "official", "corrected").resolve(examples)
+    cache = PerceptionCache(cache_dir)
+    assert len(resolved) == 5 and len(missing) == 1
+    assert resolved[0].aux_text == verbalize_perception(cache.get(images[0]))
+    assert "WORD0" in resolved[0].aux_text and "kite" in resolved[0].aux_text
+    assert resolved[0].aux_map.shape == (64, 64, 3)
+    cfg.perception_preset, cfg.output_dir = "official", str(tmp_path / "other")
+    with pytest.raises(ValueError, match="another perception config"):
+        train(cfg, **QUIET)

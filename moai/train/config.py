@@ -55,6 +55,11 @@ class TrainConfig:
     ``moai perceive --data`` (``perception_cache``), perception computed on the fly, or none."""
     perception_cache: str | None = None
     """Cache directory written by ``moai perceive --data`` (for ``aux: cache``)."""
+    perception_preset: str | None = None
+    """Perception preset (``default`` | ``official``) run for ``aux: perceive``; with ``aux: cache`` it is
+    checked against the cache's config when given."""
+    verbalizer: Literal["official", "v2"] = "official"
+    """How perception becomes the aux text (``v2`` is for new models, see moai/verbalize/v2.py)."""
     max_length: int = 2048
     """Maximum tokens per sample (image tokens included); longer samples are truncated at the end."""
     batch_size: int = 4

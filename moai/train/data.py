@@ -43,7 +43,8 @@ class Example:
     image: Path
     turns: tuple[tuple[str, str], ...]
     aux_text: str
-    aux_map: Path | None
+    aux_map: Path | np.ndarray | None
+    """A panoptic colour-map image file, or the map computed from perception (H, W, 3), or None."""
     source: str
     line: int
 
@@ -264,14 +265,57 @@ class Collator:
         batch["aux_input_ids"] = p.pad_left(aux_ids, p.tokenizer.pad_token_id)
         batch["aux_attention_mask"] = p.pad_left([[1] * len(a) for a in aux_ids], 0)
         if self.use_aux_map:
-            maps = [
-                _open_rgb(e.aux_map)
-                if e.aux_map is not None
-                else np.zeros((p.image_size, p.image_size, 3), np.uint8)
-                for e in examples
-            ]
+            maps = [self._aux_map(e.aux_map) for e in examples]
             batch["aux_pixel_values"] = p.preprocess_aux_images(maps)
         return batch
+
+    def _aux_map(self, aux_map: Path | np.ndarray | None) -> Image.Image | np.ndarray:
+        if aux_map is None:  # nothing segmented: a black map, as the official
+            return np.zeros((self.processor.image_size, self.processor.image_size, 3), np.uint8)
+        return aux_map if isinstance(aux_map, np.ndarray) else _open_rgb(aux_map)
+
+
+class AuxResolver:
+    """Fill each example's aux text and panoptic map from perception (``aux: cache`` or ``perceive``).
+
+    ``cache``: the cache of ``moai perceive --data`` (refused when it was written with another perception
+    config than ``preset``'s, if one is given); an image missing from the cache is a reported problem.
+    ``perceive``: run the perception preset on the images now (slow; for small data sets).
+    """
+
+    def __init__(self, mode: str, cache_dir: str | None, preset: str | None, verbalizer: str, map_style: str):
+        from ..perception import PerceptionCache, PerceptionConfig
+
+        self.mode, self.verbalizer, self.map_style = mode, verbalizer, map_style
+        self.config = PerceptionConfig.from_preset(preset) if preset else None
+        self.cache = None
+        if mode == "cache":
+            if not cache_dir:
+                raise ValueError(
+                    "aux: cache needs perception_cache (the --out directory of moai perceive --data)"
+                )
+            self.cache = PerceptionCache(cache_dir, config=self.config)
+        elif mode == "perceive" and self.config is None:
+            raise ValueError("aux: perceive needs perception_preset")
+
+    def resolve(self, examples: list[Example]) -> tuple[list[Example], list[Problem]]:
+        from ..perception import panoptic_map, perceive, verbalize_perception
+
+        if self.mode == "cache":
+            found = [self.cache.get(e.image) for e in examples]
+        else:
+            found = perceive([str(e.image) for e in examples], self.config)
+        out, problems = [], []
+        for example, perception in zip(examples, found):
+            if perception is None:
+                problems.append(
+                    Problem(example.source, example.line, f"not in perception cache: {example.image}")
+                )
+                continue
+            aux_text = verbalize_perception(perception, style=self.verbalizer)
+            aux_map = panoptic_map(perception, style=self.map_style)
+            out.append(Example(**{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map}))
+        return out, problems
 
 
 def _open_rgb(path: Path) -> Image.Image:

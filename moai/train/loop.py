@@ -30,7 +30,7 @@ from ..model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS, STREAM_ANSWER, STREAM
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import IGNORE_INDEX, MoAIProcessor
 from .config import TrainConfig
-from .data import Collator, DataReport, Mixture, Problem, load_examples
+from .data import AuxResolver, Collator, DataReport, Example, Mixture, Problem, load_examples
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
 EXPERT_NAMES = ("I_AUX", "I_LANG", "I_SELF", "L_AUX", "L_IMG", "L_SELF")
@@ -204,11 +204,6 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
 
     if not config.data:
         raise ValueError("config.data is empty: list at least one LLaVA data file")
-    if config.aux not in ("record", "none"):
-        raise ValueError(
-            f"aux: {config.aux} needs the perception stage (moai perceive --data); use aux: record "
-            "(the records' aux_text field) or aux: none until it is available"
-        )
     use_cuda = torch.cuda.is_available()
     if config.precision == "fp16" and not use_cuda:
         raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
@@ -243,9 +238,24 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
     collator = Collator(
         processor, config.max_length, model.config.use_aux_map and bool(model.config.mixer_config.layers)
     )
+    resolver = None
+    if config.aux in ("cache", "perceive"):
+        map_style = "official" if processor.aux_map_mode == "official" else "corrected"
+        resolver = AuxResolver(
+            config.aux, config.perception_cache, config.perception_preset, config.verbalizer, map_style
+        )
     files = []
     for source in config.data:
         examples = load_examples(source, strict=config.strict, report=report, log=say)
+        if config.aux == "none":
+            examples = [Example(**{**e.__dict__, "aux_text": "", "aux_map": None}) for e in examples]
+        elif resolver is not None:
+            examples, missing = resolver.resolve(examples)
+            for problem in missing:
+                if config.strict:
+                    raise ValueError(str(problem))
+                report.problems.append(problem)
+                say(f"skipped {problem}")
         usable = []
         for example in examples:
             reason = collator.check(example)
