@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .registry import missing_extra, package_version
@@ -30,10 +31,14 @@ def from_pretrained(cls: Any, checkpoint: str, revision: str | None, backend: st
     try:
         return cls.from_pretrained(checkpoint, revision=revision, **kwargs)
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+        offline = (
+            " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
+        )
         raise FileNotFoundError(
             f"{backend}: cannot load checkpoint {checkpoint!r} ({first}); pass a local directory or allow "
-            "downloads (HF_HUB_OFFLINE is set)"
+            f"downloads{offline}"
         ) from None
 
 

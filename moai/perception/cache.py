@@ -106,7 +106,15 @@ def _diff(prefix: str, a: Any, b: Any, out: list[str]) -> None:
         for key in sorted(set(a) | set(b)):
             _diff(f"{prefix}.{key}" if prefix else str(key), a.get(key), b.get(key), out)
     elif a != b:
-        out.append(f"{prefix}: cache has {json.dumps(a)}, this run {json.dumps(b)}")
+        out.append(f"{prefix}: cache has {_short(a)}, this run {_short(b)}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """JSON of a differing value; a backend config is shown by its name."""
+    if isinstance(value, Mapping) and "name" in value:
+        return json.dumps(value["name"])
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class PerceptionCache:

@@ -3,7 +3,7 @@
 Panoptic masks are blended in their panoptic-map colours (PASCAL colormap by segment id, as the map MoAI
 encodes), segment boxes are thin and labelled at the top left, OWOD boxes (score >= ``od_threshold``)
 are dashed-looking double lines labelled with their score, relations (score >= ``sgg_threshold``) are
-arrows from the subject's box centre to the object's with the predicate at the midpoint, and OCR quads
+arrows from the subject's box centre to the object's with the predicate a third of the way along, and OCR quads
 are outlined with the recognised text under them.
 """
 
@@ -25,6 +25,7 @@ OCR_COLOR = (0, 160, 255)
 TEXT_COLOR = (255, 255, 255)
 FONT_FRACTION = 0.028  # font size relative to the canvas' longer side
 ARROW_HEAD = 8.0
+LABEL_AT = 1 / 3  # where along a relation arrow its predicate is written
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -99,7 +100,9 @@ def draw_perception(
     for rel in relations[:max_relations]:
         start, end = _centre(p.objects[rel.subject].box), _centre(p.objects[rel.object].box)
         _arrow(draw, start, end, line)
-        _label(draw, ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2), rel.predicate, REL_COLOR, font)
+        # label a third of the way from the subject, so that a pair's two directions do not overlap
+        at = (start[0] + (end[0] - start[0]) * LABEL_AT, start[1] + (end[1] - start[1]) * LABEL_AT)
+        _label(draw, at, rel.predicate, REL_COLOR, font)
     for text in p.text_lines:
         draw.polygon(text.quad, outline=OCR_COLOR, width=line + 1)
         _label(draw, (text.box[0], text.box[3] + 2), text.text, OCR_COLOR, font)

@@ -13,9 +13,9 @@ PSG predicates that 2-D layout can decide and four directional ones that are *no
   and the object's box is at least ``size_ratio`` times larger ("bird in sky", "car in road");
 * ``enclosing`` (PSG): the inverse of ``in`` ("sky enclosing bird");
 * ``on`` (PSG): the subject rests on top of the object: they overlap horizontally (>= ``min_overlap`` of
-  the narrower width), the subject's top is above the object's top and its bottom edge falls in the upper
-  half of the object's box ("cup on table", "person on grass");
-* ``over`` (PSG): the subject is entirely above the object, with a gap, overlapping horizontally;
+  the narrower width), the subject's top is above the object's top, its bottom edge falls in the upper
+  half of the object's box and its box is not the larger one ("cup on table", "person on grass");
+* ``over`` (PSG): the subject is entirely above the object, overlapping horizontally ("sky over road");
 * ``beside`` (PSG): the boxes are side by side: vertical overlap >= ``min_overlap`` of the smaller
   height, disjoint horizontally with a gap <= ``near_fraction`` of the narrower width;
 * ``left of`` / ``right of`` / ``above`` / ``below`` (not PSG; added because every pair has a
@@ -101,7 +101,7 @@ def geometric_relation(
         inside = x_overlap * y_overlap / o_area
         if inside >= contain_fraction:
             return "enclosing", inside
-    if x_frac >= min_overlap and sy1 < oy1 and oy1 <= sy2 <= oy1 + oh / 2:
+    if x_frac >= min_overlap and sy1 < oy1 and oy1 <= sy2 <= oy1 + oh / 2 and s_area <= o_area:
         return "on", x_frac
     if x_frac >= min_overlap and sy2 <= oy1:
         return "over", x_frac
