@@ -171,6 +171,12 @@ def test_single_image_errors(tmp_path, capsys):
     assert main(["perceive", str(bad), "--preset", "official", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "moai-vlm[psgtr]" in err and "--preset default" in err and err.count("\n") == 1
+    out = tmp_path / "never"
+    assert main(["perceive", "--data", str(tmp_path), "--out", str(out), "--preset", "official"]) == 2
+    assert "moai-vlm[psgtr]" in capsys.readouterr().err and not out.exists()  # stopped before creating it
+    lonely = write_config(tmp_path / "lonely.json", PerceptionConfig(sgg={"name": "geometric"}, device="cpu"))
+    assert main(["perceive", str(bad), "--config", lonely]) == 2
+    assert "sgg backend 'geometric' reads the ps / owod outputs; configure at least one" in capsys.readouterr().err
 
 
 # --- data sets, cache ------------------------------------------------------------------------------------------------

@@ -68,11 +68,9 @@ def content_hash(source: str | Path | bytes) -> str:
 
 def config_versions(config: PerceptionConfig) -> dict[str, str]:
     """Package versions that can change the results of ``config`` (no model is loaded)."""
-    from .registry import backend_requires
+    from .run import run_roles
 
-    roles = set(config.roles)
-    if config.sgg is not None:
-        roles |= {r for r in backend_requires("sgg", config.sgg.name) if getattr(config, r) is not None}
+    roles = run_roles(config)
     versions = {"moai-vlm": package_version("moai-vlm"), "numpy": package_version("numpy")}
     versions["pillow"] = package_version("pillow")
     for role in sorted(roles):

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from .cache import PerceptionCache, config_versions, content_hash
 from .config import PerceptionConfig
 from .image import ImageLoadError, load_image
-from .run import Perceiver
+from .run import Perceiver, check_config
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -133,6 +133,7 @@ def precompute(
         raise ValueError(f"rank {rank} outside world size {world}")
     if device is not None and config.device == "auto":
         config = replace(config, device=device)
+    check_config(config)  # a missing extra stops here, before the cache directory is created
     images = list_images(data, image_root)[rank::world]
     cache = PerceptionCache(out, config=config, versions=config_versions(config), create=True)
     tag = f"rank{rank:05d}"

@@ -33,6 +33,35 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def run_roles(config: PerceptionConfig) -> tuple[str, ...]:
+    """The roles that run for ``config``: the requested ones plus those its SGG backend reads."""
+    needed = set(config.roles)
+    if config.sgg is not None:
+        needed |= {r for r in backend_requires("sgg", config.sgg.name) if getattr(config, r) is not None}
+    return tuple(role for role in ROLES if role in needed)
+
+
+def check_config(config: PerceptionConfig, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Validate ``config`` without loading a model; returns the roles that will run.
+
+    Raises ``ValueError`` for an empty config or an SGG backend without its inputs, and
+    ``MissingExtraError`` for every backend whose dependencies are missing, before anything loads.
+    """
+    if not config.roles:
+        raise ValueError("PerceptionConfig has no role to run (all of ps, owod, sgg, ocr are None)")
+    if config.sgg is not None:
+        reads = backend_requires("sgg", config.sgg.name)
+        if reads and not any(getattr(config, r) is not None for r in reads):
+            raise ValueError(
+                f"sgg backend {config.sgg.name!r} reads the {' / '.join(reads)} outputs; configure at least one"
+            )
+    roles = run_roles(config)
+    for role in roles:
+        if role not in skip:
+            check_backend(role, getattr(config, role).name)
+    return roles
+
+
 class Perceiver:
     """The backends of one ``PerceptionConfig``, built once (models load in ``__init__``) and reused.
 
@@ -42,20 +71,12 @@ class Perceiver:
     """
 
     def __init__(self, config: PerceptionConfig, backends: dict[str, Any] | None = None) -> None:
-        if not config.roles:
-            raise ValueError("PerceptionConfig has no role to run (all of ps, owod, sgg, ocr are None)")
         if config.device == "auto":
             config = replace(config, device=resolve_device())
         self.config = config
         self.requested = config.roles
-        needed = set(self.requested)
-        if config.sgg is not None:
-            needed |= {r for r in backend_requires("sgg", config.sgg.name) if getattr(config, r) is not None}
-        self.run_roles = tuple(role for role in ROLES if role in needed)
         self.backends: dict[str, Any] = dict(backends or {})
-        for role in self.run_roles:  # every missing extra is reported before the first model loads
-            if role not in self.backends:
-                check_backend(role, getattr(config, role).name)
+        self.run_roles = check_config(config, skip=tuple(self.backends))
         for role in self.run_roles:
             if role not in self.backends:
                 spec = getattr(config, role)
