@@ -176,7 +176,10 @@ def test_single_image_errors(tmp_path, capsys):
     assert "moai-vlm[psgtr]" in capsys.readouterr().err and not out.exists()  # stopped before creating it
     lonely = write_config(tmp_path / "lonely.json", PerceptionConfig(sgg={"name": "geometric"}, device="cpu"))
     assert main(["perceive", str(bad), "--config", lonely]) == 2
-    assert "sgg backend 'geometric' reads the ps / owod outputs; configure at least one" in capsys.readouterr().err
+    assert (
+        "sgg backend 'geometric' reads the ps / owod outputs; configure at least one"
+        in capsys.readouterr().err
+    )
 
 
 # --- data sets, cache ------------------------------------------------------------------------------------------------
