@@ -403,3 +403,25 @@ def test_two_processes_under_torch_distributed(tmp_path):
     ]
     cache = PerceptionCache(out)
     assert len(cache) == 5 and all(cache.get(p) is not None for p in images)
+
+
+def test_draw_many_segments_relations_and_text():
+    from moai.perception.draw import draw_perception
+    from moai.perception.types import Relation
+
+    seg_map = np.arange(150).repeat(4)[:600].reshape(20, 30) % 150 + 1  # 150 segments, more than 134 colours
+    segments = tuple(Segment.from_mask("person", seg_map == i + 1, 0.9) for i in range(150))
+    objects = (Detection("cup", (1, 1, 5, 5), 0.9), Detection("table", (0, 10, 30, 20), 0.9))
+    p = Perception(
+        image_size=(30, 20),
+        segments=segments,
+        detections=(Detection("lamp", (-5, -5, 40, 8), 0.7),),  # boxes may leave the canvas (not clipped)
+        objects=objects,
+        relations=(Relation(0, "cup", "over", 1, "table", 0.9),),
+        text_lines=(TextLine(OCR_TEXT, ((2, 2), (20, 2), (20, 8), (2, 8)), 0.9),),
+    )
+    canvas = np.full((20, 30, 3), 128, np.uint8)
+    picture = np.asarray(draw_perception(canvas, p))
+    assert picture.shape == (20, 30, 3) and (picture != canvas).any()
+    with pytest.raises(ValueError, match="canvas is 30x20 but the perception is for 10x10"):
+        draw_perception(canvas, Perception(image_size=(10, 10)))

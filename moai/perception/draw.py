@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..verbalize.colormap import corrected_panoptic_map
+from ..verbalize.colormap import PANOPTIC_NUM_COLORS, pascal_colormap
 from ..verbalize.official import OD_SCORE_THRESHOLD, SGG_SCORE_THRESHOLD, SGG_TOP_K
 from .types import Box, Perception
 
@@ -73,18 +73,20 @@ def draw_perception(
             f"canvas is {width}x{height} but the perception is for {p.image_size[0]}x{p.image_size[1]}"
         )
     base = canvas.astype(np.float32)
+    # the panoptic-map colours (by segment id); more segments than the official 134 colours just extend the map
+    palette = pascal_colormap(max(PANOPTIC_NUM_COLORS, len(p.segments) + 1))
     if p.segments:
-        colours = corrected_panoptic_map(p.segment_id_map()).astype(np.float32)
-        painted = p.segment_id_map() > 0
-        base[painted] = (1 - MASK_ALPHA) * base[painted] + MASK_ALPHA * colours[painted]
+        seg_map = p.segment_id_map()
+        painted = seg_map > 0
+        base[painted] = (1 - MASK_ALPHA) * base[painted] + MASK_ALPHA * palette[seg_map[painted]].astype(
+            np.float32
+        )
     image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     font_size = max(8, round(FONT_FRACTION * max(width, height)))
     font = _font(font_size)
     line = max(1, round(max(width, height) / 300))
-    colours = (
-        corrected_panoptic_map(np.arange(1, len(p.segments) + 1).reshape(1, -1))[0] if p.segments else []
-    )
+    colours = palette[1 : len(p.segments) + 1]
     for seg, colour in zip(p.segments, colours):
         colour = tuple(int(c) for c in colour)
         draw.rectangle(seg.box, outline=colour, width=line)
