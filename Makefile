@@ -36,6 +36,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/model.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
