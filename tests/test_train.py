@@ -299,3 +299,10 @@ def test_aux_from_perception_cache(tmp_path):
     cfg.perception_preset, cfg.output_dir = "official", str(tmp_path / "other")
     with pytest.raises(ValueError, match="another perception config"):
         train(cfg, **QUIET)
+
+
+def test_base_step_with_moai_policy_is_a_clear_error(tmp_path):
+    data = write_dataset(tmp_path, n=2)
+    cfg = TrainConfig.load(write_config(tmp_path, data, step="base", trainable="moai", max_steps=1))
+    with pytest.raises(ValueError, match="leaves nothing to train for step base"):
+        train(cfg, **QUIET)

@@ -75,7 +75,10 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
 def set_trainable(model: MoAIForConditionalGeneration, policy: str) -> int:
     """Apply a trainable policy (see `TrainConfig.trainable`); return the trainable count."""
     if policy in ("moai", "moai+plora", "all"):
-        return model.set_trainable(policy)
+        model.set_trainable(policy)
+        if not model.config.mixer_config.layers:  # without mixers the compressor never runs
+            model.compressor.requires_grad_(False)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.set_trainable("none")
     for name, param in model.named_parameters():
         if name.startswith("projector.") or (
