@@ -128,7 +128,6 @@ def test_loss_goes_down_and_plot(tmp_path):
 def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
     data = write_dataset(tmp_path, n=4)
     cfg = TrainConfig.load(write_config(tmp_path, data, step="step1", max_steps=3, batch_size=4))
-    before = None
     from moai.train.loop import build_model
 
     model, _ = build_model(cfg)

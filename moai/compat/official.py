@@ -77,7 +77,6 @@ def config_from_official(source: dict[str, Any], gate_dtype: str = "float16") ->
         interp = source.get("clip_position_interp", {})
         grid = interp.get("new_grid", clip["image_size"] // clip["patch_size"])
         comp, experts, plora = source["compressor"], source["experts"], source["plora"]
-        base = MoAIConfig.from_preset("moai-7b").to_dict()
         vision = {k: v for k, v in clip.items() if k != "image_size"} | {
             "image_size": grid * clip["patch_size"]
         }
@@ -96,7 +95,6 @@ def config_from_official(source: dict[str, Any], gate_dtype: str = "float16") ->
             plora_config=dict(r=plora["lora_r"], alpha=float(plora["lora_alpha"]), **over["plora"]),
             image_token_id=text.get("image_token_index", text["vocab_size"]),
         )
-        del base
     else:
         text = source
         preset = MoAIConfig.from_preset("moai-7b")

@@ -203,9 +203,6 @@ class MoAIConfig(PreTrainedConfig):
             raise ValueError(
                 f"mixer_config.forced_experts must be [img, lang] with values in 0..2, got {mixer.forced_experts}"
             )
-        if self.image_token_id < text.vocab_size and self.image_token_id != text.vocab_size:
-            # an <image> id inside the LM vocabulary would be predictable by the head; allowed but unusual
-            pass
 
     # -- presets -------------------------------------------------------------------------------------
     @classmethod
