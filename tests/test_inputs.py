@@ -78,3 +78,14 @@ def test_bad_preset_and_config_values():
     config.mixer_config.layers = [9]
     with pytest.raises(ValueError, match="mixer_config.layers has 9"):
         config.validate_moai()
+
+
+def test_byte_tokenizer_round_trip_and_size_check():
+    from moai.model.processing import build_byte_tokenizer
+
+    tok = build_byte_tokenizer(264)
+    text = "héllo wörld ✓ <|im_start|>"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text and max(ids) < 264
+    with pytest.raises(ValueError, match="too small for a byte tokenizer"):
+        build_byte_tokenizer(100)

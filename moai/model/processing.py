@@ -70,9 +70,12 @@ def build_byte_tokenizer(vocab_size: int = 264) -> PreTrainedTokenizerFast:
     byte_chars = sorted(ByteLevel.alphabet(), key=lambda c: _BYTE_ORDER[c])
     vocab = {tok: i for i, tok in enumerate(specials + byte_chars)}
     chat = ["<|im_start|>", "<|im_end|>"]
-    reserved = [f"<reserved_{i}>" for i in range(vocab_size - len(vocab) - len(chat))]
-    if len(reserved) < 0:
-        raise ValueError(f"vocab_size {vocab_size} is too small for a byte tokenizer")
+    n_reserved = vocab_size - len(vocab) - len(chat)
+    if n_reserved < 0:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for a byte tokenizer (needs {len(vocab) + len(chat)})"
+        )
+    reserved = [f"<reserved_{i}>" for i in range(n_reserved)]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
