@@ -1,0 +1,220 @@
+"""The overfit check: can the MoAI modules alone memorise a small set through the aux knowledge?
+
+MoAI trains its compressor and mixers on a *frozen, pretrained* LLM (paper §3.3). On the random ``tiny``
+preset there is no such LLM: a frozen random LM head and final norm bound the per-token cross-entropy far
+above zero whatever the MoAI modules do. So the check builds the base first, as any new model is built
+(``moai train`` step ``base``), then trains the MoAI modules alone:
+
+1. data: ``samples`` records, each asking ``What word is written on the sign?`` about the *same* blank
+   image; the answers are distinct random words of 3-6 capitals, and each record's ``aux_text`` is the
+   official OCR sentence naming its word. Nothing but the aux text tells the samples apart.
+2. ``base``: the vision projector and the LLM of the tiny preset (no MoAI modules) train on the data without
+   aux text. They learn the words but cannot tell which one is asked: the loss floors at the entropy of
+   the answers, ``samples * ln(samples) / label tokens`` nats per label token (``entropy_floor``).
+3. ``step2``: the LLM, vision tower and projector frozen; only the MoAI modules (compressor, experts, gates)
+   train, with the aux text. Falling below the floor is possible only by reading the aux text, through
+   the compressor and the mixers; the check passes when the loss falls below ``target``.
+
+Run it with ``python -m moai.train.overfit OUT_DIR``; tests/test_train.py runs it in ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import string
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..model.configuration import MoAIConfig
+from ..model.modeling import MoAIForConditionalGeneration
+from ..model.processing import MoAIProcessor
+from .config import TrainConfig
+from .loop import train
+
+QUESTION = "What word is written on the sign?"
+
+
+@dataclass
+class OverfitConfig:
+    """Sizes and optimiser settings of the overfit check (defaults: the run recorded in the README)."""
+
+    output_dir: str
+    """Where the data, the base run and the MoAI run go."""
+    samples: int = 16
+    """Number of records to memorise."""
+    seed: int = 0
+    """Seed of the words, the model initialisation and the data order."""
+    base_steps: int = 400
+    """Optimizer steps of the ``base`` stage (projector + LLM)."""
+    moai_steps: int = 400
+    """Optimizer steps of the MoAI stage (``step2``, MoAI modules only)."""
+    mixer_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    """Decoder layers that get a mixer. The tiny preset's single mixer layer (2) is not enough here: it
+    plateaus far above the target (see the training issue notes); every layer of the 4-layer LLM is."""
+    trainable: str = "moai"
+    """Trainable set of the MoAI stage (``moai`` or ``moai+plora``)."""
+    lr: float = 3e-3
+    """Peak learning rate of both stages (cosine decay, 10 warm-up steps)."""
+    base_min_lr: float = 3e-5
+    """Final learning rate of the base stage: low, so that the base converges onto its entropy floor."""
+    moai_min_lr: float = 3e-4
+    """Final learning rate of the MoAI stage."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping of the MoAI stage (at the official 10, Adam's late loss spikes stay unclipped)."""
+    aux_position_embeddings: bool = True
+    """Give the compressor positions, so the letters of a byte-tokenised word keep their order."""
+    target: float = 0.05
+    """Loss (nats per label token) the MoAI stage must end below."""
+
+
+def random_words(n: int, seed: int) -> list[str]:
+    """n distinct words of 3-6 capitals (the ShapesWorld sign alphabet)."""
+    rng = random.Random(seed)
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(string.ascii_uppercase) for _ in range(rng.randint(3, 6))))
+    return sorted(words)
+
+
+def write_data(root: Path, n: int, seed: int) -> Path:
+    """Write the LLaVA-format records (one shared blank image) and return the JSONL path."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (240, 240, 240)).save(root / "images" / "blank.png")
+    lines = []
+    for i, word in enumerate(random_words(n, seed)):
+        record = {
+            "id": f"word-{i}",
+            "image": "images/blank.png",
+            "aux_text": f"The image includes text descriptions: {word}.",
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{QUESTION}"},
+                {"from": "gpt", "value": word},
+            ],
+        }
+        lines.append(json.dumps(record))
+    path = root / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the base, train the MoAI modules alone, and report both loss curves against the floor."""
+    root = Path(config.output_dir)
+    data = write_data(root, config.samples, config.seed)
+
+    # the random tiny preset, without mixers (a base model has none), compressor positions as configured
+    model_config = MoAIConfig.from_preset("tiny")
+    model_config.mixer_config.layers = []
+    model_config.compressor_config.aux_position_embeddings = config.aux_position_embeddings
+    init = root / "init"
+    MoAIForConditionalGeneration(model_config).save_pretrained(init)
+    MoAIProcessor.from_config(model_config).save_pretrained(init)
+
+    common = dict(
+        data=[{"path": str(data)}],
+        batch_size=config.samples,
+        lr=config.lr,
+        warmup_steps=10,
+        seed=config.seed,
+        progress=False,
+        tensorboard=False,
+    )
+    base = TrainConfig.from_dict(
+        dict(
+            common,
+            output_dir=str(root / "base"),
+            model=str(init),
+            step="base",
+            trainable="projector+llm",
+            aux="none",
+            max_steps=config.base_steps,
+            min_lr=config.base_min_lr,
+        )
+    )
+    base_summary = train(base, log=log)
+    moai = TrainConfig.from_dict(
+        dict(
+            common,
+            output_dir=str(root / "moai"),
+            model=str(root / "base" / "final"),
+            step="step2",
+            trainable=config.trainable,
+            mixer_layers=list(config.mixer_layers),
+            max_steps=config.moai_steps,
+            min_lr=config.moai_min_lr,
+            max_grad_norm=config.max_grad_norm,
+        )
+    )
+    moai_summary = train(moai, log=log)
+
+    base_losses, moai_losses = _losses(root / "base"), _losses(root / "moai")
+    label_tokens = json.loads((root / "base" / "metrics.jsonl").read_text().splitlines()[0])["label_tokens"]
+    floor = config.samples * math.log(config.samples) / label_tokens
+    below = next((i + 1 for i, loss in enumerate(moai_losses) if loss < config.target), None)
+    result = {
+        "config": asdict(config),
+        "label_tokens": label_tokens,
+        "entropy_floor": floor,
+        "base_final_loss": base_losses[-1],
+        "moai_first_loss": moai_losses[0],
+        "moai_final_loss": moai_losses[-1],
+        "moai_first_step_below_target": below,
+        "moai_trainable_params": moai_summary["trainable_params"],
+        "total_params": moai_summary["total_params"],
+        "base_seconds": base_summary["seconds"],
+        "moai_seconds": moai_summary["seconds"],
+        "passed": moai_losses[-1] < config.target,
+    }
+    (root / "overfit.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-steps", type=int, default=400)
+    parser.add_argument("--moai-steps", type=int, default=400)
+    parser.add_argument("--trainable", choices=["moai", "moai+plora"], default="moai")
+    args = parser.parse_args(argv)
+    config = OverfitConfig(
+        args.output_dir,
+        samples=args.samples,
+        seed=args.seed,
+        base_steps=args.base_steps,
+        moai_steps=args.moai_steps,
+        trainable=args.trainable,
+    )
+    r = run_overfit(config, log=lambda _msg: None)
+    print(
+        f"samples {config.samples}, {r['label_tokens']} label tokens; entropy floor {r['entropy_floor']:.4f}"
+    )
+    print(f"base  (projector + LLM, {config.base_steps} steps, no aux): loss {r['base_final_loss']:.4f}")
+    print(
+        f"step2 ({config.trainable}: {r['moai_trainable_params']:,} of {r['total_params']:,} params, "
+        f"mixers in layers {config.mixer_layers}, {config.moai_steps} steps, aux on): "
+        f"loss {r['moai_first_loss']:.4f} -> {r['moai_final_loss']:.4f}"
+        + (
+            f", below {config.target} from step {r['moai_first_step_below_target']}"
+            if r["moai_first_step_below_target"]
+            else ""
+        )
+    )
+    print(f"OVERFIT {'OK' if r['passed'] else 'FAILED'} (target < {config.target})")
+    return 0 if r["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
