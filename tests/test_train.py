@@ -322,3 +322,18 @@ def test_moai_modules_alone_overfit_16_samples(tmp_path):
     assert frozen and all(torch.equal(base[k], moai[k]) for k in frozen)  # LLM, vision, projector untouched
     assert any(not torch.equal(base[k], moai[k]) for k in base if k.startswith("compressor."))
     assert any(".moai_mixer." in k for k in set(moai) - set(base))
+
+
+def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    cfg = TrainConfig.from_dict({"model": str(tmp_path / "base"), "mixer_layers": [1, 3]})
+    first = build_model(cfg)[0].state_dict()
+    torch.rand(7)  # whatever the global RNG did in between
+    second = build_model(cfg)[0].state_dict()
+    mixer = [k for k in first if ".moai_mixer." in k]
+    assert mixer and all(torch.equal(first[k], second[k]) for k in first)

@@ -39,7 +39,8 @@ assert len(IMAGE_EXPERTS) + len(LANGUAGE_EXPERTS) == len(EXPERT_NAMES)
 
 # -- model ----------------------------------------------------------------------------------------
 def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAIProcessor]:
-    """A random preset (seeded) or a saved model; the processor that goes with it."""
+    """A random preset or a saved model (new modules seeded either way); the processor that goes with it."""
+    torch.manual_seed(config.seed)  # a preset's init, or the mixers a saved base model gains
     path = Path(config.model)
     if path.is_dir():
         model_config = MoAIConfig.from_pretrained(path)
@@ -56,7 +57,6 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             else MoAIProcessor.from_config(model.config)
         )
     else:
-        torch.manual_seed(config.seed)
         model_config = MoAIConfig.from_preset(config.model)
         if config.step == "base":  # a base model has no MoAI modules
             model_config.mixer_config.layers = []

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from ..model.configuration import MoAIConfig
@@ -118,6 +119,7 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
     model_config.mixer_config.layers = []
     model_config.compressor_config.aux_position_embeddings = config.aux_position_embeddings
     init = root / "init"
+    torch.manual_seed(config.seed)
     MoAIForConditionalGeneration(model_config).save_pretrained(init)
     MoAIProcessor.from_config(model_config).save_pretrained(init)
 
