@@ -2,11 +2,14 @@
 # GPU check (issue: official compatibility §6). One prepared script for a lent GPU machine:
 #   1. convert the tiny official fixture and run the parity check on CUDA in fp32 (TF32 off) and in bf16;
 #   2. time prefill + 32 decode tokens of a random moai-7b built directly on the GPU in bf16, against the same
-#      model with mixers and compressor removed.
-# Results: bench/results/gpu.json. Usage: bench/gpu.sh [FIXTURE_DIR]
+#      model with mixers and compressor removed;
+#   3. (training issue §3) the training loop under accelerate with each shipped engine config: DDP, FSDP,
+#      DeepSpeed ZeRO-2/3 (skipped, and said so, when deepspeed is not installed), against one plain process.
+# Results: bench/results/gpu.json, bench/results/gpu_train.json. Usage: bench/gpu.sh [FIXTURE_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 FIXTURE=${1:-${MOAI_SHARED_FIXTURES:-../shared/fixtures}/official_tiny}
-exec "$PY" bench/gpu.py --fixture "$FIXTURE" --out bench/results/gpu.json
+"$PY" bench/gpu.py --fixture "$FIXTURE" --out bench/results/gpu.json
+"$PY" bench/gpu_train.py --out bench/results/gpu_train.json

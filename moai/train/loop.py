@@ -391,6 +391,7 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
         "trainable_params": n_trainable,
         "total_params": n_total,
         "processes": world,
+        "distributed_type": str(accelerator.distributed_type.value),
         "seconds": time.perf_counter() - started,
         "data": report.counts(),
         "bad_records": [str(p) for p in report.problems],
