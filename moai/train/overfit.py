@@ -184,12 +184,18 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir")
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base-steps", type=int, default=400)
-    parser.add_argument("--moai-steps", type=int, default=400)
-    parser.add_argument("--trainable", choices=["moai", "moai+plora"], default="moai")
+    parser.add_argument("output_dir", help="where the data and both runs go")
+    parser.add_argument("--samples", type=int, default=16, help="records to memorise")
+    parser.add_argument("--seed", type=int, default=0, help="seed of words, init and data order")
+    parser.add_argument("--base-steps", type=int, default=400, help="steps of the base stage")
+    parser.add_argument("--moai-steps", type=int, default=400, help="steps of the MoAI stage")
+    parser.add_argument(
+        "--trainable", choices=["moai", "moai+plora"], default="moai", help="MoAI-stage trainable set"
+    )
+    parser.add_argument(
+        "--mixer-layers", type=int, nargs="+", default=[0, 1, 2, 3], metavar="LAYER", help="mixer layers"
+    )
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="MoAI-stage clipping")
     args = parser.parse_args(argv)
     config = OverfitConfig(
         args.output_dir,
@@ -198,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         base_steps=args.base_steps,
         moai_steps=args.moai_steps,
         trainable=args.trainable,
+        mixer_layers=args.mixer_layers,
+        max_grad_norm=args.max_grad_norm,
     )
     r = run_overfit(config, log=lambda _msg: None)
     print(
