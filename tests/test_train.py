@@ -337,3 +337,47 @@ def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
     second = build_model(cfg)[0].state_dict()
     mixer = [k for k in first if ".moai_mixer." in k]
     assert mixer and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
+    from moai import MoAIConfig, MoAIProcessor
+    from moai.model.mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
+    from moai.model.processing import IGNORE_INDEX
+
+    processor = MoAIProcessor.from_config(MoAIConfig.from_preset("tiny"))
+    turns = (("<image>\nWhat colour?", "red"), ("And the shape?", "a square"))
+    ids, streams, labels = processor.encode_turns(turns)
+    assert len(ids) == len(streams) == len(labels)
+    labelled = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(ids, labels))
+    end = "<|im_end|></s>"
+    assert processor.tokenizer.decode(labelled) == f"red{end}a square{end}"
+    assert streams.count(STREAM_IMAGE) == processor.num_image_tokens
+    first_answer = labels.index(next(label for label in labels if label != IGNORE_INDEX))
+    assert set(streams[:first_answer]) == {STREAM_IMAGE, STREAM_PROMPT}
+    assert set(streams[first_answer:]) == {STREAM_ANSWER}  # the second question too: after the first answer
+    second_question = processor.tokenizer.decode(ids[first_answer:])
+    assert "And the shape?" in second_question
+
+
+def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
+    from collections import Counter
+
+    from moai.train.data import Mixture
+
+    a = write_dataset(tmp_path / "a", n=4)
+    b = write_dataset(tmp_path / "b", n=2, seed=1)
+    config = yaml.safe_load(write_config(tmp_path, a).read_text())
+    config["data"] = [{"path": str(a), "weight": 0.5}, {"path": str(b), "weight": 3.0}]
+    cfg = TrainConfig.from_dict(config)
+    files = [load_examples(s, strict=True, report=DataReport(), log=None) for s in cfg.data]
+    mixture = Mixture(files, [s.weight for s in cfg.data], seed=0)
+    assert mixture.epoch_len == 2 + 6
+    for epoch in range(3):
+        drawn = Counter(mixture[epoch * 8 + i].source for i in range(8))
+        assert drawn == {str(a): 2, str(b): 6}
+    again = Mixture(files, [s.weight for s in cfg.data], seed=0)
+    assert [again[i].id for i in range(20)] == [mixture[i].id for i in range(20)]  # resumable by position
+    assert [Mixture(files, [0.5, 3.0], seed=1)[i].id for i in range(8)] != [mixture[i].id for i in range(8)]
+    with pytest.raises(ValueError, match="weight"):
+        TrainConfig.from_dict({**config, "data": [{"path": str(a), "weight": -1}]})

@@ -7,6 +7,7 @@ with YAML rules so ``lr=2e-5`` and ``gradient_checkpointing=true`` read as numbe
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ class DataSource:
     """Directory the records' ``image`` paths are relative to (default: the file's directory)."""
     weight: float = 1.0
     """Sampling weight of this file in the mixture (relative to the others)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(
+                f"data source {self.path}: weight must be a positive number, got {self.weight!r}"
+            )
 
 
 @dataclass
