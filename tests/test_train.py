@@ -381,3 +381,53 @@ def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
     assert [Mixture(files, [0.5, 3.0], seed=1)[i].id for i in range(8)] != [mixture[i].id for i in range(8)]
     with pytest.raises(ValueError, match="weight"):
         TrainConfig.from_dict({**config, "data": [{"path": str(a), "weight": -1}]})
+
+
+def test_peft_lora_trains_with_moai_and_merges_into_final(tmp_path):
+    from moai import MoAIForConditionalGeneration
+    from moai.train.data import Collator
+    from moai.train.lora import add_lora
+    from moai.train.loop import build_model
+
+    data = write_dataset(tmp_path, n=4)
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=3, trainable="moai+lora", lr=1e-2))
+    train(cfg, **QUIET)
+    run = tmp_path / "run"
+    trained = load_file(str(run / "checkpoints" / "step-0000003" / "trainable.safetensors"))
+    lora = [k for k in trained if ".lora_A." in k or ".lora_B." in k]
+    assert len(lora) == 2 * 7 * 4  # A and B of 7 projections in 4 decoder layers
+    assert all(k in lora or k.startswith("compressor.") or ".moai_mixer." in k for k in trained)
+    assert not any(".moai_mixer." in k and ".lora_" in k for k in trained)  # experts are not targeted
+
+    # the unmerged model (rebuilt, adapters injected, trained weights loaded) == the merged final/
+    unmerged, processor = build_model(cfg)
+    add_lora(unmerged, cfg)
+    missing = set(trained) - set(dict(unmerged.named_parameters()))
+    assert not missing
+    unmerged.load_state_dict(trained, strict=False)
+    final = MoAIForConditionalGeneration.from_pretrained(run / "final")
+    assert not any("lora_A." in k and ".plora_" not in k for k in final.state_dict())
+    examples = load_examples(cfg.data[0], strict=True, report=DataReport(), log=None)
+    batch = Collator(processor, cfg.max_length, True)(examples)
+    batch.pop("labels")
+    with torch.no_grad():
+        a, b = unmerged.eval()(**batch).logits, final.eval()(**batch).logits
+    assert (a - b).abs().max() < 1e-4
+    base = build_model(cfg)[0].state_dict()
+    key = "language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[key], final.state_dict()[key])  # the adapters were merged in
+
+
+def test_base_stage_with_lora(tmp_path):
+    data = write_dataset(tmp_path, n=2)
+    cfg = TrainConfig.load(
+        write_config(tmp_path, data, step="base", trainable="projector+lora", max_steps=2, lora_r=4)
+    )
+    summary = train(cfg, **QUIET)
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors"))
+    assert {k.split(".")[0] for k in trained} == {"projector", "language_model"}
+    assert all(k.startswith("projector.") or ".lora_" in k for k in trained)
+    assert summary["trainable_params"] == sum(t.numel() for t in trained.values())
+    with pytest.raises(ValueError, match="matched no projection"):
+        bad = TrainConfig.load(write_config(tmp_path, data, trainable="moai+lora", lora_targets=["nope"]))
+        train(bad, **QUIET)

@@ -47,9 +47,22 @@ class TrainConfig:
     """``step1``: mixer in sample mode (one random expert per stream and layer, gates unused); ``step2``:
     gated mixer, compressor + experts + gates trained; ``base``: projector (and optionally LLM/LoRA)
     without MoAI modules, to make a base model from scratch."""
-    trainable: Literal["moai", "moai+plora", "all", "projector", "projector+llm"] = "moai"
-    """What trains: MoAI modules only (the official recipe), plus PLoRA, everything, or for ``base``
-    the projector (+ the LLM)."""
+    trainable: Literal[
+        "moai", "moai+plora", "moai+lora", "all", "projector", "projector+llm", "projector+lora"
+    ] = "moai"
+    """What trains: MoAI modules only (the official recipe), plus PLoRA, plus peft LoRA adapters on the LLM,
+    everything, or for ``base`` the projector (+ the LLM, or + LoRA adapters on it). LoRA adapters are merged
+    into the LLM weights of ``final/``."""
+    lora_r: int = 16
+    """Rank of the peft LoRA adapters (``...+lora`` policies)."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (the update is ``alpha / r * B A``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Decoder-layer projections (attention and MLP) that get an adapter."""
     mixer_layers: list[int] | None = None
     """Decoder layers that get a mixer, overriding the model's (None keeps them). Mixers added to a base
     model trained without them start from their (identity) initialisation."""

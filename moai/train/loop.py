@@ -31,6 +31,7 @@ from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import IGNORE_INDEX, MoAIProcessor
 from .config import TrainConfig
 from .data import AuxResolver, Collator, DataReport, Example, Mixture, Problem, load_examples
+from .lora import add_lora, lora_parameter_names, merge_lora
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
 EXPERT_NAMES = ("I_AUX", "I_LANG", "I_SELF", "L_AUX", "L_IMG", "L_SELF")
@@ -73,18 +74,26 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
 
 
 def set_trainable(model: MoAIForConditionalGeneration, policy: str) -> int:
-    """Apply a trainable policy (see `TrainConfig.trainable`); return the trainable count."""
-    if policy in ("moai", "moai+plora", "all"):
-        model.set_trainable(policy)
+    """Apply a trainable policy (see `TrainConfig.trainable`); return the trainable count.
+
+    ``...+lora`` policies expect the adapters injected already (`add_lora`).
+    """
+    lora = set(lora_parameter_names(model)) if policy.endswith("+lora") else set()
+    if policy in ("moai", "moai+plora", "all", "moai+lora"):
+        model.set_trainable("moai" if policy == "moai+lora" else policy)
         if not model.config.mixer_config.layers:  # without mixers the compressor never runs
             model.compressor.requires_grad_(False)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model.set_trainable("none")
+    else:
+        model.set_trainable("none")
+        for name, param in model.named_parameters():
+            if name.startswith("projector.") or (
+                policy == "projector+llm"
+                and (name.startswith("language_model.") or name.startswith("lm_head."))
+            ):
+                param.requires_grad_(".moai_mixer." not in name)
     for name, param in model.named_parameters():
-        if name.startswith("projector.") or (
-            policy == "projector+llm" and (name.startswith("language_model.") or name.startswith("lm_head."))
-        ):
-            param.requires_grad_(".moai_mixer." not in name)
+        if name in lora:
+            param.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -226,6 +235,8 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
         config.save(run / "config.yaml")
 
     model, processor = build_model(config)
+    if config.trainable.endswith("+lora"):
+        add_lora(model, config)
     n_trainable = set_trainable(model, config.trainable)
     n_total = sum(p.numel() for p in model.parameters())
     say(f"parameters: {n_total:,} total, {n_trainable:,} trainable ({config.trainable}); step {config.step}")
@@ -399,6 +410,8 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
     }
     if main_process:
         save_checkpoint(run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+        if config.trainable.endswith("+lora"):
+            say(f"merged {merge_lora(unwrapped)} LoRA adapters into the LLM weights of final/")
         unwrapped.save_pretrained(run / "final")
         processor.save_pretrained(run / "final")
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,66 @@
+"""LoRA on the LLM through peft (training issue §2: MoAI modules "plus optional PLoRA / peft LoRA on the LLM").
+
+The adapters are injected into the decoder's own projections with ``peft.inject_adapter_in_model``, so the
+model keeps its class, hooks and ``save_pretrained``; the MoAI experts (which also have ``q_proj`` ... but
+are low-rank sequences of their own) are never targeted. PLoRA keeps working: its hooks sit on the original
+``nn.Linear``, which becomes the adapter's ``base_layer``. At the end of a run the adapters are merged into
+the base weights, so ``final/`` is a plain MoAI checkpoint that loads without peft.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .config import TrainConfig
+
+
+def add_lora(model: nn.Module, config: TrainConfig) -> None:
+    """Inject LoRA adapters (``config.lora_*``) into the decoder layers' projections named in ``lora_targets``."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as error:
+        raise ImportError(
+            f"trainable {config.trainable!r} needs peft: pip install 'moai[train]' (or pip install peft)"
+        ) from error
+    names = "|".join(re.escape(t) for t in config.lora_targets)
+    # full-name regex: only the decoder's attention and MLP projections, never the mixer experts
+    target = rf".*layers\.\d+\.(self_attn|mlp)\.({names})"
+    pattern = re.compile(rf".*layers\.\d+\.(self_attn|mlp)\.(\w+)")
+    found = {
+        m[2]
+        for name, module in model.language_model.named_modules()
+        if isinstance(module, nn.Linear) and (m := pattern.fullmatch(name)) and not m[2].startswith("plora")
+    }
+    if not set(config.lora_targets) <= found:
+        raise ValueError(
+            f"lora_targets {sorted(set(config.lora_targets) - found)} matched no projection of the decoder "
+            f"layers; they have {sorted(found)}"
+        )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target,
+        bias="none",
+    )
+    inject_adapter_in_model(lora, model.language_model)
+
+
+def lora_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_parameters() if ".lora_A." in name or ".lora_B." in name]
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Merge every LoRA adapter into its base layer and put the base layer back; return how many merged."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+            merged += 1
+    return merged
