@@ -386,8 +386,8 @@ def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
 def test_peft_lora_trains_with_moai_and_merges_into_final(tmp_path):
     from moai import MoAIForConditionalGeneration
     from moai.train.data import Collator
-    from moai.train.lora import add_lora
     from moai.train.loop import build_model
+    from moai.train.lora import add_lora
 
     data = write_dataset(tmp_path, n=4)
     cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=3, trainable="moai+lora", lr=1e-2))

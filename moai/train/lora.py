@@ -27,7 +27,7 @@ def add_lora(model: nn.Module, config: TrainConfig) -> None:
     names = "|".join(re.escape(t) for t in config.lora_targets)
     # full-name regex: only the decoder's attention and MLP projections, never the mixer experts
     target = rf".*layers\.\d+\.(self_attn|mlp)\.({names})"
-    pattern = re.compile(rf".*layers\.\d+\.(self_attn|mlp)\.(\w+)")
+    pattern = re.compile(r".*layers\.\d+\.(self_attn|mlp)\.(\w+)")
     found = {
         m[2]
         for name, module in model.language_model.named_modules()
