@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mixer-layers", type=int, nargs="+", default=[0, 1, 2, 3], metavar="LAYER", help="mixer layers"
     )
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both stages")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="MoAI-stage clipping")
     args = parser.parse_args(argv)
     config = OverfitConfig(
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         trainable=args.trainable,
         mixer_layers=args.mixer_layers,
         max_grad_norm=args.max_grad_norm,
+        lr=args.lr,
     )
     r = run_overfit(config, log=lambda _msg: None)
     print(
