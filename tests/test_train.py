@@ -140,8 +140,9 @@ def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
         json.loads(line)["gates"]["layer2"]
         for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
     ]
-    for g in gates:  # one expert per stream: one-hot averages
+    for g in gates:  # one expert per stream: one-hot averages (over the mixed tokens only)
         assert sorted(round(v, 6) for v in (g["I_AUX"], g["I_LANG"], g["I_SELF"])) == [0.0, 0.0, 1.0]
+        assert sorted(round(v, 6) for v in (g["L_AUX"], g["L_IMG"], g["L_SELF"])) == [0.0, 0.0, 1.0]
 
 
 def _final_trainable(run: Path) -> dict[str, torch.Tensor]:
@@ -431,3 +432,14 @@ def test_base_stage_with_lora(tmp_path):
     with pytest.raises(ValueError, match="matched no projection"):
         bad = TrainConfig.load(write_config(tmp_path, data, trainable="moai+lora", lora_targets=["nope"]))
         train(bad, **QUIET)
+
+
+def test_overfit_check_with_a_step1_stage_runs_both_steps(tmp_path):
+    from moai.train.overfit import OverfitConfig, run_overfit
+
+    config = OverfitConfig(str(tmp_path), samples=4, base_steps=2, step1_steps=2, moai_steps=3)
+    result = run_overfit(config, **QUIET)
+    step1 = [json.loads(x) for x in (tmp_path / "moai-step1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(step1) == 2 and all(set(r["gates"]["layer0"].values()) <= {0.0, 1.0} for r in step1)
+    assert len((tmp_path / "moai" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert result["moai_first_step_below_target"] is None and not result["passed"]

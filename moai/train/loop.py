@@ -185,15 +185,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
 def gate_statistics(
     gate_weights: tuple[torch.Tensor, ...] | None, streams: torch.Tensor, layers: list[int]
 ) -> dict:
-    """Average gate weight of each expert per mixer layer (image experts over image tokens, ...)."""
+    """Average gate weight of each expert per mixer layer, over the tokens that layer mixed (image experts
+    over image tokens, language experts over the language tokens in the mixer scope: answer tokens outside
+    the ``prompt`` scope carry zero weights and are left out)."""
     if not gate_weights:
         return {}
     out = {}
     image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
     for layer, weights in zip(layers, gate_weights):
         w = weights.detach().float()
+        mixed = w.sum(dim=-1) > 0  # [B, S]
         stats = {}
-        for names, mask in ((EXPERT_NAMES[:3], image), (EXPERT_NAMES[3:], lang)):
+        for names, mask in ((EXPERT_NAMES[:3], image & mixed), (EXPERT_NAMES[3:], lang & mixed)):
             if bool(mask.any()):
                 mean = w[mask].mean(dim=0)
                 stats.update({n: float(v) for n, v in zip(names, mean)})

@@ -59,6 +59,9 @@ class OverfitConfig:
     mixer_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Decoder layers that get a mixer. The tiny preset's single mixer layer (2) is not enough here: it
     plateaus far above the target (see the training issue notes); every layer of the 4-layer LLM is."""
+    step1_steps: int = 0
+    """Steps of a step-1 stage (mixer in sample mode: one random expert per stream and layer) before step 2,
+    the paper's two-step recipe (§3.3); 0 goes straight to step 2."""
     trainable: str = "moai"
     """Trainable set of the MoAI stage (``moai`` or ``moai+plora``)."""
     lr: float = 3e-3
@@ -145,22 +148,32 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
         )
     )
     base_summary = train(base, log=log)
-    moai = TrainConfig.from_dict(
-        dict(
-            common,
-            output_dir=str(root / "moai"),
-            model=str(root / "base" / "final"),
-            step="step2",
-            trainable=config.trainable,
-            mixer_layers=list(config.mixer_layers),
-            max_steps=config.moai_steps,
-            min_lr=config.moai_min_lr,
-            max_grad_norm=config.max_grad_norm,
-        )
+    stages = (
+        [("step1", config.step1_steps), ("step2", config.moai_steps)]
+        if config.step1_steps
+        else [("step2", config.moai_steps)]
     )
-    moai_summary = train(moai, log=log)
+    start, moai_losses = root / "base" / "final", []
+    for step, steps in stages:
+        run = root / ("moai" if step == "step2" else "moai-step1")
+        moai = TrainConfig.from_dict(
+            dict(
+                common,
+                output_dir=str(run),
+                model=str(start),
+                step=step,
+                trainable=config.trainable,
+                mixer_layers=list(config.mixer_layers),
+                max_steps=steps,
+                min_lr=config.moai_min_lr,
+                max_grad_norm=config.max_grad_norm,
+            )
+        )
+        moai_summary = train(moai, log=log)
+        moai_losses += _losses(run)
+        start = run / "final"
 
-    base_losses, moai_losses = _losses(root / "base"), _losses(root / "moai")
+    base_losses = _losses(root / "base")
     label_tokens = json.loads((root / "base" / "metrics.jsonl").read_text().splitlines()[0])["label_tokens"]
     floor = config.samples * math.log(config.samples) / label_tokens
     below = next((i + 1 for i, loss in enumerate(moai_losses) if loss < config.target), None)
@@ -195,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mixer-layers", type=int, nargs="+", default=[0, 1, 2, 3], metavar="LAYER", help="mixer layers"
     )
+    parser.add_argument("--step1-steps", type=int, default=0, help="step-1 steps before step 2")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both stages")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="MoAI-stage clipping")
     args = parser.parse_args(argv)
@@ -208,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         mixer_layers=args.mixer_layers,
         max_grad_norm=args.max_grad_norm,
         lr=args.lr,
+        step1_steps=args.step1_steps,
     )
     r = run_overfit(config, log=lambda _msg: None)
     print(
@@ -215,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"base  (projector + LLM, {config.base_steps} steps, no aux): loss {r['base_final_loss']:.4f}")
     print(
-        f"step2 ({config.trainable}: {r['moai_trainable_params']:,} of {r['total_params']:,} params, "
-        f"mixers in layers {config.mixer_layers}, {config.moai_steps} steps, aux on): "
+        ("step1 + " if config.step1_steps else "")
+        + f"step2 ({config.trainable}: {r['moai_trainable_params']:,} of {r['total_params']:,} params, "
+        f"mixers in layers {config.mixer_layers}, "
+        + (f"{config.step1_steps} + " if config.step1_steps else "")
+        + f"{config.moai_steps} steps, aux on): "
         f"loss {r['moai_first_loss']:.4f} -> {r['moai_final_loss']:.4f}"
         + (
             f", below {config.target} from step {r['moai_first_step_below_target']}"
