@@ -443,3 +443,11 @@ def test_overfit_check_with_a_step1_stage_runs_both_steps(tmp_path):
     assert len(step1) == 2 and all(set(r["gates"]["layer0"].values()) <= {0.0, 1.0} for r in step1)
     assert len((tmp_path / "moai" / "metrics.jsonl").read_text().splitlines()) == 3
     assert result["moai_first_step_below_target"] is None and not result["passed"]
+
+
+def test_lora_without_peft_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    data = write_dataset(tmp_path, n=2)
+    cfg = TrainConfig.load(write_config(tmp_path, data, trainable="moai+lora", max_steps=1))
+    with pytest.raises(ImportError, match=r"needs peft: pip install 'moai\[train\]'"):
+        train(cfg, **QUIET)
