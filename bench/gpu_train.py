@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from moai.train.loop import read_metrics
 from moai.train.overfit import write_data
 
 CONFIGS = Path(__file__).resolve().parent.parent / "moai" / "train" / "configs"
@@ -35,10 +36,7 @@ def _run(cmd: list[str], log: Path, timeout: int) -> int:
 
 
 def _losses(run: Path) -> list[float]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+    return [r["loss"] for r in read_metrics(run)]
 
 
 def train_engines(steps: int = 20, timeout: int = 300) -> dict:

@@ -204,6 +204,14 @@ def gate_statistics(
     return out
 
 
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """The records of ``run/metrics.jsonl`` (one per logged step), or [] when the run logged none."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return

@@ -15,6 +15,10 @@ from torch import nn
 
 from .config import TrainConfig
 
+# full module names (under the LLM) of the decoder's attention and MLP projections; never the mixer experts,
+# whose q_proj ... sit one level deeper, under ``self_attn.moai_mixer.<expert>``
+_PROJECTION = r".*layers\.\d+\.(self_attn|mlp)\."
+
 
 def add_lora(model: nn.Module, config: TrainConfig) -> None:
     """Inject LoRA adapters (``config.lora_*``) into the decoder layers' projections named in ``lora_targets``."""
@@ -24,10 +28,7 @@ def add_lora(model: nn.Module, config: TrainConfig) -> None:
         raise ImportError(
             f"trainable {config.trainable!r} needs peft: pip install 'moai[train]' (or pip install peft)"
         ) from error
-    names = "|".join(re.escape(t) for t in config.lora_targets)
-    # full-name regex: only the decoder's attention and MLP projections, never the mixer experts
-    target = rf".*layers\.\d+\.(self_attn|mlp)\.({names})"
-    pattern = re.compile(r".*layers\.\d+\.(self_attn|mlp)\.(\w+)")
+    pattern = re.compile(rf"{_PROJECTION}(\w+)")
     found = {
         m[2]
         for name, module in model.language_model.named_modules()
@@ -38,11 +39,12 @@ def add_lora(model: nn.Module, config: TrainConfig) -> None:
             f"lora_targets {sorted(set(config.lora_targets) - found)} matched no projection of the decoder "
             f"layers; they have {sorted(found)}"
         )
+    names = "|".join(re.escape(t) for t in config.lora_targets)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=target,
+        target_modules=rf"{_PROJECTION}({names})",
         bias="none",
     )
     inject_adapter_in_model(lora, model.language_model)

@@ -37,7 +37,7 @@ from ..model.configuration import MoAIConfig
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from .config import TrainConfig
-from .loop import train
+from .loop import read_metrics, train
 
 QUESTION = "What word is written on the sign?"
 
@@ -108,10 +108,6 @@ def write_data(root: Path, n: int, seed: int) -> Path:
     return path
 
 
-def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the base, train the MoAI modules alone, and report both loss curves against the floor."""
     root = Path(config.output_dir)
@@ -170,18 +166,18 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
             )
         )
         moai_summary = train(moai, log=log)
-        moai_losses += _losses(run)
+        moai_losses += [r["loss"] for r in read_metrics(run)]
         start = run / "final"
 
-    base_losses = _losses(root / "base")
-    label_tokens = json.loads((root / "base" / "metrics.jsonl").read_text().splitlines()[0])["label_tokens"]
+    base_metrics = read_metrics(root / "base")
+    label_tokens = base_metrics[0]["label_tokens"]
     floor = config.samples * math.log(config.samples) / label_tokens
     below = next((i + 1 for i, loss in enumerate(moai_losses) if loss < config.target), None)
     result = {
         "config": asdict(config),
         "label_tokens": label_tokens,
         "entropy_floor": floor,
-        "base_final_loss": base_losses[-1],
+        "base_final_loss": base_metrics[-1]["loss"],
         "moai_first_loss": moai_losses[0],
         "moai_final_loss": moai_losses[-1],
         "moai_first_step_below_target": below,
@@ -196,34 +192,35 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = OverfitConfig(output_dir="")  # the CLI's defaults are the dataclass's, stated once
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="where the data and both runs go")
-    parser.add_argument("--samples", type=int, default=16, help="records to memorise")
-    parser.add_argument("--seed", type=int, default=0, help="seed of words, init and data order")
-    parser.add_argument("--base-steps", type=int, default=400, help="steps of the base stage")
-    parser.add_argument("--moai-steps", type=int, default=400, help="steps of the MoAI stage")
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="records to memorise")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of words, init and data order")
+    parser.add_argument("--base-steps", type=int, default=defaults.base_steps, help="steps of the base stage")
+    parser.add_argument("--moai-steps", type=int, default=defaults.moai_steps, help="steps of the MoAI stage")
     parser.add_argument(
-        "--trainable", choices=["moai", "moai+plora"], default="moai", help="MoAI-stage trainable set"
+        "--trainable",
+        choices=["moai", "moai+plora"],
+        default=defaults.trainable,
+        help="MoAI-stage trainable set",
     )
     parser.add_argument(
-        "--mixer-layers", type=int, nargs="+", default=[0, 1, 2, 3], metavar="LAYER", help="mixer layers"
+        "--mixer-layers",
+        type=int,
+        nargs="+",
+        default=defaults.mixer_layers,
+        metavar="LAYER",
+        help="mixer layers",
     )
-    parser.add_argument("--step1-steps", type=int, default=0, help="step-1 steps before step 2")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both stages")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="MoAI-stage clipping")
-    args = parser.parse_args(argv)
-    config = OverfitConfig(
-        args.output_dir,
-        samples=args.samples,
-        seed=args.seed,
-        base_steps=args.base_steps,
-        moai_steps=args.moai_steps,
-        trainable=args.trainable,
-        mixer_layers=args.mixer_layers,
-        max_grad_norm=args.max_grad_norm,
-        lr=args.lr,
-        step1_steps=args.step1_steps,
+    parser.add_argument(
+        "--step1-steps", type=int, default=defaults.step1_steps, help="step-1 steps before step 2"
     )
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of both stages")
+    parser.add_argument(
+        "--max-grad-norm", type=float, default=defaults.max_grad_norm, help="MoAI-stage clipping"
+    )
+    config = OverfitConfig(**vars(parser.parse_args(argv)))
     r = run_overfit(config, log=lambda _msg: None)
     print(
         f"samples {config.samples}, {r['label_tokens']} label tokens; entropy floor {r['entropy_floor']:.4f}"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .loop import EXPERT_NAMES
+from .loop import EXPERT_NAMES, read_metrics
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -19,7 +18,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a training run directory")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{path} has no metrics yet")
     steps = [r["step"] for r in records]
