@@ -10,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-FIXTURE=${1:-${MOAI_SHARED_FIXTURES:-../shared/fixtures}/official_tiny}
+FIXTURE=${1:-tests/fixtures/official_tiny}
 "$PY" bench/gpu.py --fixture "$FIXTURE" --out bench/results/gpu.json
 "$PY" bench/gpu_train.py --out bench/results/gpu_train.json

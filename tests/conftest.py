@@ -12,21 +12,8 @@ import torch
 from moai import MoAIConfig, MoAIForConditionalGeneration, MoAIProcessor
 
 
-def find_shared_fixtures() -> Path:
-    """The official test vectors: $MOAI_SHARED_FIXTURES, ../shared/fixtures beside the repo, or /work/shared."""
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [
-        os.environ.get("MOAI_SHARED_FIXTURES"),
-        repo.parent / "shared" / "fixtures",
-        "/work/shared/fixtures",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "official_tiny").is_dir():
-            return Path(candidate)
-    raise FileNotFoundError(f"shared fixtures not found (looked in {candidates}); set MOAI_SHARED_FIXTURES")
-
-
-FIXTURES = find_shared_fixtures()
+#: Test vectors taken from the official implementation, shipped with the repository (tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def randomize_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:

@@ -42,7 +42,6 @@ RESULT_LINE = re.compile(r"^(\d+)/(\d+) exact( \((\d+) documented deviations: [^
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
-needs_fixtures = pytest.mark.skipif(not GOLDEN.exists(), reason=f"{GOLDEN} not available")
 
 
 def _run(path: Path) -> tuple[int, list[str]]:
@@ -54,7 +53,6 @@ def _run(path: Path) -> tuple[int, list[str]]:
 # --- golden -----------------------------------------------------------------------------------------------------
 
 
-@needs_fixtures
 def test_public_goldens_all_exact() -> None:
     code, printed = _run(GOLDEN)
     match = RESULT_LINE.match(printed[-1])
@@ -67,7 +65,6 @@ def test_public_goldens_all_exact() -> None:
     assert printed == [printed[-1]], "no mismatch output expected"
 
 
-@needs_fixtures
 def test_public_goldens_last_line_form() -> None:
     _, printed = _run(GOLDEN)
     assert printed[-1] == "28/28 exact (1 documented deviations: ocr_none_no_text_found)"
@@ -79,7 +76,6 @@ def _items(sentence: str) -> list[str]:
     return sorted(body.split(", and ")) if body else []
 
 
-@needs_fixtures
 def test_public_goldens_installed_argpartition_same_relations() -> None:
     # With the installed np.argpartition the order is numpy- and CPU-dependent (numpy 2 uses
     # x86-simd-sort), so only the relations themselves are checked here; the exact order is covered by
@@ -312,7 +308,6 @@ def test_join_aux_keeps_spaces() -> None:
 # --- panoptic map -----------------------------------------------------------------------------------------------
 
 
-@needs_fixtures
 def test_colormap_matches_fixture() -> None:
     fixture = json.loads((FIXTURES / "pascal_colormap_134.json").read_text(encoding="utf-8"))
     cmap = pascal_colormap(PANOPTIC_NUM_COLORS)
