@@ -1,4 +1,4 @@
-"""MoAI-Compressor (paper §3.1, reference §2): a Perceiver resampler over the auxiliary embeddings.
+"""MoAI-Compressor (paper §3, MoAI-Compressor; docs/model.md §5): a Perceiver resampler over the aux embeddings.
 
 Input: aux embeddings = [word embeddings of the verbalized CV outputs ; projected panoptic-map tokens],
 shape [B, T, D]. Output: [B, L, D] with L learned latents (64 in MoAI-7B), used only as keys/values of the

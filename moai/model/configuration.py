@@ -3,10 +3,10 @@
 Presets (`MoAIConfig.from_preset`):
   * ``tiny``     random, 112 px images (64 image tokens), 4 decoder layers, one mixer layer; for tests.
   * ``mid``      random, ~100M-parameter LLM, ViT-B/16-class tower at 224 px, mixers every 4th layer; benchmarks.
-  * ``moai-7b``  exactly the published MoAI-7B (reference §2–5, §10), official compatibility options on.
+  * ``moai-7b``  exactly the published MoAI-7B (docs/model.md), official compatibility options on.
 
 Every difference between the official model and the default for new models is a field here with a
-docstring (DESIGN.md, decision 4); the ``official`` preset flag only selects those field values.
+docstring (docs/official.md §4); the ``official`` preset flag only selects those field values.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class MoAICompressorConfig(PreTrainedConfig):
-    """MoAI-Compressor: a Perceiver resampler turning aux embeddings into a few latent tokens (paper §3.1)."""
+    """MoAI-Compressor: a Perceiver resampler turning aux embeddings into a few latent tokens (paper §3)."""
 
     model_type = "moai_compressor"
 
@@ -37,7 +37,7 @@ class MoAICompressorConfig(PreTrainedConfig):
     """Feed-forward width as a multiple of the LLM hidden size (1 in MoAI-7B)."""
     key_padding_mask: bool = True
     """Mask padded aux tokens as keys. Off reproduces the official compressor, which attends to the left-pad
-    ``</s>`` embeddings of a batched verbalization (reference §2)."""
+    ``</s>`` embeddings of a batched verbalization (docs/model.md §5)."""
     aux_position_embeddings: bool = False
     """Add learned positional embeddings to the aux inputs (positions counted over non-pad tokens). The
     official compressor has none and sees the verbalization as a bag of word embeddings."""
@@ -48,7 +48,7 @@ class MoAICompressorConfig(PreTrainedConfig):
 
 
 class MoAIMixerConfig(PreTrainedConfig):
-    """MoAI-Mixer: six attention experts and two gates in selected decoder layers (paper §3.2, reference §3)."""
+    """MoAI-Mixer: six attention experts and two gates in selected decoder layers (paper §3; docs/model.md §6)."""
 
     model_type = "moai_mixer"
 
@@ -80,11 +80,11 @@ class MoAIMixerConfig(PreTrainedConfig):
     in every mixer layer, for tests and parity; None draws uniformly at random."""
     identity_init: bool = True
     """Zero the last factor of every expert's output projection at init, so that each expert returns its
-    query input and the mixer is the identity (reference §3.3): training starts from the base model."""
+    query input and the mixer is the identity (docs/model.md §6): training starts from the base model."""
 
 
 class PLoRAConfig(PreTrainedConfig):
-    """Partial LoRA: low-rank deltas on every decoder linear, applied at image-token positions only (reference §4)."""
+    """Partial LoRA: low-rank deltas on every decoder linear, applied at image-token positions only (docs/model.md §7)."""
 
     model_type = "moai_plora"
 
@@ -140,7 +140,7 @@ class MoAIConfig(PreTrainedConfig):
     """The aux input includes the panoptic colour map passed through the vision tower and projector."""
     position_ids_from_mask: bool = True
     """RoPE positions from the attention mask (correct under left padding). Off uses 0..S-1 for every row,
-    as the official code does (reference fixtures, behaviour 1)."""
+    as the official code does (docs/model.md §8)."""
     compat: Literal["default", "official"] = "default"
     """Which compatibility level the preset selected; informational, the fields above carry the behaviour."""
     image_mean: list[float] | None = None
@@ -282,7 +282,7 @@ def _mid() -> dict[str, Any]:
 
 
 def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> dict[str, Any]:
-    """Field values that reproduce the official numerics (reference fixtures README, behaviour list)."""
+    """Field values that reproduce the official numerics (docs/official.md §4)."""
     return dict(
         compat="official",
         position_ids_from_mask=False,

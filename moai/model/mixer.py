@@ -1,7 +1,7 @@
-"""MoAI-Mixer (paper §3.2, reference §3): six attention experts and two gates per mixer layer.
+"""MoAI-Mixer (paper §3, MoAI-Mixer; docs/model.md §6): six attention experts and two gates per mixer layer.
 
 The mixer rewrites the *normalised* hidden states of the image tokens and of the language tokens just
-before the attention projection of its decoder layer; the residual stream is untouched (reference §3.1).
+before the attention projection of its decoder layer; the residual stream is untouched (docs/model.md §6).
 
     image stream     h_img  -> w0 * I_AUX(h_img, aux) + w1 * I_LANG(h_img, h_lang) + w2 * I_SELF(h_img, h_img)
     language stream  h_lang -> w0 * L_AUX(h_lang, aux) + w1 * L_IMG(h_lang, h_img) + w2 * L_SELF(h_lang, h_lang)
@@ -39,7 +39,7 @@ class LowRankLinear(nn.Sequential):
 class ExpertAttention(nn.Module):
     """One MoAI expert: multi-head attention with low-rank, GELU-activated projections.
 
-    ``out = x_q + GELU(o(attn(GELU(q(x_q)), GELU(k(x_kv)), GELU(v(x_kv)))))`` (reference §3.3): the internal
+    ``out = x_q + GELU(o(attn(GELU(q(x_q)), GELU(k(x_kv)), GELU(v(x_kv)))))`` (docs/model.md §6): the internal
     residual around the whole expert makes an expert with a zero last ``o`` factor the identity.
     """
 

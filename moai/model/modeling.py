@@ -1,4 +1,4 @@
-"""MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper §3, reference §1.1 and §8).
+"""MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper §3, Fig. 3; docs/model.md §1).
 
     pixel_values ─► vision tower ─► projector ─► image features ──┐ (replace the <image> tokens)
     input_ids ─► word embeddings ──────────────────────────────────┴─► LLM decoder ─► lm_head ─► logits
@@ -119,7 +119,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         self.projector = MoAIProjector(config.vision_config.hidden_size, dim, config.projector_hidden_act)
         self.language_model = LlamaModel(text)
         # one extra input row for <image> (MoAI-7B: 92,545 rows in, 92,544 out); never a padding_idx
-        # (the official pad id -100 would zero and freeze a real row, transformers-pitfalls §16)
+        # (the official pad id -100 would zero and freeze a real row, docs/model.md §3)
         self.language_model.embed_tokens = nn.Embedding(max(text.vocab_size, config.image_token_id + 1), dim)
         self.lm_head = nn.Linear(dim, text.vocab_size, bias=False)
         self.compressor = MoAICompressor(dim, config.compressor_config)
@@ -199,7 +199,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def set_trainable(self, policy: str = "moai") -> int:
         """Set ``requires_grad`` by policy and return the trainable count.
 
-        ``moai``: compressor + mixers only (the official recipe, reference §6.1); ``moai+plora``: also the
+        ``moai``: compressor + mixers only (the official recipe, docs/model.md §10); ``moai+plora``: also the
         PLoRA factors; ``all``: everything; ``none``: nothing.
         """
         if policy not in TRAINABLE_POLICIES:
@@ -275,7 +275,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """Aux embeddings [B, T, D] and mask [B, T]: word embeddings of the verbalization, then the map tokens.
 
         The verbalization is embedded with the LLM's own (frozen) input table, not run through any layer;
-        the panoptic map goes through the same vision tower and projector as the image (reference §1.1.4).
+        the panoptic map goes through the same vision tower and projector as the image (paper §3, Verbalization).
         """
         if aux_input_ids is None:
             raise ValueError(
@@ -422,7 +422,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate` with the per-token streams filled in before the first step.
 
         Generated tokens get stream 0, so they never enter the mixer nor receive PLoRA, with or without a
-        KV cache (reference §8: the official decode steps skip both).
+        KV cache (docs/model.md §8: the official decode steps skip both).
         """
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None:
             kwargs["mm_token_type_ids"] = self.token_streams(input_ids, kwargs.get("attention_mask"))

@@ -1,4 +1,4 @@
-"""Partial LoRA (PLoRA, reference §4; InternLM-XComposer2): low-rank deltas at image-token positions only.
+"""Partial LoRA (PLoRA, from InternLM-XComposer2; docs/model.md §7): low-rank deltas at image tokens only.
 
 Every linear of a decoder layer gets ``y += B(A(dropout(x))) * alpha / r`` on the rows whose token is an
 image token. q, k and v share one ``A`` (the official fused ``wqkv`` has one), owned by the attention module
@@ -7,7 +7,7 @@ parameter keys (``q_proj.weight`` ...) are unchanged.
 
 The deltas are forward hooks on the projections. They read the image mask from a per-layer context that a
 forward pre-hook on the attention module fills from the ``moai_state`` keyword the LLM passes down; those
-hooks re-run under gradient checkpointing, so the recomputed graph keeps PLoRA (transformers-pitfalls §2).
+hooks re-run under gradient checkpointing, so the recomputed graph keeps PLoRA (docs/model.md §7).
 """
 
 from __future__ import annotations

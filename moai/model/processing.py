@@ -1,6 +1,6 @@
 """MoAIProcessor: image + question (+ aux text, + panoptic map) -> batch-first tensors for the model.
 
-The one contract between text and model (style anchors §5): the prompt template, ``<image>`` placement and
+The one contract between text and model: the prompt template, ``<image>`` placement and
 expansion to N image tokens, aux-text tokenisation, per-token stream ids (``mm_token_type_ids``: 0 pad or
 generated, 1 image, 2 prompt language, 3 answer), labels when answers are given, and pixel values.
 """
@@ -38,7 +38,7 @@ class PromptTemplate:
 
 
 TEMPLATES = {
-    # the official eval/benchmark template (reference §1.4); the tokenizer adds <s>
+    # the official eval/benchmark template (docs/model.md §4); the tokenizer adds <s>
     "official": PromptTemplate(
         prompt=(
             "AI assistant should give helpful and detailed answers to user after fully understanding an image. "
@@ -115,7 +115,7 @@ class MoAIProcessor:
         template: name in ``TEMPLATES``.
         image_mean / image_std: per-channel normalisation in [0, 1] units (applied as ``x*255`` scale).
         aux_map_mode: ``standard`` (uint8 colour maps, normalised like images) or ``official`` (float maps in
-            [0, 1], cast to fp16 and normalised as if 0..255: the official quirk, reference §1.3).
+            [0, 1], cast to fp16 and normalised as if 0..255: the official quirk, docs/verbalization.md §5).
     """
 
     def __init__(
@@ -210,7 +210,7 @@ class MoAIProcessor:
 
         The first question carries the image (template slot unless it has ``<image>``); later questions must
         not. Only the answers (with their end tokens) get labels. Streams: image 1, the first prompt 2, and
-        everything from the first answer on 3 (outside the ``prompt`` mixer scope, reference §3.3).
+        everything from the first answer on 3 (outside the ``prompt`` mixer scope, docs/model.md §6).
         """
         if not turns:
             raise ValueError("a conversation needs at least one turn")

@@ -1,4 +1,4 @@
-"""Image path: CLIP vision tower at the target resolution + the mlp2x_gelu projector (reference §5).
+"""Image path: CLIP vision tower at the target resolution + the mlp2x_gelu projector (docs/model.md §2).
 
 Shapes: B batch, N image patch tokens (CLS dropped), C vision width, D LLM hidden size.
 """
@@ -51,7 +51,7 @@ def interpolate_position_table(
 
     Bicubic, ``align_corners=False``, on the patch rows only; the CLS row is kept. The official code casts
     the interpolated patch rows to fp16 and back (``fp16_roundtrip``), which changes them by up to ~1e-3
-    relative; reproducing it is needed for parity with MoAI-7B (transformers-pitfalls, CLIP note).
+    relative; reproducing it is needed for parity with MoAI-7B (docs/model.md §2).
     """
     num_rows, width = table.shape
     old_grid = int(round((num_rows - 1) ** 0.5))
@@ -70,7 +70,7 @@ class MoAIVisionEncoder(nn.Module):
     """CLIP vision tower built at the target image size; returns patch features of one hidden layer.
 
     The official MoAI-7B reads ``hidden_states[-1]`` (the last encoder layer, *before* CLIP's
-    post-layernorm) and drops CLS (reference §5).
+    post-layernorm) and drops CLS (docs/model.md §2).
     """
 
     def __init__(self, config: CLIPVisionConfig, feature_layer: int = -1) -> None:
