@@ -1,4 +1,4 @@
-"""Verbalization of external CV-model outputs (MoAI paper, arXiv 2403.07508; reference §1.3).
+"""Verbalization of external CV-model outputs (MoAI, arXiv 2403.07508, §3 and Fig. 4; docs/verbalization.md).
 
 ``official`` reproduces the official sentences byte for byte; ``colormap`` builds the panoptic-map image.
 """

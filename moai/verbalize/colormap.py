@@ -1,11 +1,11 @@
-"""The panoptic-map image MoAI feeds to its vision encoder (reference ``moai-official.md`` §1.3).
+"""The panoptic-map image MoAI feeds to its vision encoder (paper §3, Verbalization; docs/verbalization.md §5).
 
 MoAI (arXiv 2403.07508) encodes the panoptic segmentation twice: as a sentence (``official.py``) and as a
 colour map image passed through the frozen CLIP encoder and the projector, giving "locality-preserving"
 map tokens. The official ``make_seg_prompt`` colours each pixel by its **segment id** (not its class) with
 a PASCAL-VOC colormap of ``1 + 133`` entries; unlabelled pixels (id <= 0) are black.
 
-Quirk (reference §1.3 / fixtures README "Behaviour" 9): the official map is ``colormap / 255`` in [0, 1],
+Quirk (docs/verbalization.md §5): the official map is ``colormap / 255`` in [0, 1],
 but the CLIP image processor then normalises it as if it were 0..255 (``(x - 255*mean) / (255*std)``), so
 what reaches CLIP is nearly constant (about -1.8, each channel varying by ~0.01). ``official_panoptic_map``
 reproduces that input for checkpoint parity; ``corrected_panoptic_map`` returns real 0..255 colours.

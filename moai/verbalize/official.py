@@ -4,8 +4,8 @@ MoAI (Lee et al., "MoAI: Mixture of All Intelligence for Large Language and Visi
 turns the outputs of four external computer-vision models (panoptic segmentation, open-world detection,
 scene-graph generation, OCR) into English sentences that are embedded as auxiliary tokens. This module
 reproduces the strings of the official code (`moai/utils/utils.py`, commit a7728a8) character for character,
-including its quirks, on plain Python / numpy inputs. See the project reference `moai-official.md` §1.3
-(templates) and the fixtures README part A (numeric details and quirks).
+including its quirks, on plain Python / numpy inputs. Templates, numeric details and quirks:
+docs/verbalization.md.
 
 Everything here is pure: no torch, no model. Thresholds and the canvas size are keyword arguments whose
 defaults are the official values.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-# --- official constants (reference §1.2 / §1.3) -------------------------------------------------------------
+# --- official constants (docs/verbalization.md §1) ----------------------------------------------------------
 
 #: Side of the square canvas every external model runs on; boxes are normalised by it.
 OFFICIAL_CANVAS = 490
@@ -49,7 +49,7 @@ Canvas = int | tuple[int, int]
 _DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
-# --- vocabularies (package data, reference §1.2) --------------------------------------------------------------
+# --- vocabularies (package data, docs/verbalization.md §1) ---------------------------------------------------
 
 
 @cache
@@ -95,7 +95,7 @@ def format_coordinate(value: float) -> str:
 
 
 def format_box(box: Sequence[float] | np.ndarray) -> str:
-    """Format an already-normalised box as ``[a, b, c, d]`` (reference §1.3, "Box format")."""
+    """Format an already-normalised box as ``[a, b, c, d]`` (docs/verbalization.md §2)."""
     return "[" + ", ".join(format_coordinate(v) for v in np.asarray(box).reshape(-1)) + "]"
 
 
@@ -186,7 +186,7 @@ def verbalize_segments(
     segments: Sequence[tuple[int, str]],
     canvas: Canvas = OFFICIAL_CANVAS,
 ) -> str:
-    """Panoptic-segmentation sentence (official ``make_seg_prompt``; reference §1.3 "PS sentence").
+    """Panoptic-segmentation sentence (official ``make_seg_prompt``; docs/verbalization.md §3).
 
     Args:
         segment_id_map: (H, W) integer panoptic id map (HF ``post_process_panoptic_segmentation``
@@ -217,7 +217,7 @@ def verbalize_detections(
     canvas: Canvas = OFFICIAL_CANVAS,
     threshold: float = OD_SCORE_THRESHOLD,
 ) -> str:
-    """Open-world detection sentence (official ``make_od_prompt``; reference §1.3 "OWOD sentence").
+    """Open-world detection sentence (official ``make_od_prompt``; docs/verbalization.md §3).
 
     Args:
         boxes: (N, 4) ``[x1, y1, x2, y2]`` in pixels, in post-processor (query) order.
@@ -228,8 +228,8 @@ def verbalize_detections(
 
     Scores and boxes are float32 as in the official tensors: the comparison is done in float32 and the
     boxes are divided by the canvas in float32 (correctly rounded, the CPU behaviour; on CUDA the official
-    pipeline multiplied by ``float32(1/490)`` and can differ at exact ``.xx5`` values, see the fixtures
-    README part A). Boxes are not clipped, so values below 0 or above 1 (and ``-0.00``) can appear.
+    pipeline multiplied by ``float32(1/490)`` and can differ at exact ``.xx5`` values, see
+    docs/verbalization.md §2). Boxes are not clipped, so values below 0 or above 1 (and ``-0.00``) can appear.
     """
     scores32 = np.asarray(scores, dtype=np.float32).reshape(-1)
     boxes32 = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -394,7 +394,7 @@ def verbalize_relations(
     predicates: Sequence[str] | None = None,
     selection: str = DEFAULT_SELECTION,
 ) -> str:
-    """Scene-graph sentence (official ``make_sgg_prompt``; reference §1.3 "SGG sentence").
+    """Scene-graph sentence (official ``make_sgg_prompt``; docs/verbalization.md §3).
 
     Args:
         object_labels: COCO-panoptic names of PSGTR's objects (``sgg_result.labels`` resolved, 0-based).
@@ -447,7 +447,7 @@ def verbalize_ocr(
     lines: Sequence[tuple[str, float]] | None,
     threshold: float = OCR_CONFIDENCE_THRESHOLD,
 ) -> str:
-    """OCR sentence (official ``make_ocr_prompt``; reference §1.3 "OCR sentence").
+    """OCR sentence (official ``make_ocr_prompt``; docs/verbalization.md §3).
 
     Args:
         lines: ``(text, confidence)`` in PaddleOCR line order, or ``None`` when no text was found.
@@ -464,7 +464,7 @@ def verbalize_ocr(
 
 
 def join_aux(seg: str, od: str, sgg: str, ocr: str) -> str:
-    """The auxiliary string (official ``make_human_string``; reference §1.3 "Aux string").
+    """The auxiliary string (official ``make_human_string``; docs/verbalization.md §4).
 
     The four parts are joined with single spaces; empty parts keep their separator, so four empty parts
     give three spaces.

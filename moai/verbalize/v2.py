@@ -1,6 +1,6 @@
 """``v2`` verbalizer: a cleaner aux string for newly trained models (not for MoAI-7B).
 
-The official strings (``official.py``, reference ``moai-official.md`` §1.3) have quirks a new model need
+The official strings (``official.py``, docs/verbalization.md) have quirks a new model need
 not learn: OWLv2 boxes that repeat the PS segments, orders that follow model query ids or numpy's
 ``argpartition``, a scene-graph sentence that silently disappears when there are fewer relations than
 objects, and extra spaces for empty parts. ``v2``:
