@@ -1,6 +1,6 @@
 """GPU parity and moai-7b timing (run by bench/gpu.sh on a machine with CUDA).
 
-Parity: ``run_parity`` on CUDA in fp32 with TF32 off (transformers-pitfalls §17; thresholds apply) and in
+Parity: ``run_parity`` on CUDA in fp32 with TF32 off (docs/model.md §9; thresholds apply) and in
 bf16 (max |Δ| reported, no threshold). Speed: a random moai-7b built on the meta device and materialised on
 the GPU in bf16, prefill of one 1,285-token prompt + 32 greedy decode tokens, against the same model with
 the mixers and compressor removed (ratios measured in the same process).

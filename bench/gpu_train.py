@@ -1,4 +1,4 @@
-"""Training engines on a GPU machine (training issue §3; run by bench/gpu.sh).
+"""Training engines on a GPU machine (run by bench/gpu.sh; bench/README.md, ``gpu.sh``).
 
 FSDP and DeepSpeed ZeRO cannot run on the project's CPU-only machines. Here the same ``moai train`` loop runs
 under ``accelerate launch`` with each shipped engine config (as many processes as GPUs), on the overfit

@@ -50,7 +50,7 @@ AUX_TEXT = (
 )
 AUX_CHARS = 275  # byte-level tokenizer: 275 characters = 275 tokens (+ BOS)
 
-# Token counts assumed for one MoAI-7B sample (reference: 490 px, patch 14 -> 35 x 35 = 1225 image tokens).
+# Token counts assumed for one MoAI-7B sample (490 px, patch 14 -> 35 x 35 = 1225 image tokens; docs/model.md §2).
 MOAI_7B_SAMPLE = {"text_prompt_tokens": 60, "verbalization_tokens": 275}
 
 
