@@ -14,7 +14,7 @@ objects, and extra spaces for empty parts. ``v2``:
 * OCR: the official sentence (``confidence >= ocr_threshold``, reader order);
 * the non-empty sentences joined with single spaces.
 
-Whether this helps is to be measured in the ShapesWorld ablation (later issue) before it becomes a default
+Whether this helps is to be measured in a ShapesWorld ablation (not run yet) before it becomes a default
 anywhere; until then ``official`` is the default style everywhere.
 """
 
