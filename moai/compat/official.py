@@ -1,4 +1,8 @@
-"""Official MoAI-7B checkpoints -> this project's layout (reference §2–5, fixtures README part B/C).
+"""Official MoAI-7B checkpoints -> this project's layout (docs/official.md §1, docs/model.md).
+
+A bad source (missing, empty, truncated or random ``*.safetensors``, a malformed ``config.json`` or index)
+raises ``ValueError`` / ``OSError`` naming the file and the reason, and leaves no output behind: the
+conversion is written into a temporary sibling of ``OUT`` that is renamed to ``OUT`` only when complete.
 
 Key map (official -> ours):
     model.tok_embeddings                       -> language_model.embed_tokens (vocab + 1 rows, <image> last)
@@ -19,13 +23,18 @@ Key map (official -> ours):
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Callable, Iterable
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..cli import read_json
 from ..model.configuration import MoAIConfig, official_overrides
 
 EXPERTS = {
@@ -67,7 +76,7 @@ def _rope_parameters(theta: float, scaling: dict[str, Any] | None, max_positions
 def config_from_official(source: dict[str, Any], gate_dtype: str = "float16") -> MoAIConfig:
     """Build an official-mode MoAIConfig from a source ``config.json``.
 
-    Two formats: a fixture config (``internlm2_config`` + every MoAI/CLIP/PLoRA size, fixtures README part B)
+    Two formats: a fixture config (``internlm2_config`` + every MoAI/CLIP/PLoRA size, tests/fixtures/README.md)
     or the published InternLM2 config of ``BK-Lee/MoAI-7B``, whose MoAI/CLIP/PLoRA sizes the official code
     hard-codes: those come from the ``moai-7b`` preset. The official ``pad_token_id = -100`` is never copied.
     """
@@ -208,7 +217,14 @@ def convert_tensor(key: str, tensor: torch.Tensor, config: MoAIConfig) -> dict[s
     if targets is None:
         raise ConversionError(f"unknown official key: {key}")
     if len(targets) == 3:
-        return dict(zip(targets, _split_wqkv(tensor, config)))
+        try:
+            return dict(zip(targets, _split_wqkv(tensor, config)))
+        except RuntimeError:  # a reshape that does not fit: the source was made for another config
+            raise ConversionError(
+                f"{key}: shape {tuple(tensor.shape)} cannot be split into q, k, v rows for "
+                f"{config.text_config.num_attention_heads} heads / {config.text_config.num_key_value_heads} "
+                "KV heads"
+            ) from None
     return {targets[0]: tensor}
 
 
@@ -219,13 +235,39 @@ def target_shapes(key: str, shape: tuple[int, ...], config: MoAIConfig) -> dict[
     }
 
 
-# -- streaming conversion -------------------------------------------------------------------------
+# -- reading the source ---------------------------------------------------------------------------
+def read_official_config(path: Path, gate_dtype: str = "float16") -> MoAIConfig:
+    """``config_from_official`` of a ``config.json``; a file that is not one names itself and the reason."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not an official MoAI checkpoint directory")
+    source = read_json(path, "an official MoAI config")
+    if not isinstance(source, dict):
+        raise ValueError(
+            f"{path}: not an official MoAI config (a JSON {type(source).__name__}, not an object)"
+        )
+    try:
+        return config_from_official(source, gate_dtype=gate_dtype)
+    except KeyError as err:
+        raise ValueError(f"{path}: not an official MoAI config (no {err.args[0]!r} entry)") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not an official MoAI config ({err})") from None
+
+
 def source_shards(src: Path) -> list[Path]:
     """The safetensors files of an official checkpoint directory (index, single file, or fixture)."""
     index = src / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [src / f for f in files]
+        listing = read_json(index, 'a safetensors index {"weight_map": {key: file}}')
+        weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ValueError(f'{index}: not a safetensors index (no "weight_map" of key -> file name)')
+        if not weight_map:
+            raise ValueError(f"{index}: empty weight_map")
+        files = [src / f for f in sorted(set(weight_map.values()))]
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} not found (listed in {index.name})")
+        return files
     for name in ("model.safetensors", "state_dict.safetensors"):
         if (src / name).is_file():
             return [src / name]
@@ -235,6 +277,30 @@ def source_shards(src: Path) -> list[Path]:
     return found
 
 
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open(path)``; an empty, truncated or non-safetensors file raises ``ValueError`` naming it.
+
+    Errors while reading tensors inside the block are translated the same way.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise ``ValueError`` unless ``path`` is a complete safetensors file (header and data sizes agree)."""
+    with open_safetensors(path) as handle:
+        handle.keys()
+
+
+# -- streaming conversion -------------------------------------------------------------------------
 def expected_keys(config: MoAIConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of the target model, built on the meta device."""
     from ..model.modeling import MoAIForConditionalGeneration
@@ -262,6 +328,56 @@ def check_coverage(produced: dict[str, tuple[int, ...]], expected: dict[str, tup
         raise ConversionError("; ".join(problems))
 
 
+@contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``out`` that is renamed to ``out`` when the block succeeds.
+
+    When the block raises (or is interrupted), the temporary directory and any parent directories created
+    for it are removed, so nothing is left behind. ``out`` must not exist or be an empty directory (then it
+    is replaced); an existing file or non-empty directory is refused before anything is written.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty; give a new or empty output directory")
+    created = [parent for parent in (out.parent, *out.parent.parents) if not parent.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        os.replace(stage, out)  # atomic; replaces an empty directory
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in created:  # innermost first
+            with suppress(OSError):
+                parent.rmdir()
+        raise
+
+
+def _convert_shard(
+    shard: Path, config: MoAIConfig, seen: dict[str, str], produced: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """The converted tensors of one source shard; duplicates and unknown keys raise `ConversionError`."""
+    converted: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    with open_safetensors(shard) as f:
+        for key in f.keys():
+            if key in seen:
+                raise ConversionError(f"source key {key} appears in both {seen[key]} and {shard.name}")
+            seen[key] = shard.name
+            if map_key(key) is None:
+                unknown.append(key)
+                continue
+            for target, tensor in convert_tensor(key, f.get_tensor(key), config).items():
+                if target in converted or target in produced:
+                    raise ConversionError(f"target {target} filled twice (last from {key})")
+                converted[target] = tensor
+    if unknown:
+        raise ConversionError(f"{shard}: {len(unknown)} source keys have no mapping: {unknown[:20]}")
+    return converted
+
+
 def convert_checkpoint(
     src: str | Path,
     out: str | Path,
@@ -271,58 +387,47 @@ def convert_checkpoint(
 ) -> MoAIConfig:
     """Convert an official checkpoint directory into a ``save_pretrained`` directory, shard by shard.
 
-    Memory stays at about one source shard plus its converted copy; each output shard and the index are
-    written as soon as they are complete. Every source key must be consumed exactly once and every target
-    parameter filled, else `ConversionError` lists the keys.
+    Memory stays at about one source shard plus its converted copy; each output shard is written as soon as
+    it is complete, into a temporary sibling of ``out`` that becomes ``out`` at the end (`staged_directory`):
+    a failed or interrupted conversion leaves nothing. Every source key must be consumed exactly once and
+    every target parameter filled, else `ConversionError` lists the keys. A bad source file raises
+    ``ValueError`` / ``OSError`` naming it.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     src, out = Path(src), Path(out)
-    config_file = src / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: not an official MoAI checkpoint directory")
-    config = config_from_official(json.loads(config_file.read_text()), gate_dtype=gate_dtype)
-    expected = expected_keys(config)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: not a directory (give an official MoAI checkpoint directory)")
+    config = read_official_config(src / "config.json", gate_dtype=gate_dtype)
     shards = source_shards(src)
-    out.mkdir(parents=True, exist_ok=True)
+    for shard in shards:  # every header checked before anything is written
+        check_safetensors(shard)
+    expected = expected_keys(config)
     seen: dict[str, str] = {}
     produced: dict[str, tuple[int, ...]] = {}
     weight_map: dict[str, str] = {}
-    unknown: list[str] = []
     total_size = 0
-    for i, shard in enumerate(shards):
-        name = (
-            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-        )
-        converted: dict[str, torch.Tensor] = {}
-        with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():
-                if key in seen:
-                    raise ConversionError(f"source key {key} appears in both {seen[key]} and {shard.name}")
-                seen[key] = shard.name
-                if map_key(key) is None:
-                    unknown.append(key)
-                    continue
-                for target, tensor in convert_tensor(key, f.get_tensor(key), config).items():
-                    if target in converted or target in produced:
-                        raise ConversionError(f"target {target} filled twice (last from {key})")
-                    converted[target] = tensor
-        if unknown:
-            raise ConversionError(f"{len(unknown)} source keys have no mapping: {unknown[:20]}")
-        for k, v in converted.items():
-            produced[k] = tuple(v.shape)
-            weight_map[k] = name
-            total_size += v.numel() * v.element_size()
-        save_file(converted, str(out / name), metadata={"format": "pt"})
-        log(f"wrote {name}: {len(converted)} tensors from {shard.name}")
-        del converted
-    check_coverage(produced, expected)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    config.save_pretrained(out)
-    _copy_tokenizer(src, out, config, log)
+    with staged_directory(out) as stage:
+        for i, shard in enumerate(shards):
+            name = (
+                f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                if len(shards) > 1
+                else "model.safetensors"
+            )
+            converted = _convert_shard(shard, config, seen, produced)
+            for k, v in converted.items():
+                produced[k] = tuple(v.shape)
+                weight_map[k] = name
+                total_size += v.numel() * v.element_size()
+            save_file(converted, str(stage / name), metadata={"format": "pt"})
+            log(f"wrote {name}: {len(converted)} tensors from {shard.name}")
+            del converted
+        check_coverage(produced, expected)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            (stage / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        config.save_pretrained(stage)
+        _copy_tokenizer(src, stage, config, log)
     log(f"converted {len(seen)} official keys -> {len(produced)} parameters in {out}")
     return config
 

@@ -29,9 +29,16 @@ def load_official_tokenizer(src: Path):
 
     # load from a directory holding only the SentencePiece model: the official tokenizer_config.json points
     # at remote code (InternLM2Tokenizer) that transformers 5 does not ship
+    model_file = src / "tokenizer.model"
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(src / "tokenizer.model", Path(tmp) / "tokenizer.model")
-        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False, legacy=True)
+        shutil.copy(model_file, Path(tmp) / "tokenizer.model")
+        try:
+            tokenizer = LlamaTokenizer.from_pretrained(
+                tmp, add_bos_token=True, add_eos_token=False, legacy=True
+            )
+        except (RuntimeError, OSError, ValueError, TypeError) as err:  # sentencepiece: a corrupt model file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{model_file}: not a SentencePiece tokenizer model ({reason})") from None
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.pad_token = tokenizer.eos_token  # the official pads with </s>
     tokenizer.padding_side = "left"

@@ -1,12 +1,12 @@
 """Check ``moai.verbalize.official`` against verbalization goldens of the official MoAI code.
 
-Golden files are JSON lines in the format of the fixtures README part A::
+Golden files are JSON lines in the format of tests/fixtures/README.md (``verbalize_public.jsonl``)::
 
     {"case": str, "kind": "seg"|"od"|"sgg"|"ocr"|"aux", "input": {...},
      "expected": str | "expected_error": str, ["expected_numpy2": str], ...}
 
-Each neutral ``input`` is converted to the plain inputs of the verbalizers (reference ``moai-official.md``
-§1.3), the result is compared byte for byte with the expected string, and the last printed line is
+Each neutral ``input`` is converted to the plain inputs of the verbalizers (the official templates:
+docs/verbalization.md §3), the result is compared byte for byte with the expected string, and the last printed line is
 ``N/M exact`` where M counts the cases with an expected string (malformed lines count as failures),
 followed by `` (K documented deviations: ...)`` for the ``expected_error`` cases, which this project
 handles by choice (e.g. the official OCR ``TypeError`` on ``None`` becomes an empty sentence).
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ def _vocab_index(vocab: Sequence[str], name: Any, where: str) -> int:
         raise MalformedCase(f"{where}: unknown name {name!r}") from None
 
 
-# --- neutral input -> verbalizer inputs (fixtures README part A) -------------------------------------------------
+# --- neutral input -> verbalizer inputs (tests/fixtures/README.md) -------------------------------------------------
 
 
 def seg_sentence(inp: Any, where: str = "input") -> str:
@@ -275,6 +276,39 @@ def _expected(case: Mapping[str, Any], selection: str) -> str | None:
     return _str(case[key], key)
 
 
+def read_golden_lines(path: str | Path) -> list[str]:
+    """The lines of a golden file; ``OSError`` / ``ValueError`` naming the file when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a golden JSONL file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (expected a golden JSONL file)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            # Split on "\n" only: str.splitlines() would also split inside raw U+2028 / U+0085 in texts.
+            return fh.read().split("\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file (byte {err.start}), not a golden JSONL file"
+        ) from None
+
+
+def check_golden_lines(lines: Sequence[str], path: str | Path) -> None:
+    """Refuse a file that holds no case at all: empty, or not one line of it a JSON object."""
+    numbered = [(n, text) for n, text in enumerate(lines, start=1) if text.strip()]
+    if not numbered:
+        raise ValueError(f"{path}: empty file, no golden case")
+    first_error = None
+    for lineno, text in numbered:
+        try:
+            if isinstance(json.loads(text), dict):
+                return
+            first_error = first_error or f"line {lineno} is not a JSON object"
+        except json.JSONDecodeError as err:
+            first_error = first_error or f"line {lineno} column {err.colno}: {err.msg}"
+    raise ValueError(f"{path}: not a golden JSONL file, no line is a JSON case ({first_error})")
+
+
 def run(path: str, out: Callable[[str], Any] = print, selection: str = DEFAULT_SELECTION) -> int:
     """Run every case of the golden JSONL ``path``; print failures and, last, ``N/M exact (...)``.
 
@@ -282,17 +316,29 @@ def run(path: str, out: Callable[[str], Any] = print, selection: str = DEFAULT_S
     anywhere, compared with ``expected``; ``"numpy"``: the installed ``np.argpartition``, compared with
     ``expected_numpy2`` under numpy >= 2). Returns 0 only when every case with an expected string is
     reproduced exactly (N == M) and the file held at least one case; malformed lines are reported with
-    their line number and count as failures.
+    their line number and count as failures. An unreadable file prints ``cannot read ...`` and returns 1
+    (``run_file`` raises instead).
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            # Split on "\n" only: str.splitlines() would also split inside raw U+2028 / U+0085 in texts.
-            lines = fh.read().split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = read_golden_lines(path)
+    except (OSError, ValueError) as exc:
         out(f"cannot read {path}: {exc}")
         out("0/0 exact")
         return 1
+    return run_lines(lines, str(path), out, selection)
 
+
+def run_file(path: str, out: Callable[[str], Any] = print, selection: str = DEFAULT_SELECTION) -> int:
+    """``run`` for the command line: a file that cannot be read or holds no case raises (exit code 2)."""
+    lines = read_golden_lines(path)
+    check_golden_lines(lines, path)
+    return run_lines(lines, str(path), out, selection)
+
+
+def run_lines(
+    lines: Sequence[str], source: str, out: Callable[[str], Any], selection: str = DEFAULT_SELECTION
+) -> int:
+    """The body of ``run``: check each line of ``source`` (already read) and print the summary."""
     exact = checked = 0
     deviations: list[str] = []
     for lineno, text in enumerate(lines, start=1):
@@ -303,7 +349,7 @@ def run(path: str, out: Callable[[str], Any] = print, selection: str = DEFAULT_S
             try:
                 case = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise MalformedCase(f"bad JSON: {exc}") from None
+                raise MalformedCase(f"bad JSON ({source}:{lineno} column {exc.colno}: {exc.msg})") from None
             name = f"line {lineno} ({_str(_get(case, 'case', 'case'), 'case')})"
             kind = _str(_get(case, "kind", "case"), "kind")
             expected = _expected(case, selection)
@@ -337,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m moai.compat.verbalize_golden", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("path", help="golden JSONL file (fixtures README part A format)")
+    parser.add_argument("path", help="golden JSONL file (format: tests/fixtures/README.md)")
     parser.add_argument(
         "--selection",
         choices=(SELECTION_NUMPY, SELECTION_INTROSELECT),

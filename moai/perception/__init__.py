@@ -34,7 +34,7 @@ Backends register per role in ``registry.py`` (``register_backend``); built in: 
 
 from .cache import CacheMismatchError, PerceptionCache, content_hash
 from .config import BackendConfig, PerceptionConfig
-from .dataset import BadImageError, RunSummary, list_images, precompute
+from .dataset import BadImageError, BadRecordError, RunSummary, list_images, precompute, scan_data
 from .image import ImageLoadError, load_image, to_canvas
 from .registry import MissingExtraError, backend_names, build_backend, register_backend
 from .run import Perceiver, perceive
@@ -44,6 +44,7 @@ from .verbalize import official_parts, panoptic_map, verbalize_perception
 __all__ = [
     "BackendConfig",
     "BadImageError",
+    "BadRecordError",
     "CacheMismatchError",
     "Detection",
     "ImageLoadError",
@@ -67,6 +68,7 @@ __all__ = [
     "perceive",
     "precompute",
     "register_backend",
+    "scan_data",
     "to_canvas",
     "verbalize_perception",
 ]

@@ -26,20 +26,39 @@ def torch_dtype(name: str, backend: str) -> Any:
     return getattr(torch, name)
 
 
-def from_pretrained(cls: Any, checkpoint: str, revision: str | None, backend: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` with an error that names the checkpoint when it cannot be loaded."""
+def from_pretrained(
+    cls: Any, checkpoint: str, revision: str | None, backend: str, role: str, **kwargs: Any
+) -> Any:
+    """``cls.from_pretrained`` with a one-line error naming the checkpoint and how to pass a local copy."""
+    from safetensors import SafetensorError
+
     try:
         return cls.from_pretrained(checkpoint, revision=revision, **kwargs)
-    except OSError as err:
-        text = str(err).strip()
-        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
-        offline = (
-            " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
-        )
+    except OSError as err:  # not found, not downloadable
         raise FileNotFoundError(
-            f"{backend}: cannot load checkpoint {checkpoint!r} ({first}); pass a local directory or allow "
-            f"downloads{offline}"
+            f"{backend}: cannot load checkpoint {checkpoint!r} ({_first_sentence(err)}); "
+            f"{local_checkpoint_hint(role)}"
         ) from None
+    except (ValueError, RuntimeError, SafetensorError) as err:  # found, but corrupt or of another model
+        raise ValueError(
+            f"{backend}: cannot load checkpoint {checkpoint!r} ({type(err).__name__}: {_first_sentence(err)})"
+        ) from None
+
+
+def _first_sentence(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+
+
+def local_checkpoint_hint(role: str) -> str:
+    """How to point a backend at a local copy, and, when offline, how to allow downloads."""
+    hint = (
+        f"pass a local directory with `moai perceive --checkpoint {role}=DIR` "
+        f'(or the option "checkpoint" of the {role} backend in a --config file)'
+    )
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        hint += ", or allow downloads (HF_HUB_OFFLINE is set: unset it)"
+    return hint
 
 
 def hf_versions() -> dict[str, str]:

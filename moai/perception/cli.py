@@ -4,44 +4,88 @@
     moai perceive --data LLAVA.json|DIR --out CACHE_DIR [--preset NAME] [--strict]
 
 ``seg`` and ``od`` are accepted as aliases of ``ps`` and ``owod``. ``--config FILE.json`` loads a full
-``PerceptionConfig`` (for example the ``config`` of a cache manifest) instead of a preset. Under
-``accelerate launch`` the ``--data`` run is data-parallel (moai/perception/dataset.py).
+``PerceptionConfig`` (for example the ``config`` of a cache manifest) instead of a preset;
+``--checkpoint ROLE=PATH`` points a backend at a local model directory and ``--max-pixels N`` raises the
+decompression-bomb limit. Under ``accelerate launch`` the ``--data`` run is data-parallel
+(moai/perception/dataset.py). A bad input is one line naming it (docs/perception.md, Bad input).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from .config import PRESETS, PerceptionConfig
+from ..cli import positive_int, read_json, torch_device_or_auto
+from .config import DEFAULT_MAX_PIXELS, PRESETS, PerceptionConfig
+from .types import canonical_role
 from .verbalize import STYLES
 
 
+def role_path(text: str) -> tuple[str, str]:
+    """``ROLE=PATH`` of ``--checkpoint`` (role aliases ``seg``/``od`` accepted)."""
+    role, sep, path = text.partition("=")
+    if not sep or not role.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected ROLE=PATH (e.g. ps=./mask2former), got {text!r}")
+    try:
+        return canonical_role(role), path.strip()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def picture_path(text: str) -> str:
+    """An output picture whose extension Pillow can write (``--show``)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(text).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a picture file name Pillow can write (e.g. out.png)")
+    return text
+
+
+def read_config_file(path: Path) -> PerceptionConfig:
+    """A ``PerceptionConfig`` JSON file or a cache ``manifest.json``; errors name the file and the reason."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a PerceptionConfig JSON file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    data = read_json(path, "a PerceptionConfig JSON object or a cache manifest.json")
+    if isinstance(data, dict) and "config" in data and "format" in data:  # a cache manifest
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a PerceptionConfig (a JSON {type(data).__name__}, not an object)")
+    try:
+        return PerceptionConfig.from_dict(data)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: not a valid PerceptionConfig ({err})") from None
+
+
+def with_checkpoints(config: PerceptionConfig, checkpoints: list[tuple[str, str]]) -> PerceptionConfig:
+    """Set the ``checkpoint`` option of each named role's backend (``--checkpoint ROLE=PATH``)."""
+    for role, path in checkpoints:
+        backend = getattr(config, role)
+        if backend is None:
+            raise ValueError(f"--checkpoint {role}={path}: no {role} backend in this config (see --only)")
+        options: dict[str, Any] = {**backend.options, "checkpoint": path}
+        config = replace(config, **{role: replace(backend, options=options)})
+    return config
+
+
 def build_config(args: argparse.Namespace) -> PerceptionConfig:
-    """The config of a command line: ``--config`` or ``--preset``, then ``--only``/``--device``/``--batch-size``."""
-    if args.config:
-        path = Path(args.config)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise FileNotFoundError(f"{path}: cannot read config ({err.strerror or err})") from None
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if isinstance(data, dict) and "config" in data and "format" in data:  # a cache manifest
-            data = data["config"]
-        config = PerceptionConfig.from_dict(data)
-    else:
-        config = PerceptionConfig.from_preset(args.preset)
+    """The config of a command line: ``--config`` or ``--preset``, then the per-run overrides."""
+    config = read_config_file(Path(args.config)) if args.config else PerceptionConfig.from_preset(args.preset)
     if args.only:
         config = config.only(part for part in args.only.split(",") if part.strip())
-    overrides = {}
+    config = with_checkpoints(config, args.checkpoint or [])
+    overrides: dict[str, Any] = {}
     if args.device:
         overrides["device"] = args.device
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.max_pixels:
+        overrides["max_pixels"] = args.max_pixels
     return replace(config, **overrides) if overrides else config
 
 
@@ -102,20 +146,76 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the perception models on an image (aux string) or a data set (cache)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("image", nargs="?", help="an image file")
-    p.add_argument("--data", help="LLaVA JSON / JSON-lines file or image directory to pre-compute")
-    p.add_argument("--out", help="cache directory for --data")
+    p.add_argument("image", nargs="?", help="an image file (or use --data)")
     p.add_argument(
-        "--image-root", help="directory the LLaVA 'image' paths are relative to (default: the JSON's)"
+        "--data",
+        help="LLaVA JSON list, JSON-lines file (.jsonl) or image directory to pre-compute (default: none)",
     )
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="perception preset")
-    p.add_argument("--config", help="PerceptionConfig JSON (or a cache manifest.json) instead of --preset")
-    p.add_argument("--only", help="comma-separated roles to run: ps,owod,sgg,ocr (aliases seg, od)")
-    p.add_argument("--json", action="store_true", help="print the Perception JSON instead of the aux string")
-    p.add_argument("--show", metavar="OUT.png", help="draw masks, boxes, relations and text to a picture")
-    p.add_argument("--style", default="official", choices=STYLES, help="verbalizer of the printed aux string")
-    p.add_argument("--device", help="torch device (default: auto = CUDA when available)")
-    p.add_argument("--batch-size", type=int, help="images per backend call")
-    p.add_argument("--strict", action="store_true", help="--data: abort on the first bad image")
-    p.add_argument("--no-progress", action="store_true", help="--data: no progress bar")
+    p.add_argument("--out", help="cache directory for --data (default: none, required with --data)")
+    p.add_argument(
+        "--image-root",
+        help="directory the LLaVA 'image' paths are relative to (default: the directory of the --data file)",
+    )
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="perception preset (default: %(default)s)",
+    )
+    p.add_argument(
+        "--config",
+        help="PerceptionConfig JSON (or a cache manifest.json) instead of --preset (default: none)",
+    )
+    p.add_argument(
+        "--only",
+        help="comma-separated roles to run: ps,owod,sgg,ocr, aliases seg, od (default: every role of the config)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        type=role_path,
+        metavar="ROLE=PATH",
+        help="load the ROLE backend (ps, owod, sgg) from a local directory or file instead of its default "
+        "hub id, e.g. ps=./mask2former (repeatable; default: the config's)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        metavar="N",
+        help=f"refuse images with more than N pixels, a decompression-bomb guard "
+        f"(default: the config's, {DEFAULT_MAX_PIXELS:,} = Pillow's limit)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the Perception JSON instead of the aux string (default: off)",
+    )
+    p.add_argument(
+        "--show",
+        type=picture_path,
+        metavar="OUT.png",
+        help="draw masks, boxes, relations and text to a picture (default: none)",
+    )
+    p.add_argument(
+        "--style",
+        default="official",
+        choices=STYLES,
+        help="verbalizer of the printed aux string (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        type=torch_device_or_auto,
+        help="torch device of the neural backends: auto, cpu, cuda, cuda:1, ... "
+        "(default: the config's, auto = CUDA when available)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per backend call, >= 1 (default: the config's, 4)"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="--data: abort on the first bad record or image instead of reporting and skipping it "
+        "(default: off)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="--data: no progress bar (default: off)")
     p.set_defaults(func=cmd_perceive)

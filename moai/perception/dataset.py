@@ -10,9 +10,13 @@ Under ``accelerate launch`` (or ``torchrun``) the rank and world size come from 
 process). Each rank writes its own entries and its own index file (``cache.py``), so ranks never write
 the same file, except for identical images, whose entries are identical and replaced atomically.
 
-Bad images are reported (``skipped FILE: reason``), logged in the rank's index and counted in the
-summary; the run goes on unless ``strict`` is set. A batch whose backend call fails is retried image by
-image, so one image that crashes a backend is isolated the same way.
+Bad records of the data file (a malformed JSON line, a record that is not an object, an image entry that is
+not a path) are reported by file and line (``skipped FILE:LINE: reason``; ``FILE: record N: reason`` in a
+JSON list), counted in the summary and skipped, as ``moai train`` does; a data file that cannot be read
+at all (missing, not UTF-8, empty, a JSON list that does not parse) is an error naming it. Bad images are
+reported (``skipped FILE: reason``), logged in the rank's index and counted in the summary. The run goes
+on unless ``strict`` is set. A batch whose backend call fails is retried image by image, so one image
+that crashes a backend is isolated the same way.
 """
 
 from __future__ import annotations
@@ -37,37 +41,111 @@ class BadImageError(ValueError):
     """Raised in ``strict`` mode for the first image that cannot be perceived."""
 
 
-def list_images(data: str | Path, image_root: str | Path | None = None) -> list[Path]:
-    """The images of a LLaVA JSON / JSON-lines file or of a directory (module docstring)."""
+class BadRecordError(ValueError):
+    """Raised in ``strict`` mode for the first bad record of the data file."""
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """A record of the data file that was skipped: where it is and why."""
+
+    where: str
+    """``FILE:LINE`` (JSON lines) or ``FILE: record N`` (a JSON list, N from 1)."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class DataListing:
+    """The images of a data set, in order, each once, and the records that were skipped."""
+
+    images: list[Path] = field(default_factory=list)
+    problems: list[RecordProblem] = field(default_factory=list)
+
+
+def _records(data: Path) -> list[tuple[str, Any]]:
+    """``(where, record)`` pairs of a LLaVA JSON list or JSON-lines file; a bad JSON line gives a
+    ``RecordProblem`` in place of its record."""
+    try:
+        text = data.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{data}: not a UTF-8 text file (expected LLaVA JSON or JSON lines)") from None
+    if not text.strip():
+        raise ValueError(f"{data}: empty file (expected LLaVA JSON or JSON lines)")
+    if data.suffix.lower() == ".jsonl":
+        out: list[tuple[str, Any]] = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            where = f"{data}:{lineno}"
+            try:
+                out.append((where, json.loads(line)))
+            except json.JSONDecodeError as err:
+                out.append(
+                    (where, RecordProblem(where, f"malformed JSON line: {err.msg} (column {err.colno})"))
+                )
+        return out
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{data}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); a JSON-lines file "
+            "needs the .jsonl extension"
+        ) from None
+    if not isinstance(records, list):
+        raise ValueError(
+            f"{data}: expected a JSON list of LLaVA records, got a JSON {type(records).__name__}"
+        )
+    return [(f"{data}: record {number}", record) for number, record in enumerate(records, start=1)]
+
+
+def _record_images(record: Any) -> list[str]:
+    """The image paths of one LLaVA record (none for a text-only record); ``ValueError`` names the problem."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object: {type(record).__name__}")
+    value = record.get("image")
+    if value is None:
+        return []
+    names = value if isinstance(value, list) else [value]
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"'image' must be a path or a list of paths, got {name!r}")
+    return names
+
+
+def scan_data(data: str | Path, image_root: str | Path | None = None) -> DataListing:
+    """The images of a LLaVA JSON / JSON-lines file or of a directory, and the bad records (module docstring)."""
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: data set not found")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"{image_root}: --image-root is not a directory")
     if data.is_dir():
         files = (p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return sorted(files)
+        return DataListing(images=sorted(files))
     root = Path(image_root) if image_root is not None else data.parent
-    text = data.read_text(encoding="utf-8")
-    try:
-        if data.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"{data}: not valid JSON ({err})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{data}: expected a JSON list of LLaVA records, got {type(records).__name__}")
+    listing = DataListing()
     seen: dict[Path, None] = {}
-    for number, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{data}: record {number} is not an object")
-        value = record.get("image")
-        if value is None:
+    for where, record in _records(data):
+        if isinstance(record, RecordProblem):
+            listing.problems.append(record)
             continue
-        for name in value if isinstance(value, list) else [value]:
-            if not isinstance(name, str):
-                raise ValueError(f"{data}: record {number} has a non-string image {name!r}")
+        try:
+            names = _record_images(record)
+        except ValueError as err:
+            listing.problems.append(RecordProblem(where, str(err)))
+            continue
+        for name in names:
             seen.setdefault(root / name, None)
-    return list(seen)
+    listing.images = list(seen)
+    return listing
+
+
+def list_images(data: str | Path, image_root: str | Path | None = None) -> list[Path]:
+    """The images of a LLaVA JSON / JSON-lines file or of a directory (bad records skipped; `scan_data`)."""
+    return scan_data(data, image_root).images
 
 
 def distributed_context() -> tuple[int, int, str | None]:
@@ -97,12 +175,15 @@ class RunSummary:
     new: int = 0
     cached: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    bad_records: int = 0
+    """Records of the data file that were skipped (counted by rank 0 only)."""
 
     def line(self) -> str:
         where = f" (rank {self.rank} of {self.world})" if self.world > 1 else ""
+        skipped = f", {self.bad_records} bad records skipped" if self.bad_records else ""
         return (
             f"perceived {self.total} images{where}: {self.new} new, {self.cached} already cached, "
-            f"{len(self.failed)} failed"
+            f"{len(self.failed)} failed{skipped}"
         )
 
 
@@ -122,8 +203,8 @@ def precompute(
     """Perceive every image of ``data`` not yet in the cache ``out`` (this rank's shard only).
 
     Models are loaded only when some image of the shard still needs them, so a finished run reruns in
-    seconds. Raises ``CacheMismatchError`` when ``out`` holds another config, ``BadImageError`` for the
-    first bad image when ``strict``.
+    seconds. Raises ``CacheMismatchError`` when ``out`` holds another config, ``BadRecordError`` /
+    ``BadImageError`` for the first bad record / image when ``strict``.
     """
     log = log or sys.stderr
     env_rank, env_world, device = distributed_context()
@@ -134,11 +215,19 @@ def precompute(
     if device is not None and config.device == "auto":
         config = replace(config, device=device)
     check_config(config)  # a missing extra stops here, before the cache directory is created
-    images = list_images(data, image_root)[rank::world]
+    listing = scan_data(data, image_root)  # so does a bad data file
+    if strict and listing.problems:
+        raise BadRecordError(f"{listing.problems[0]} (--strict)")
+    if rank == 0:
+        for problem in listing.problems:
+            print(f"skipped {problem}", file=log, flush=True)
+    images = listing.images[rank::world]
     cache = PerceptionCache(out, config=config, versions=config_versions(config), create=True)
     tag = f"rank{rank:05d}"
     cache.remove_stale_temporaries(tag)
-    summary = RunSummary(rank=rank, world=world, total=len(images))
+    summary = RunSummary(
+        rank=rank, world=world, total=len(images), bad_records=len(listing.problems) if rank == 0 else 0
+    )
     perceiver: Perceiver | None = None
     pending: list[tuple[Path, str, Any]] = []
 

@@ -77,8 +77,8 @@ class Owlv2Detector:
         self.threshold = threshold
         self.cache_queries = cache_queries
         self.query_batch_size = query_batch_size
-        self.processor = from_pretrained(AutoProcessor, checkpoint, revision, "owlv2")
-        model = from_pretrained(Owlv2ForObjectDetection, checkpoint, revision, "owlv2")
+        self.processor = from_pretrained(AutoProcessor, checkpoint, revision, "owlv2", "owod")
+        model = from_pretrained(Owlv2ForObjectDetection, checkpoint, revision, "owlv2", "owod")
         self.model = model.to(device=device, dtype=torch_dtype(dtype, "owlv2")).eval()
         self._query_cache: tuple[Any, Any] | None = None
 

@@ -1,6 +1,6 @@
 """Loading images for perception: every input becomes an RGB ``PIL.Image`` or a clear error.
 
-Handled (issue #4 §4): EXIF orientation is applied (``ImageOps.exif_transpose``); grayscale, palette,
+Handled (docs/perception.md, Bad input): EXIF orientation is applied (``ImageOps.exif_transpose``); grayscale, palette,
 CMYK, YCbCr, LAB, HSV are converted to RGB; images with transparency (RGBA, LA, PA, palette with a
 transparency entry) are composited over ``alpha_background`` (white by default; None drops the alpha
 channel like ``convert("RGB")``); 16/32-bit integer images (``I;16*``, ``I``) are rescaled from the 16-bit
@@ -84,7 +84,8 @@ def _to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] | None) -> 
 def _too_many_pixels(count: str, max_pixels: int) -> str:
     return (
         f"image has {count} pixels, over the limit of {max_pixels:,} "
-        "(possible decompression bomb; raise max_pixels to allow it)"
+        "(possible decompression bomb; to allow it, raise the limit: moai perceive --max-pixels N, "
+        "or PerceptionConfig(max_pixels=N))"
     )
 
 
@@ -92,7 +93,10 @@ def _check_size(name: str, width: int, height: int, max_pixels: int, min_side: i
     if width * height > max_pixels:
         raise ImageLoadError(name, _too_many_pixels(f"{width}x{height} = {width * height:,}", max_pixels))
     if min(width, height) < min_side:
-        raise ImageLoadError(name, f"image is {width}x{height}, a side is shorter than min_side={min_side}")
+        raise ImageLoadError(
+            name,
+            f"image is {width}x{height}, a side is shorter than min_side={min_side} (PerceptionConfig.min_side)",
+        )
 
 
 def _open_encoded(data: bytes, name: str, max_pixels: int) -> Image.Image:

@@ -79,8 +79,10 @@ class Mask2FormerSegmenter:
         self.mask_threshold = mask_threshold
         self.overlap_mask_area_threshold = overlap_mask_area_threshold
         self.label_ids_to_fuse = set(int(i) for i in label_ids_to_fuse)
-        self.processor = from_pretrained(AutoImageProcessor, checkpoint, revision, "mask2former")
-        model = from_pretrained(Mask2FormerForUniversalSegmentation, checkpoint, revision, "mask2former")
+        self.processor = from_pretrained(AutoImageProcessor, checkpoint, revision, "mask2former", "ps")
+        model = from_pretrained(
+            Mask2FormerForUniversalSegmentation, checkpoint, revision, "mask2former", "ps"
+        )
         self.model = model.to(device=device, dtype=torch_dtype(dtype, "mask2former")).eval()
         self.id2label = dict(self.model.config.id2label)
 
