@@ -2,7 +2,7 @@
 
 The bundled ShapesWorld model is not trained yet (README), so the demo runs the ``tiny`` preset with
 *random weights* (seeded by ``--seed``): it shows the whole path (image + question + aux text ->
-processor -> generate, arXiv 2403.07508 §3, Figure 2) and says plainly that the answer is noise.
+processor -> generate; arXiv 2403.07508 §3, docs/model.md §1) and says plainly that the answer is noise.
 """
 
 from __future__ import annotations

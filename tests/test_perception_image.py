@@ -1,4 +1,4 @@
-"""Bad and unusual input images (issue #4 §4): each works (RGB, orientation applied) or fails naming file and reason."""
+"""Bad and unusual input images (docs/perception.md, Bad input): each works (RGB, orientation applied) or fails naming file and reason."""
 
 from __future__ import annotations
 

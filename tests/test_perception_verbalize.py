@@ -33,7 +33,7 @@ from moai.verbalize.v2 import (
 GOLDEN = [json.loads(line) for line in (FIXTURES / "verbalize_public.jsonl").read_text().splitlines() if line]
 
 
-# --- neutral golden inputs (fixtures README part A) -> Perception ------------------------------------------------
+# --- neutral golden inputs (tests/fixtures/README.md) -> Perception ------------------------------------------------
 
 
 def seg_fields(inp: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Perception: the four external CV models of MoAI and their cache (paper §3; reference §1.1–1.2).
+"""Perception: the four external CV models of MoAI and their cache (arXiv 2403.07508 §3; docs/perception.md).
 
 MoAI first runs panoptic segmentation (PS), open-world detection (OWOD), scene-graph generation (SGG) and
 OCR on the 490 × 490 resized image; their outputs, verbalized, become the auxiliary tokens. This package

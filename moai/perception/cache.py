@@ -1,4 +1,4 @@
-"""On-disk perception cache (DESIGN.md decision 8): one directory per perception config.
+"""On-disk perception cache (docs/perception.md, The cache and ``--data``): one directory per perception config.
 
 Layout::
 

@@ -1,6 +1,6 @@
 """``PerceptionConfig``: which backend runs each role, with which options, on what canvas.
 
-Presets (``PerceptionConfig.from_preset``), reference ``moai-official.md`` §1.1–1.2:
+Presets (``PerceptionConfig.from_preset``; docs/perception.md, Presets and The official perception stage):
 
 * ``official``: Mask2Former (Swin-B COCO-panoptic; threshold 0.5, mask threshold 0.95, no label fusing),
   OWLv2 (base-patch16-ensemble, the 1,847 official queries, threshold 0.1), PSGTR (extra ``psgtr``),
@@ -29,7 +29,7 @@ from typing import Any
 
 from .types import ROLES, canonical_role
 
-#: Official canvas (reference §1.1 step 1): every external model runs on the 490 × 490 resized image.
+#: Official canvas (docs/perception.md, The official perception stage, step 1): every external model runs on the 490 × 490 resized image.
 OFFICIAL_CANVAS_SIZE = (490, 490)
 #: Pillow's own default decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), used as our default.
 DEFAULT_MAX_PIXELS = 89_478_485

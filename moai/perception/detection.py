@@ -1,4 +1,4 @@
-"""Open-world object detection (OWOD) with OWLv2 (MoAI paper §3; reference ``moai-official.md`` §1.2).
+"""Open-world object detection (OWOD) with OWLv2 (arXiv 2403.07508 §3; docs/perception.md).
 
 Official settings: ``google/owlv2-base-patch16-ensemble`` queried with 1,847 raw class names (ADE20K-847
 then ImageNet-1k, shipped as ``moai/data/owlv2_queries_1847.json``; names repeat, so a detection's

@@ -1,7 +1,7 @@
 """OCR backends: ``rapidocr`` (default) and ``paddleocr`` (official, extra ``paddleocr``).
 
 MoAI runs ``PaddleOCR(use_angle_cls=True, lang='ch', use_gpu=False, show_log=False)`` on CPU, one image
-at a time, and its verbalizer keeps lines with confidence >= 0.85 (reference ``moai-official.md`` §1.2).
+at a time, and its verbalizer keeps lines with confidence >= 0.85 (docs/perception.md, The official perception stage).
 
 ``rapidocr`` runs the PaddleOCR PP-OCRv4 Chinese/English detector and recogniser (plus the PP-OCR
 mobile angle classifier) that ship inside the ``rapidocr-onnxruntime`` wheel, through onnxruntime,

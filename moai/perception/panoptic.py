@@ -1,4 +1,4 @@
-"""Panoptic segmentation (PS) with Mask2Former (MoAI paper §3; reference ``moai-official.md`` §1.2).
+"""Panoptic segmentation (PS) with Mask2Former (arXiv 2403.07508 §3; docs/perception.md).
 
 Official settings: checkpoint ``facebook/mask2former-swin-base-coco-panoptic`` (133 COCO-panoptic
 classes) through ``AutoImageProcessor`` defaults, then ``post_process_panoptic_segmentation(threshold=0.5,

@@ -1,8 +1,8 @@
 """Registry of perception backends, one namespace per role (``ps``, ``owod``, ``sgg``, ``ocr``).
 
 A backend is a small class registered with ``@register_backend(role, name)``. Its ``__init__`` takes
-``device`` plus keyword-only options whose defaults are the official settings (reference
-``moai-official.md`` §1.2); ``resolve_options`` fills them in, so a config names every value it ran with.
+``device`` plus keyword-only options whose defaults are the official settings (docs/perception.md,
+Presets); ``resolve_options`` fills them in, so a config names every value it ran with.
 Heavy dependencies are imported inside the class (lazily) and a missing one raises ``MissingExtraError``,
 whose one-line message names the extra to install.
 

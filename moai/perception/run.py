@@ -1,4 +1,4 @@
-"""Running the configured backends over images: ``Perceiver`` and ``perceive`` (reference §1.1 steps 1–2).
+"""Running the configured backends over images: ``Perceiver`` and ``perceive`` (docs/perception.md, The official perception stage, steps 1–2).
 
 Data flow per batch::
 

@@ -1,6 +1,6 @@
 """Scene-graph generation (SGG): ``geometric`` (default) and ``psgtr`` (official, extra ``psgtr``).
 
-MoAI runs OpenPSG's PSGTR (reference ``moai-official.md`` §1.2): 100 queries, 133 object classes, a
+MoAI runs OpenPSG's PSGTR (docs/perception.md, The official perception stage): 100 queries, 133 object classes, a
 57-column relation distribution per pair (column 0 background, then the 56 PSG predicates); the
 verbalizer takes the top ``min(10, #objects)`` pairs by their best non-background score and keeps those
 ``>= 0.8``. A ``Relation`` keeps that full distribution (``Relation.from_distribution``), so the official

@@ -1,4 +1,4 @@
-"""Plain result types of the perception stage (MoAI paper §3, reference ``moai-official.md`` §1.1–1.2).
+"""Plain result types of the perception stage (arXiv 2403.07508 §3; docs/perception.md).
 
 Every external CV model returns these frozen dataclasses; nothing here imports torch. Coordinates are
 pixels of the *canvas* the backends saw (``Perception.image_size``: the 490 × 490 resized image in the
@@ -89,7 +89,7 @@ def _box(value: Sequence[float]) -> Box:
 
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """One panoptic segment (PS; reference §1.2 "Panoptic segmentation").
+    """One panoptic segment (PS; docs/perception.md, The official perception stage).
 
     Attributes:
         label: class name as the model names it (COCO-panoptic, e.g. ``"wall-other-merged"``; the
@@ -152,7 +152,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected box (OWOD, reference §1.2 "Open-world detection"); also the scene graph's objects.
+    """One detected box (OWOD; docs/perception.md, The official perception stage); also the scene graph's objects.
 
     Attributes:
         label: the query / class name (OWLv2: one of the 1,847 official queries).
@@ -182,7 +182,7 @@ class Detection:
 
 @dataclass(frozen=True)
 class Relation:
-    """One scene-graph edge ``subject --predicate--> object`` (SGG, reference §1.2 / §1.3 "SGG sentence").
+    """One scene-graph edge ``subject --predicate--> object`` (SGG; docs/perception.md and docs/verbalization.md §3).
 
     ``subject`` and ``object`` index ``Perception.objects`` (the scene-graph model's own object list,
     which the official verbalizer numbers as a whole: ``person (#1)``). ``distribution`` is the model's full
@@ -279,7 +279,7 @@ class Relation:
 
 @dataclass(frozen=True)
 class TextLine:
-    """One recognised text line (OCR, reference §1.2 "OCR").
+    """One recognised text line (OCR; docs/perception.md, The official perception stage).
 
     Attributes:
         text: the recognised string, verbatim.
@@ -331,7 +331,7 @@ class SceneGraph:
 
 @dataclass(frozen=True)
 class Perception:
-    """Everything the four external models saw in one image (MoAI paper §3, reference §1.1 step 2).
+    """Everything the four external models saw in one image (arXiv 2403.07508 §3; docs/perception.md, step 2).
 
     Attributes:
         image_size: ``(width, height)`` of the canvas the backends ran on (490 × 490 officially); every

@@ -1,7 +1,7 @@
 """``Perception`` -> aux text and panoptic map, through the verbalizers of ``moai.verbalize``.
 
 ``verbalize_perception(p, style="official")`` feeds the official functions (``moai.verbalize.official``,
-byte-exact with the official ``make_*_prompt``; reference ``moai-official.md`` §1.3) with exactly the
+byte-exact with the official ``make_*_prompt``; docs/verbalization.md §3) with exactly the
 arrays the official pipeline hands them: the panoptic id map and ``segments_info`` order, the OWLv2
 boxes / scores / query names, the scene graph's object list and ``rel_dists`` rows, and the OCR
 ``(text, confidence)`` lines. ``style="v2"`` uses ``moai.verbalize.v2`` (for new models only; not a
