@@ -302,43 +302,102 @@ def test_data_parallel_shards(tmp_path, monkeypatch, capsys):
     assert len(cache) == 7 and all(cache.get(p) is not None for p in images)
 
 
-KILL_SCRIPT = """
+RUN_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_perception_cli  # registers the test backends
+{prelude}
 from moai.cli import main
 sys.exit(main(["perceive", "--data", {data!r}, "--out", {out!r}, "--config", {cfg!r}, "--batch-size", "1"]))
 """
 
+#: Kills the run with SIGKILL inside the cache's entry writer, at the CRASH_AT-th entry (no timing involved).
+#: ``mid-write``: after half of the entry's bytes reached its file; ``before-replace``: after the whole entry
+#: was written and flushed, before it is moved into place.
+CRASH_PRELUDE = """
+import builtins, os, signal
+CRASH_AT, STAGE = {crash_at}, {stage!r}
+entry_writes = 0
 
-def test_killed_run_resumes_with_every_image_exactly_once(tmp_path):
-    images = dataset(tmp_path / "data", 8)
-    out = tmp_path / "cache"
-    cfg = write_config(tmp_path / "cfg.json", make_config(delay=0.4))
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class HalfThenDie:
+    def __init__(self, fh):
+        self.fh = fh
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.fh.close()
+    def write(self, text):
+        self.fh.write(text[: len(text) // 2])
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        die()
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+real_open, real_replace = builtins.open, os.replace
+
+def is_entry(path):
+    return os.sep + "entries" + os.sep in os.fspath(path)
+
+def crashing_open(path, mode="r", *args, **kwargs):
+    global entry_writes
+    fh = real_open(path, mode, *args, **kwargs)
+    if "w" in mode and is_entry(path):
+        entry_writes += 1
+        if entry_writes == CRASH_AT and STAGE == "mid-write":
+            return HalfThenDie(fh)
+    return fh
+
+def crashing_replace(src, dst):
+    if is_entry(dst) and entry_writes == CRASH_AT and STAGE == "before-replace":
+        die()
+    real_replace(src, dst)
+
+builtins.open, os.replace = crashing_open, crashing_replace
+"""
+
+
+def run_script(tmp_path: Path, data: Path, out: Path, cfg: str, prelude: str = "") -> Path:
     script = tmp_path / "run.py"
     script.write_text(
-        KILL_SCRIPT.format(tests=str(REPO / "tests"), data=str(tmp_path / "data"), out=str(out), cfg=cfg)
+        RUN_SCRIPT.format(tests=str(REPO / "tests"), prelude=prelude, data=str(data), out=str(out), cfg=cfg)
+    )
+    return script
+
+
+@pytest.mark.parametrize("stage", ["mid-write", "before-replace"])
+def test_run_killed_inside_an_entry_write_is_repaired_by_the_rerun(tmp_path, stage):
+    crash_at = 3  # two entries complete, the third one being written
+    images = dataset(tmp_path / "data", 6)
+    out = tmp_path / "cache"
+    cfg = write_config(tmp_path / "cfg.json", make_config())
+    script = run_script(
+        tmp_path, tmp_path / "data", out, cfg, CRASH_PRELUDE.format(crash_at=crash_at, stage=stage)
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    killed = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1800
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "entries").glob("*/*.json"))) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((out / "entries").glob("*/*.json")))
-    assert 2 <= done_before < 8
-    summary = precompute(tmp_path / "data", out, make_config(delay=0.4), progress=False)
-    assert summary.cached == done_before and summary.new == 8 - done_before and not summary.failed
-    entries = sorted((out / "entries").glob("*/*.json"))
-    assert len(entries) == 8 and not list((out / "entries").glob("*/.*.tmp"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    complete = sorted((out / "entries").glob("*/*.json"))
+    [partial] = (out / "entries").glob("*/.*.tmp")  # the entry being written when the process died
+    assert len(complete) == crash_at - 1
+    if stage == "mid-write":
+        with pytest.raises(ValueError):
+            json.loads(partial.read_text(encoding="utf-8"))
+
+    summary = precompute(tmp_path / "data", out, make_config(), progress=False)
+    assert (summary.cached, summary.new, summary.failed) == (crash_at - 1, 6 - (crash_at - 1), [])
+    assert not list((out / "entries").glob("*/.*.tmp"))
     cache = PerceptionCache(out)
-    keys = [json.loads(p.read_text())["content_hash"] for p in entries]
-    assert len(set(keys)) == 8
-    assert all(cache.get(p) is not None for p in images)
+    assert len(cache) == 6
+    for path in images:  # every entry complete and equal to a fresh perception: nothing corrupt is read
+        assert cache.get(path) == perceive([str(path)], make_config())[0]
+    keys = [json.loads(p.read_text())["content_hash"] for p in sorted((out / "entries").glob("*/*.json"))]
+    assert len(set(keys)) == 6
 
 
 # --- the real backends through the CLI ---------------------------------------------------------------------------
@@ -374,35 +433,61 @@ def test_real_backends_through_cli(tmp_path, capsys):
 
 
 def test_two_processes_under_torch_distributed(tmp_path):
-    """A real 2-process launch (what ``accelerate launch`` starts): ranks from accelerate's PartialState."""
+    """Two real processes with the environment ``accelerate launch`` / ``torchrun`` give each worker; ranks
+    come from accelerate's ``PartialState`` (gloo on CPU).
+
+    The launcher's part is played by this test, so nothing depends on timing or on a free port: the
+    rendezvous store listens on a port the OS assigns to it here (port 0, already bound, so a concurrent run
+    cannot take it) and the workers join it as clients (``TORCHELASTIC_USE_AGENT_STORE``, as under
+    torchrun); no elastic agent, no rendezvous round, no heartbeat or join timeout.
+    """
     pytest.importorskip("accelerate")
+    from torch.distributed import TCPStore
+
     images = dataset(tmp_path / "data", 5)
     out = tmp_path / "cache"
     cfg = write_config(tmp_path / "cfg.json", make_config())
-    script = tmp_path / "run.py"
-    script.write_text(
-        KILL_SCRIPT.format(tests=str(REPO / "tests"), data=str(tmp_path / "data"), out=str(out), cfg=cfg)
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
+    script = run_script(tmp_path, tmp_path / "data", out, cfg)
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    launcher_env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_RUN_ID": f"test-{os.getpid()}",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_RANK": "0",
+    }
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        **launcher_env,
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
     ]
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "perceived 3 images (rank 0 of 2): 3 new" in result.stdout
-    assert "perceived 2 images (rank 1 of 2): 2 new" in result.stdout
+    results = [worker.communicate(timeout=1800) for worker in workers]  # a hang guard, not a wait
+    for worker, (_, err) in zip(workers, results):
+        assert worker.returncode == 0, err[-2000:]
+    assert "perceived 3 images (rank 0 of 2): 3 new" in results[0][0]
+    assert "perceived 2 images (rank 1 of 2): 2 new" in results[1][0]
     assert sorted(p.name for p in (out / "index").iterdir()) == [
         "rank-00000-of-00002.jsonl",
         "rank-00001-of-00002.jsonl",
     ]
     cache = PerceptionCache(out)
     assert len(cache) == 5 and all(cache.get(p) is not None for p in images)
+    del store
 
 
 def test_draw_many_segments_relations_and_text():
