@@ -257,6 +257,49 @@ def test_llava_json_and_cache_of_another_config_refused(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip("\n") == verbalize_perception(PerceptionCache(out).get(images[0]))
 
 
+def test_data_bad_records_reported_by_file_and_line_and_skipped(tmp_path, capsys):
+    dataset(tmp_path / "imgs", 2)
+    data = tmp_path / "llava.jsonl"
+    lines = [
+        json.dumps({"id": "a", "image": "imgs/img00.png"}),
+        '{"id": "b", "image": ',  # cut short
+        "[1, 2]",
+        json.dumps({"id": "c", "image": 7}),
+        "",
+        json.dumps({"id": "d", "image": "imgs/img01.png"}),
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    cfg = write_config(tmp_path / "cfg.json", make_config())
+    argv = ["perceive", "--data", str(data), "--config", cfg, "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == (
+        "perceived 2 images: 2 new, 0 already cached, 0 failed, 3 bad records skipped"
+    )
+    assert captured.err.splitlines() == [
+        f"skipped {data}:2: malformed JSON line: Expecting value (column 22)",
+        f"skipped {data}:3: not a JSON object: list",
+        f"skipped {data}:4: 'image' must be a path or a list of paths, got 7",
+    ]
+    assert len(PerceptionCache(tmp_path / "cache")) == 2
+    # --strict stops at the first bad record, before the cache directory is created
+    assert main([*argv, str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"moai perceive: error: {data}:2: malformed JSON line: Expecting value (column 22) (--strict)\n"
+    )
+    assert not (tmp_path / "strict").exists()
+    # in a JSON list, records are named by their number
+    listing = tmp_path / "llava.json"
+    listing.write_text(json.dumps([{"image": "imgs/img00.png"}, 5]))
+    argv = ["perceive", "--data", str(listing), "--config", cfg, "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"skipped {listing}: record 2: not a JSON object: int\n"
+    assert captured.out.strip().endswith("1 already cached, 0 failed, 1 bad records skipped")
+
+
 def test_strict_aborts_on_first_bad_image(tmp_path, capsys):
     dataset(tmp_path / "data", 4)
     (tmp_path / "data" / "img01.png").write_bytes(b"")

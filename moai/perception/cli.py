@@ -101,12 +101,18 @@ def cmd_perceive(args: argparse.Namespace) -> int:
 
 
 def _perceive_image(args: argparse.Namespace, config: PerceptionConfig) -> int:
-    from .image import to_canvas
-    from .run import Perceiver
+    from .image import load_image, to_canvas
+    from .run import Perceiver, check_config
     from .verbalize import verbalize_perception
 
+    check_config(config)  # a missing extra or a bad option first, then the image, then the models load
+    image = load_image(
+        args.image,
+        max_pixels=config.max_pixels,
+        min_side=config.min_side,
+        alpha_background=config.alpha_background,
+    )
     perceiver = Perceiver(config)
-    image = perceiver.load(args.image)
     [perception] = perceiver.perceive_loaded([image])
     if args.json:
         print(perception.to_json())
@@ -144,7 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "perceive",
         help="run the perception models on an image (aux string) or a data set (cache)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run the perception models (PS, OWOD, SGG, OCR; docs/perception.md) on one image and "
+        "print its aux string, Perception JSON or a picture, or pre-compute a data set into a cache.",
     )
     p.add_argument("image", nargs="?", help="an image file (or use --data)")
     p.add_argument(

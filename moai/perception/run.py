@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import PerceptionConfig
 from .image import ImageSource, load_image, to_canvas
-from .registry import backend_requires, backend_versions, build_backend, check_backend
+from .registry import backend_requires, backend_versions, build_backend, check_backend, resolve_options
 from .types import ROLES, Perception, SceneGraph
 
 
@@ -44,8 +44,9 @@ def run_roles(config: PerceptionConfig) -> tuple[str, ...]:
 def check_config(config: PerceptionConfig, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Validate ``config`` without loading a model; returns the roles that will run.
 
-    Raises ``ValueError`` for an empty config or an SGG backend without its inputs, and
-    ``MissingExtraError`` for every backend whose dependencies are missing, before anything loads.
+    Raises ``ValueError`` for an empty config, an SGG backend without its inputs or an unknown backend
+    option, and ``MissingExtraError`` for every backend whose dependencies are missing, before anything
+    loads.
     """
     if not config.roles:
         raise ValueError("PerceptionConfig has no role to run (all of ps, owod, sgg, ocr are None)")
@@ -58,7 +59,9 @@ def check_config(config: PerceptionConfig, skip: tuple[str, ...] = ()) -> tuple[
     roles = run_roles(config)
     for role in roles:
         if role not in skip:
-            check_backend(role, getattr(config, role).name)
+            spec = getattr(config, role)
+            resolve_options(role, spec.name, spec.options)
+            check_backend(role, spec.name)
     return roles
 
 
