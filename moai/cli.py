@@ -97,6 +97,8 @@ def read_json(path: Path, what: str) -> Any:
         raise ValueError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; expected {what})"
         ) from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply (expected {what})") from None
 
 
 # -- subcommands ------------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def bad(tmp_path_factory) -> Path:
         '{"keys": {"model.layers.0.attention.wqkv.Plora_main.weight": [7, 4096]}}\n'
     )
     (root / "keys_empty.json").write_text('{"keys": {}}\n')
+    (root / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
     (root / "lines_not_objects.jsonl").write_text("[1, 2]\n3\n")
     (root / "blank_lines.jsonl").write_text("\n  \n\n")
     (root / "adir").mkdir()
@@ -223,6 +224,9 @@ ARGUMENT_CASES = [
     (["compat", "check", "x", "--device", "cuda:7"], "moai compat check", "cuda:7"),
     (["compat", "check", "x", "--device", "cuda:-1"], "moai compat check", "cuda:-1"),
     (["compat", "check", "x", "--device", "meta"], "moai compat check", "meta"),
+    (["compat", "check", "x", "--device", "cuda"], "moai compat check", "cuda"),
+    (["compat", "check", "x", "--device", "mps"], "moai compat check", "mps"),
+    (["compat", "check", "x", "--device", ""], "moai compat check", "''"),
     (["convert", "official", "a", "b", "--gate-dtype", "float64"], "moai convert official", "float64"),
     (["perceive", "x.png", "--device", "tpu"], "moai perceive", "tpu"),
     (["perceive", "x.png", "--device", "cuda:7"], "moai perceive", "cuda:7"),
@@ -245,8 +249,10 @@ ARGUMENT_CASES = [
     ("argv", "prog", "names"), ARGUMENT_CASES, ids=[" ".join(c[0]) or "-" for c in ARGUMENT_CASES]
 )
 def test_bad_arguments(argv, prog, names, capsys):
-    if "cuda:7" in argv and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has a cuda:7")
+    if "cuda:7" in argv and torch.cuda.device_count() > 7 or "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has that CUDA device")
+    if "mps" in argv and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
     code, out, err = run_main(argv, capsys)
     assert_one_line_error(code, err, prog, names)
     assert out == ""
@@ -332,6 +338,7 @@ KEYS_CASES = [
     ("keys_int.json", "keys_int.json: not a key/shape listing"),
     ("keys_bad_shape.json", "keys_bad_shape.json: entry 'output.weight'"),
     ("keys_empty.json", "keys_empty.json: the listing has no keys"),
+    ("deep.json", "deep.json: JSON nested too deeply"),
     ("keys_unknown.json", "model.layers.0.attention.extra.weight"),
     ("keys_wqkv_unsplittable.json", "cannot be split into q, k, v"),
 ]
@@ -378,6 +385,7 @@ VERBALIZE_CASES = [
     ("text.png", "text.png: not a golden JSONL file"),
     ("malformed.json", "malformed.json: not a golden JSONL file"),
     ("lines_not_objects.jsonl", "line 1 is not a JSON object"),
+    ("deep.json", "line 1: JSON nested too deeply"),
 ]
 
 
@@ -424,6 +432,7 @@ PERCEIVE_CONFIG_CASES = [
     ("random.bin", "random.bin: not a UTF-8 text file"),
     ("malformed.json", "malformed.json: not valid JSON"),
     ("list.json", "list.json: not a PerceptionConfig"),
+    ("deep.json", "deep.json: JSON nested too deeply"),
     (
         "config_unknown_key.json",
         "config_unknown_key.json: not a valid PerceptionConfig (unknown PerceptionConfig",
@@ -483,6 +492,7 @@ PERCEIVE_DATA_CASES = [
     ("malformed.json", [], "malformed.json: not valid JSON"),
     ("data_malformed.json", [], "data_malformed.json: not valid JSON"),
     ("data_object.json", [], "data_object.json: expected a JSON list"),
+    ("deep.json", [], "deep.json: JSON nested too deeply"),
     ("data_bad_line.jsonl", ["--strict"], "data_bad_line.jsonl:2: malformed JSON line"),
     ("data_bad_line.jsonl", ["--image-root", "nowhere"], "nowhere: --image-root is not a directory"),
 ]

@@ -306,6 +306,8 @@ def check_golden_lines(lines: Sequence[str], path: str | Path) -> None:
             first_error = first_error or f"line {lineno} is not a JSON object"
         except json.JSONDecodeError as err:
             first_error = first_error or f"line {lineno} column {err.colno}: {err.msg}"
+        except RecursionError:
+            first_error = first_error or f"line {lineno}: JSON nested too deeply"
     raise ValueError(f"{path}: not a golden JSONL file, no line is a JSON case ({first_error})")
 
 

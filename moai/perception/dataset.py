@@ -82,6 +82,8 @@ def _records(data: Path) -> list[tuple[str, Any]]:
             where = f"{data}:{lineno}"
             try:
                 out.append((where, json.loads(line)))
+            except RecursionError:
+                out.append((where, RecordProblem(where, "malformed JSON line: nested too deeply")))
             except json.JSONDecodeError as err:
                 out.append(
                     (where, RecordProblem(where, f"malformed JSON line: {err.msg} (column {err.colno})"))
@@ -89,6 +91,8 @@ def _records(data: Path) -> list[tuple[str, Any]]:
         return out
     try:
         records = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{data}: JSON nested too deeply (expected a list of LLaVA records)") from None
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{data}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); a JSON-lines file "
