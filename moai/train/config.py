@@ -1,4 +1,4 @@
-"""Typed training configuration; YAML is its saved form (style anchors §6, §8).
+"""Typed training configuration; YAML is its saved form.
 
 Unknown keys are errors, types are checked, and ``--override key=value`` (dotted keys allowed) is parsed
 with YAML rules so ``lr=2e-5`` and ``gradient_checkpointing=true`` read as numbers and booleans.
@@ -98,6 +98,9 @@ class TrainConfig:
     """AdamW weight decay (official 0)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon (the PyTorch default); larger values damp the steps of parameters whose gradients are
+    tiny, as at the identity start of the mixers."""
     max_grad_norm: float = 10.0
     """Gradient clipping norm (official GRAD_MAX 10); 0 disables."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -119,6 +122,20 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
 
+    def __post_init__(self) -> None:
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config.{name}: must be a finite number, got {value!r}")
+            if value < low or (high is not None and value >= high):
+                bound = f">= {low}" if high is None else f"in [{low}, {high})"
+                raise ValueError(f"config.{name}: must be {bound}, got {value!r}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"config.min_lr: {self.min_lr} is above lr {self.lr}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"config.betas[{i}]: must be in [0, 1), got {beta!r}")
+
     # -- (de)serialisation ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -127,14 +144,19 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"training config {path} is a directory, not a YAML file")
         if not path.is_file():
             raise FileNotFoundError(f"training config {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of config keys")
         for item in overrides or []:
             apply_override(data, item)
-        config = cls.from_dict(data)
+        try:
+            config = cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         base = path.parent
         for source in config.data:  # data paths are relative to the config file
             if not Path(source.path).is_absolute():
@@ -152,16 +174,64 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _load_yaml(path: Path) -> Any:
+    """The YAML document of ``path``; a malformed one is a one-line error naming the file and line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}{_yaml_where(err)}: malformed YAML: {_yaml_reason(err)}") from None
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f":{mark.line + 1}" if mark is not None else ""
+
+
+def _yaml_reason(err: yaml.YAMLError) -> str:
+    return " ".join(str(getattr(err, "problem", None) or err).split())
+
+
+# (field, lowest allowed value, first value above the range or None): checked on every config
+_RANGES: tuple[tuple[str, float, float | None], ...] = (
+    ("lora_r", 1, None),
+    ("lora_alpha", 0, None),
+    ("lora_dropout", 0, 1),
+    ("max_length", 1, None),
+    ("batch_size", 1, None),
+    ("grad_accum", 1, None),
+    ("max_steps", 1, None),
+    ("lr", 0, None),
+    ("min_lr", 0, None),
+    ("warmup_steps", 0, None),
+    ("weight_decay", 0, None),
+    ("adam_eps", 1e-30, None),
+    ("max_grad_norm", 0, None),
+    ("save_every", 0, None),
+    ("keep_checkpoints", 1, None),
+    ("log_every", 1, None),
+)
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply ``key=value`` (dotted key for nesting; value parsed as YAML) to a raw config mapping."""
     if "=" not in item:
         raise ValueError(f"override {item!r} must look like key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {item!r}: malformed YAML value: {_yaml_reason(err)}") from None
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {item!r}: empty key")
     node = data
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {item!r}: {part} is not a mapping")
+        node = child
     node[parts[-1]] = value
 
 

@@ -78,29 +78,57 @@ class DataReport:
 
 
 def _records(path: Path) -> list[tuple[int, Any]]:
-    """(line or index, record or exception text) pairs from a JSON list or a JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    """(line or index, record or problem text) pairs from a JSON list or a JSONL file.
+
+    A malformed ``.json`` file is one problem at the line of the syntax error; a malformed JSONL line (or
+    one that is not UTF-8) is a problem of that line only.
+    """
+    raw = path.read_bytes()
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            return [(raw[: err.start].count(b"\n") + 1, f"not UTF-8 text: byte {err.start}")]
         except json.JSONDecodeError as err:
-            return [(err.lineno, f"malformed JSON: {err.msg}")]
+            return [(err.lineno, f"malformed JSON: {err.msg} (column {err.colno})")]
         if not isinstance(data, list):
             return [(1, "malformed JSON: the top level of a .json data file must be a list of records")]
         return [(i + 1, rec) for i, rec in enumerate(data)]
-    out = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    out: list[tuple[int, Any]] = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            out.append((lineno, json.loads(line)))
+            out.append((lineno, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError:
+            out.append((lineno, "not UTF-8 text"))
         except json.JSONDecodeError as err:
-            out.append((lineno, f"malformed JSON line: {err.msg}"))
+            out.append((lineno, f"malformed JSON line: {err.msg} (column {err.colno})"))
     return out
 
 
-def validate_record(record: Any, image_root: Path) -> tuple[Example | None, str | None]:
-    """Check one record; return (example, None) or (None, reason)."""
+def check_image(path: Path) -> str | None:
+    """Why ``path`` is not a decodable image, or None; cheap: PNG chunks are CRC-checked without inflating
+    the pixels, JPEG is decoded at 1/8 scale, other formats are decoded in full."""
+    try:
+        with Image.open(path) as im:
+            if im.width < 1 or im.height < 1:
+                return f"bad image: {path} is {im.width}x{im.height}"
+            if im.format == "PNG":
+                im.verify()
+            else:
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = "empty file" if path.stat().st_size == 0 else str(err).replace(str(path), "").strip(" '")
+        return f"bad image: {path}: {reason or type(err).__name__}"
+    return None
+
+
+def validate_record(
+    record: Any, image_root: Path, check: Callable[[Path], str | None] = check_image
+) -> tuple[Example | None, str | None]:
+    """Check one record (its images decoded by ``check``); return (example, None) or (None, reason)."""
     if isinstance(record, str):
         return None, record
     if not isinstance(record, dict):
@@ -111,6 +139,9 @@ def validate_record(record: Any, image_root: Path) -> tuple[Example | None, str 
     image_path = image_root / image
     if not image_path.is_file():
         return None, f"missing image file: {image_path}"
+    bad_image = check(image_path)
+    if bad_image is not None:
+        return None, bad_image
     convs = record.get("conversations")
     if not isinstance(convs, list) or not convs:
         return None, "no conversations: 'conversations' must be a non-empty list"
@@ -147,8 +178,12 @@ def validate_record(record: Any, image_root: Path) -> tuple[Example | None, str 
         return None, f"non-string value: aux_text is {type(aux_text).__name__}"
     aux_map = record.get("aux_map")
     aux_map_path = image_root / aux_map if isinstance(aux_map, str) else None
-    if aux_map_path is not None and not aux_map_path.is_file():
-        return None, f"missing image file: aux_map {aux_map_path}"
+    if aux_map_path is not None:
+        if not aux_map_path.is_file():
+            return None, f"missing image file: aux_map {aux_map_path}"
+        bad_map = check(aux_map_path)
+        if bad_map is not None:
+            return None, f"{bad_map} (aux_map)"
     example = Example(
         id=str(record.get("id", "")),
         image=image_path,
@@ -168,15 +203,25 @@ def load_examples(
     report: DataReport | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Example]:
-    """Validated examples of one file; bad records are reported (and skipped, or abort under strict)."""
+    """Validated examples of one file; bad records are reported (and skipped, or abort under strict).
+
+    Every record's image (and aux map) is decoded here, before training starts, once per distinct file.
+    """
     path = Path(source.path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
     root = Path(source.image_root) if source.image_root else path.parent
     report = report if report is not None else DataReport()
+    checked: dict[Path, str | None] = {}
+
+    def check(image: Path) -> str | None:
+        if image not in checked:
+            checked[image] = check_image(image)
+        return checked[image]
+
     examples = []
     for line, record in _records(path):
-        example, reason = validate_record(record, root)
+        example, reason = validate_record(record, root, check)
         if reason is not None:
             problem = Problem(str(path), line, reason)
             if strict:
@@ -259,20 +304,22 @@ class Collator:
             "attention_mask": p.pad_left([[1] * len(s.ids) for s in encoded], 0),
             "mm_token_type_ids": p.pad_left([s.streams for s in encoded], STREAM_NONE),
             "labels": p.pad_left([s.labels for s in encoded], IGNORE_INDEX),
-            "pixel_values": p.preprocess_images([_open_rgb(e.image) for e in examples]),
+            "pixel_values": p.preprocess_images([_open_rgb(e.image, e) for e in examples]),
         }
         aux_ids = [p.tokenizer(e.aux_text).input_ids for e in examples]
         batch["aux_input_ids"] = p.pad_left(aux_ids, p.tokenizer.pad_token_id)
         batch["aux_attention_mask"] = p.pad_left([[1] * len(a) for a in aux_ids], 0)
         if self.use_aux_map:
-            maps = [self._aux_map(e.aux_map) for e in examples]
+            maps = [self._aux_map(e) for e in examples]
             batch["aux_pixel_values"] = p.preprocess_aux_images(maps)
         return batch
 
-    def _aux_map(self, aux_map: Path | np.ndarray | None) -> Image.Image | np.ndarray:
-        if aux_map is None:  # nothing segmented: a black map, as the official
+    def _aux_map(self, example: Example) -> Image.Image | np.ndarray:
+        if example.aux_map is None:  # nothing segmented: a black map, as the official
             return np.zeros((self.processor.image_size, self.processor.image_size, 3), np.uint8)
-        return aux_map if isinstance(aux_map, np.ndarray) else _open_rgb(aux_map)
+        if isinstance(example.aux_map, np.ndarray):
+            return example.aux_map
+        return _open_rgb(example.aux_map, example)
 
 
 class AuxResolver:
@@ -318,6 +365,10 @@ class AuxResolver:
         return out, problems
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+def _open_rgb(path: Path, example: Example) -> Image.Image:
+    """The image as RGB; one that became unreadable after the check is a `DataError` naming its record."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{example.source}:{example.line}: bad image: {path}: {err}") from None

@@ -1,4 +1,4 @@
-"""The two-step MoAI training loop (paper §3.3, reference §6), one explicit loop on accelerate.
+"""The two-step MoAI training loop (paper arXiv 2403.07508 §3.3, settings §4), one explicit loop on accelerate.
 
     setup -> for step: micro-batches, global label count, forward/backward, clip, optimizer, schedule,
              log -> checkpoint every N -> final save
@@ -16,6 +16,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,7 +32,7 @@ from ..model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS, STREAM_ANSWER, STREAM
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import IGNORE_INDEX, MoAIProcessor
 from .config import TrainConfig
-from .data import AuxResolver, Collator, DataReport, Example, Mixture, Problem, load_examples
+from .data import AuxResolver, Collator, DataError, DataReport, Example, Mixture, Problem, load_examples
 from .lora import add_lora, lora_parameter_names, merge_lora
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
@@ -44,6 +46,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
     torch.manual_seed(config.seed)  # a preset's init, or the mixers a saved base model gains
     path = Path(config.model)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model {path}: not a save_pretrained directory (no config.json)")
         model_config = MoAIConfig.from_pretrained(path)
         added = []
         if config.mixer_layers is not None:
@@ -58,7 +62,12 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             else MoAIProcessor.from_config(model.config)
         )
     else:
-        model_config = MoAIConfig.from_preset(config.model)
+        try:
+            model_config = MoAIConfig.from_preset(config.model)
+        except ValueError as err:
+            raise ValueError(
+                f"model {config.model!r} is neither a save_pretrained directory nor a preset: {err}"
+            ) from None
         if config.step == "base":  # a base model has no MoAI modules
             model_config.mixer_config.layers = []
         elif config.mixer_layers is not None:
@@ -158,23 +167,56 @@ def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, keep: int
     return final
 
 
+def _complete(path: Path) -> bool:
+    return (path / "state.pt").is_file() and (path / "trainable.safetensors").is_file()
+
+
 def latest_checkpoint(run: Path) -> Path | None:
-    pointer = run / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = run / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    """The checkpoint ``checkpoints/latest`` names, or (pointer missing or broken) the newest complete one."""
+    root = run / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if _complete(path):
+            return path
+    found = sorted(p for p in root.glob("step-*") if _complete(p)) if root.is_dir() else []
+    return found[-1] if found else None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Restore trainable weights, optimizer, scheduler and RNG from ``path``; return its step.
+
+    A checkpoint that cannot be read, or that was written for other trainable parameters, is a one-line
+    `ValueError` naming it.
+    """
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "trainable.safetensors"))
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+        state = torch.load(path / "state.pt", weights_only=False)
+    except Exception as err:  # safetensors, pickle and zip errors differ by kind of damage
+        reason = " ".join(str(err).split())
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {reason})") from None
     params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    if set(weights) != trainable:
+        extra, missing = sorted(set(weights) - trainable), sorted(trainable - set(weights))
+        parts = [
+            f"{len(names)} {what}, e.g. {names[0]}"
+            for what, names in (("missing", missing), ("unexpected", extra))
+            if names
+        ]
+        raise ValueError(
+            f"checkpoint {path} does not match this config's trainable parameters ({'; '.join(parts)})"
+        )
+    for name, value in weights.items():
+        if params[name].shape != value.shape:
+            raise ValueError(
+                f"checkpoint {path}: {name} has shape {tuple(value.shape)}, the model {tuple(params[name].shape)}"
+            )
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
@@ -209,38 +251,206 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line: {err.msg}") from None
+    return records
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
+def _restart_metrics(path: Path, last_step: int) -> None:
+    """Keep the metric lines of steps ``<= last_step`` (all gone for 0), atomically: a resumed run appends
+    from ``last_step + 1``, so no step is ever logged twice. Unparseable lines (a write cut by a kill)
+    are dropped."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if isinstance(step, int) and step <= last_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+# -- signals --------------------------------------------------------------------------------------
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the run; ``checkpoint`` holds the steps done (None: nothing new saved).
+
+    A `BaseException`, as `KeyboardInterrupt` is, so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: Path | None = None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        if checkpoint is None:
+            message = f"interrupted by {name}; nothing saved since the last checkpoint"
+        else:
+            message = (
+                f"interrupted by {name} at step {step}; checkpoint {checkpoint} (continue with --resume)"
+            )
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by that signal (130, 143)."""
+        return 128 + self.signum
+
+
+class StopSignals:
+    """Catch SIGINT and SIGTERM while training (main thread only; restored on exit).
+
+    Before `defer` a signal raises `Interrupted` at once (nothing to save yet). After it, the first signal
+    is only recorded (``received``): the loop finishes its step, saves a checkpoint and then stops; a
+    second signal raises at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def defer(self) -> None:
+        self._deferred = True
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if not self._deferred or self.received is not None:
+            raise Interrupted(signum)
+        self.received = signum
 
 
 # -- the loop -------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one training stage; return the summary (also written to ``output_dir/summary.json``)."""
+    """Run one training stage; return the summary (also written to ``output_dir/summary.json``).
+
+    SIGINT / SIGTERM during the steps save a checkpoint at the last finished step and raise `Interrupted`
+    (before the steps: `Interrupted` at once, nothing to save).
+    """
+    with StopSignals() as stop:
+        return _train(config, resume, log, stop)
+
+
+def _accelerator(config: TrainConfig):
+    """A fresh accelerate ``Accelerator`` for the config's precision (CPU when there is no GPU)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if not config.data:
-        raise ValueError("config.data is empty: list at least one LLaVA data file")
     use_cuda = torch.cuda.is_available()
     if config.precision == "fp16" and not use_cuda:
         raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state()  # a previous in-process run may have fixed another precision
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=not use_cuda,
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def _load_mixture(
+    config: TrainConfig, processor: MoAIProcessor, collator: Collator, report: DataReport, say: Callable
+) -> Mixture:
+    """Validate every record (images decoded), resolve the aux inputs, drop (and report) the samples that
+    truncation leaves unusable; under ``strict`` the first problem aborts with a `DataError`."""
+    resolver = None
+    if config.aux in ("cache", "perceive"):
+        map_style = "official" if processor.aux_map_mode == "official" else "corrected"
+        resolver = AuxResolver(
+            config.aux, config.perception_cache, config.perception_preset, config.verbalizer, map_style
+        )
+    files = []
+    for source in config.data:
+        examples = load_examples(source, strict=config.strict, report=report, log=say)
+        if config.aux == "none":
+            examples = [Example(**{**e.__dict__, "aux_text": "", "aux_map": None}) for e in examples]
+        elif resolver is not None:
+            examples, missing = resolver.resolve(examples)
+            for problem in missing:
+                if config.strict:
+                    raise DataError(str(problem))
+                report.problems.append(problem)
+                say(f"skipped {problem}")
+        usable = []
+        for example in examples:
+            reason = collator.check(example)
+            if reason is None:
+                usable.append(example)
+                continue
+            problem = Problem(example.source, example.line, reason)
+            if config.strict:
+                raise DataError(str(problem))
+            report.fully_masked.append(problem)
+            say(f"skipped {problem}")
+        files.append(usable)
+    if not any(files):
+        names = ", ".join(s.path for s in config.data)
+        first = (report.problems + report.fully_masked)[:1]
+        raise ValueError(
+            f"the data mixture is empty: no valid examples in {names}"
+            + (f"; first problem {first[0]}" if first else "")
+        )
+    return Mixture(files, [s.weight for s in config.data], config.seed)
+
+
+def _start(
+    run: Path, resume: bool, model, optimizer, scheduler, main_process: bool, say: Callable
+) -> tuple[int, Path | None]:
+    """(first step, checkpoint resumed from): the latest checkpoint under ``resume``, else step 0.
+
+    ``metrics.jsonl`` keeps only the lines of the steps before the first one, so that no step is logged
+    twice; a fresh start (no ``--resume``, or no checkpoint to resume from) starts it empty.
+    """
+    checkpoint = latest_checkpoint(run) if resume else None
+    if resume and checkpoint is None:
+        say(f"--resume: no checkpoint in {run / 'checkpoints'}, starting from step 0")
+    start = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler)
+    if checkpoint is not None:
+        say(f"resumed from {checkpoint} at step {start}")
+    if main_process:
+        _restart_metrics(run / "metrics.jsonl", start)
+    return start, checkpoint
+
+
+def _stop_signal(stop: StopSignals, accelerator) -> int | None:
+    """The signal that asked the run to stop, agreed on by all processes (any one of them received it)."""
+    local = stop.received or 0
+    if accelerator.num_processes == 1:
+        return local or None
+    anyone = int(accelerator.reduce(torch.tensor(int(local > 0), device=accelerator.device), "sum"))
+    return (local or signal.SIGTERM) if anyone else None
+
+
+def _train(
+    config: TrainConfig, resume: bool, log: Callable[[str], None], stop: StopSignals
+) -> dict[str, Any]:
+    if not config.data:
+        raise ValueError("config.data is empty: list at least one LLaVA data file")
+    accelerator = _accelerator(config)
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda _msg: None)
     run = Path(config.output_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"output_dir {run} exists and is not a directory")
     if main_process:
         run.mkdir(parents=True, exist_ok=True)
         config.save(run / "config.yaml")
@@ -258,66 +468,23 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
-    # data: validate every record, then drop (and report) samples that truncation leaves unusable
     report = DataReport()
     collator = Collator(
         processor, config.max_length, model.config.use_aux_map and bool(model.config.mixer_config.layers)
     )
-    resolver = None
-    if config.aux in ("cache", "perceive"):
-        map_style = "official" if processor.aux_map_mode == "official" else "corrected"
-        resolver = AuxResolver(
-            config.aux, config.perception_cache, config.perception_preset, config.verbalizer, map_style
-        )
-    files = []
-    for source in config.data:
-        examples = load_examples(source, strict=config.strict, report=report, log=say)
-        if config.aux == "none":
-            examples = [Example(**{**e.__dict__, "aux_text": "", "aux_map": None}) for e in examples]
-        elif resolver is not None:
-            examples, missing = resolver.resolve(examples)
-            for problem in missing:
-                if config.strict:
-                    raise ValueError(str(problem))
-                report.problems.append(problem)
-                say(f"skipped {problem}")
-        usable = []
-        for example in examples:
-            reason = collator.check(example)
-            if reason is None:
-                usable.append(example)
-                continue
-            problem = Problem(example.source, example.line, reason)
-            if config.strict:
-                raise ValueError(str(problem))
-            report.fully_masked.append(problem)
-            say(f"skipped {problem}")
-        files.append(usable)
-    mixture = Mixture(files, [s.weight for s in config.data], config.seed)
+    mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        trainable, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.mixer_generator = torch.Generator()
-
-    start = 0
+    start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say)
     metrics_path = run / "metrics.jsonl"
-    if resume:
-        checkpoint = latest_checkpoint(run)
-        if checkpoint is None:
-            say(f"--resume: no checkpoint in {run}/checkpoints, starting from step 0")
-        else:
-            start = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
-            say(f"resumed from {checkpoint} at step {start}")
-            if main_process:
-                _truncate_metrics(metrics_path, start)
-    elif main_process and metrics_path.exists():
-        metrics_path.unlink()
 
     writer = None
     if main_process and config.tensorboard:
@@ -333,82 +500,111 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
 
         bar = tqdm(total=config.max_steps, initial=start, desc=f"train {config.step}", unit="step")
 
+    def save(step: int) -> Path:
+        """A checkpoint at ``step`` (written by the main process; every process waits for it)."""
+        accelerator.wait_for_everyone()
+        if main_process:
+            save_checkpoint(run, step, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return run / "checkpoints" / f"step-{step:07d}"
+
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = config.batch_size * world
     model.train()
     last_loss = float("nan")
     started = time.perf_counter()
-    for step in range(start, config.max_steps):
-        t0 = time.perf_counter()
-        batches = []
-        for micro in range(config.grad_accum):
-            base = (step * config.grad_accum + micro) * per_step + rank * config.batch_size
-            examples = [mixture[base + j] for j in range(config.batch_size)]
-            batches.append({k: v.to(accelerator.device) for k, v in collator(examples).items()})
-        local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
-        step_loss = torch.zeros((), device=accelerator.device)
-        gate_stats: dict = {}
-        for micro, batch in enumerate(batches):
-            # the same step-1 draw on every rank and on a resumed run: seeded from the step
-            unwrapped.mixer_generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
-            sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                out = model(**batch, num_items_in_batch=count)
-                accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is a global mean
-            step_loss += out.loss.detach()
-            gate_stats = gate_statistics(
-                out.gate_weights, batch["mm_token_type_ids"], unwrapped.config.mixer_config.layers
+    stop.defer()  # from here on a signal stops the run after the current step, with a checkpoint
+    done = start
+    try:
+        for step in range(start, config.max_steps):
+            t0 = time.perf_counter()
+            batches = []
+            for micro in range(config.grad_accum):
+                base = (step * config.grad_accum + micro) * per_step + rank * config.batch_size
+                examples = [mixture[base + j] for j in range(config.batch_size)]
+                batches.append({k: v.to(accelerator.device) for k, v in collator(examples).items()})
+            local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+            count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
+            step_loss = torch.zeros((), device=accelerator.device)
+            gate_stats: dict = {}
+            for micro, batch in enumerate(batches):
+                # the same step-1 draw on every rank and on a resumed run: seeded from the step
+                unwrapped.mixer_generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
+                sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    out = model(**batch, num_items_in_batch=count)
+                    accelerator.backward(
+                        out.loss * world
+                    )  # DDP averages over ranks; the loss is a global mean
+                step_loss += out.loss.detach()
+                gate_stats = gate_statistics(
+                    out.gate_weights, batch["mm_token_type_ids"], unwrapped.config.mixer_config.layers
+                )
+            grad_norm = (
+                float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+                if config.max_grad_norm > 0
+                else None
             )
-        grad_norm = (
-            float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-            if config.max_grad_norm > 0
-            else None
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = float(accelerator.reduce(step_loss, reduction="sum"))
-        tokens = int(
-            accelerator.reduce(
-                torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=accelerator.device),
-                "sum",
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = float(accelerator.reduce(step_loss, reduction="sum"))
+            tokens = int(
+                accelerator.reduce(
+                    torch.tensor(
+                        sum(int(b["attention_mask"].sum()) for b in batches), device=accelerator.device
+                    ),
+                    "sum",
+                )
             )
-        )
-        elapsed = time.perf_counter() - t0
-        done = step + 1
-        if main_process and (done % config.log_every == 0 or done == config.max_steps):
-            record = {
-                "step": done,
-                "loss": last_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "tokens_per_s": tokens / elapsed,
-                "samples_per_s": per_step * config.grad_accum / elapsed,
-                "label_tokens": int(count),
-                "gates": gate_stats,
-            }
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                writer.add_scalar("train/loss", last_loss, done)
-                writer.add_scalar("train/lr", record["lr"], done)
-                for layer, stats in gate_stats.items():
-                    for name, value in stats.items():
-                        writer.add_scalar(f"gates/{layer}/{name}", value, done)
+            elapsed = time.perf_counter() - t0
+            done = step + 1
+            if main_process and (done % config.log_every == 0 or done == config.max_steps):
+                record = {
+                    "step": done,
+                    "loss": last_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens / elapsed,
+                    "samples_per_s": per_step * config.grad_accum / elapsed,
+                    "label_tokens": int(count),
+                    "gates": gate_stats,
+                }
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    writer.add_scalar("train/loss", last_loss, done)
+                    writer.add_scalar("train/lr", record["lr"], done)
+                    for layer, stats in gate_stats.items():
+                        for name, value in stats.items():
+                            writer.add_scalar(f"gates/{layer}/{name}", value, done)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if done == config.max_steps:
+                break  # the final save below; a signal now no longer stops anything
+            saved = config.save_every and done % config.save_every == 0
+            if saved:
+                save(done)
+            signum = _stop_signal(stop, accelerator)
+            if signum is not None:
+                checkpoint = run / "checkpoints" / f"step-{done:07d}" if saved else save(done)
+                raise Interrupted(signum, done, checkpoint)
+    except DataError as err:  # an image unreadable since the check: keep the steps done, then stop
+        if done > start:
+            raise DataError(f"{err}; steps up to {done} saved in {save(done)}") from None
+        raise
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-        if config.save_every and done % config.save_every == 0 and done < config.max_steps:
-            accelerator.wait_for_everyone()
-            if main_process:
-                save_checkpoint(run, done, unwrapped, optimizer, scheduler, config.keep_checkpoints)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if writer is not None:
+            writer.close()
     accelerator.wait_for_everyone()
     summary = {
         "step": config.step,
         "steps": config.max_steps,
+        "start_step": start,
+        "resumed_from": str(resumed_from) if resumed_from is not None else None,
         "final_loss": last_loss,
         "trainable_params": n_trainable,
         "total_params": n_total,
@@ -426,8 +622,6 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
         unwrapped.save_pretrained(run / "final")
         processor.save_pretrained(run / "final")
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if writer is not None:
-            writer.close()
         say(f"done: {config.max_steps} steps, final loss {last_loss:.4f}; model in {run / 'final'}")
         say(f"summary: {summary['data']}")
     return summary

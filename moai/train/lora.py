@@ -1,4 +1,4 @@
-"""LoRA on the LLM through peft (training issue §2: MoAI modules "plus optional PLoRA / peft LoRA on the LLM").
+"""LoRA on the LLM through peft: an option beyond the paper's recipe (arXiv 2403.07508 §3.3 trains the MoAI modules).
 
 The adapters are injected into the decoder's own projections with ``peft.inject_adapter_in_model``, so the
 model keeps its class, hooks and ``save_pretrained``; the MoAI experts (which also have ``q_proj`` ... but

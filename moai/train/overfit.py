@@ -1,6 +1,6 @@
 """The overfit check: can the MoAI modules alone memorise a small set through the aux knowledge?
 
-MoAI trains its compressor and mixers on a *frozen, pretrained* LLM (paper §3.3). On the random ``tiny``
+MoAI trains its compressor and mixers on a *frozen, pretrained* LLM (arXiv 2403.07508 §3.3). On the random ``tiny``
 preset there is no such LLM: a frozen random LM head and final norm bound the per-token cross-entropy far
 above zero whatever the MoAI modules do. So the check builds the base first, as any new model is built
 (``moai train`` step ``base``), then trains the MoAI modules alone:
@@ -58,7 +58,7 @@ class OverfitConfig:
     """Optimizer steps of the MoAI stage (``step2``, MoAI modules only)."""
     mixer_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Decoder layers that get a mixer. The tiny preset's single mixer layer (2) is not enough here: it
-    plateaus far above the target (see the training issue notes); every layer of the 4-layer LLM is."""
+    plateaus far above the target (README, overfit check); every layer of the 4-layer LLM is."""
     step1_steps: int = 0
     """Steps of a step-1 stage (mixer in sample mode: one random expert per stream and layer) before step 2,
     the paper's two-step recipe (§3.3); 0 goes straight to step 2."""
