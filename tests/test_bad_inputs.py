@@ -152,6 +152,9 @@ def bad(tmp_path_factory) -> Path:
             "model-00002-of-00002.safetensors": state.read_bytes(),
         },
     )
+    tokenizer = {"config.json": config, "state_dict.safetensors": state.read_bytes()}
+    checkpoint("ck_tokenizer_empty", {**tokenizer, "tokenizer.model": b""})
+    checkpoint("ck_tokenizer_random", {**tokenizer, "tokenizer.model": random_bytes()})
     # a parity fixture whose tensors are corrupt
     checkpoint(
         "fixture_corrupt",
@@ -290,6 +293,16 @@ def test_convert_official_bad_source_leaves_nothing(bad, tmp_path, source, names
     assert_one_line_error(code, err, "moai convert official", names)
     nothing_left(out)
     assert not (tmp_path / "new").exists()  # the parents it created are gone too
+
+
+@pytest.mark.parametrize("source", ["ck_tokenizer_empty", "ck_tokenizer_random"])
+def test_convert_official_bad_tokenizer_leaves_nothing(bad, tmp_path, source, capsys):
+    pytest.importorskip("sentencepiece")
+    out = tmp_path / "converted"
+    code, stdout, err = run_main(["convert", "official", str(bad / source), str(out)], capsys)
+    assert_one_line_error(code, err, "moai convert official", f"{source}/tokenizer.model: ")
+    assert "not a SentencePiece tokenizer model" in err and stdout == ""  # refused before any shard
+    nothing_left(out)
 
 
 def test_convert_official_keeps_a_users_directory(bad, tmp_path, capsys):

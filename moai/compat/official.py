@@ -400,8 +400,12 @@ def convert_checkpoint(
         raise FileNotFoundError(f"{src}: not a directory (give an official MoAI checkpoint directory)")
     config = read_official_config(src / "config.json", gate_dtype=gate_dtype)
     shards = source_shards(src)
-    for shard in shards:  # every header checked before anything is written
+    for shard in shards:  # every input checked before anything is written
         check_safetensors(shard)
+    if (src / "tokenizer.model").is_file():
+        from .tokenizer import check_tokenizer_file
+
+        check_tokenizer_file(src / "tokenizer.model")
     expected = expected_keys(config)
     seen: dict[str, str] = {}
     produced: dict[str, tuple[int, ...]] = {}

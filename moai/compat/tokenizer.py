@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..model.configuration import MoAIConfig
 from ..model.processing import IMAGE_TOKEN, MoAIProcessor
@@ -17,7 +18,7 @@ from ..model.processing import IMAGE_TOKEN, MoAIProcessor
 def load_official_tokenizer(src: Path):
     """InternLM2 SentencePiece (92,544 pieces) + ``<image>`` = 92,544, BOS added, left padding with ``</s>``."""
     try:
-        import sentencepiece  # noqa: F401
+        import sentencepiece
     except ImportError as err:
         raise ImportError(
             "the official InternLM2 tokenizer needs sentencepiece: pip install 'moai-vlm[official]'"
@@ -27,22 +28,40 @@ def load_official_tokenizer(src: Path):
 
     from transformers import LlamaTokenizer
 
+    model_file = src / "tokenizer.model"
+    check_sentencepiece_model(model_file, sentencepiece)
     # load from a directory holding only the SentencePiece model: the official tokenizer_config.json points
     # at remote code (InternLM2Tokenizer) that transformers 5 does not ship
-    model_file = src / "tokenizer.model"
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(model_file, Path(tmp) / "tokenizer.model")
-        try:
-            tokenizer = LlamaTokenizer.from_pretrained(
-                tmp, add_bos_token=True, add_eos_token=False, legacy=True
-            )
-        except (RuntimeError, OSError, ValueError, TypeError) as err:  # sentencepiece: a corrupt model file
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{model_file}: not a SentencePiece tokenizer model ({reason})") from None
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False, legacy=True)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.pad_token = tokenizer.eos_token  # the official pads with </s>
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def check_tokenizer_file(path: Path) -> None:
+    """Before converting anything: a ``tokenizer.model`` that cannot be read raises ``ValueError`` naming it.
+
+    Without sentencepiece nothing is checked (the tokenizer is then not converted, with a message).
+    """
+    try:
+        import sentencepiece
+    except ImportError:
+        return
+    check_sentencepiece_model(path, sentencepiece)
+
+
+def check_sentencepiece_model(path: Path, sentencepiece: Any) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it is a SentencePiece model (an empty or corrupt file)."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a SentencePiece tokenizer model")
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a SentencePiece tokenizer model ({reason})") from None
 
 
 def save_official_processor(src: Path, out: Path, config: MoAIConfig, log: Callable[[str], None]) -> None:
