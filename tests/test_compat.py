@@ -69,8 +69,21 @@ def test_convert_resharded_checkpoint_streams_and_keeps_dtype(tmp_path):
     assert config["compat"] == "official" and config["mixer_config"]["layers"] == [7, 15]
     model = MoAIForConditionalGeneration.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape[0] == 129 and model.lm_head.weight.shape[0] == 128
-    for name, param in model.named_parameters():
-        assert torch.isfinite(param).all(), name
+    # values: the streamed, re-sharded conversion equals the single-file float32 conversion (which the parity
+    # check validates), cast to the source dtype of each tensor
+    reference = tmp_path / "reference"
+    assert main(["convert", "official", str(TINY), str(reference)]) == 0
+    want = load_file(str(reference / "model.safetensors"))
+    got = {k: v for name in index["weight_map"].values() for k, v in load_file(str(out / name)).items()}
+    assert got.keys() == want.keys()
+    for key, value in got.items():
+        assert value.dtype == (torch.float32 if "mixer" in key or "compressor" in key else torch.bfloat16), (
+            key
+        )
+        assert torch.equal(value, want[key].to(value.dtype)), key
+    # and one mapping spelled out: the official LM head is `output`
+    source = load_file(str(TINY / "state_dict.safetensors"))
+    assert torch.equal(got["lm_head.weight"], source["output.weight"].to(torch.bfloat16))
 
 
 def test_convert_rejects_unmapped_and_missing_keys(tmp_path, capsys):
@@ -108,15 +121,66 @@ def test_parity_check_on_official_tiny(capsys):
     assert main(["compat", "check", str(TINY)]) == 0
     out = capsys.readouterr().out
     for key in (
-        "logits_eval_b1",
-        "logits_step2_b1",
+        "logits_eval_b1 (gates teacher-forced)",
+        "gate logits eval_b1 (fp32 stage)",
+        "intermediates eval_b1 (teacher-forced)",
+        "logits_eval_b1 (end to end)",
+        "logits_step2_b1 (gates teacher-forced)",
+        "logits_step2_b1 (end to end)",
         "logits_step1_dice00_b1",
+        "logits_eval_b2 (non-pad rows)",
         "generated_ids_beam3_b1",
         "generated_ids_b2",
         "aux_embeds_b1",
     ):
         assert f"ok   {key}" in out
     assert out.strip().splitlines()[-1].startswith("PARITY OK")
+
+
+def _parity_report() -> tuple[int, dict]:
+    from moai.compat.parity import run_parity
+
+    report: dict = {}
+    code = run_parity(TINY, out=lambda _line: None, report=report, noise_trials=1)
+    return code, report
+
+
+def test_parity_fails_with_the_gate_softmax_in_float32(monkeypatch):
+    """The official gates take their softmax in fp16 (eval) / bf16 (step 2): float32 must be caught."""
+    from moai.model import mixer
+
+    monkeypatch.setitem(mixer._DTYPES, "float16", torch.float32)
+    monkeypatch.setitem(mixer._DTYPES, "bfloat16", torch.float32)
+    code, report = _parity_report()
+    assert code == 1
+    assert not report["logits_eval_b1 (gates teacher-forced)"]["ok"]
+    assert not report["logits_step2_b1 (gates teacher-forced)"]["ok"]
+
+
+def test_parity_fails_with_the_image_experts_swapped(monkeypatch):
+    from moai.model import mixer
+
+    monkeypatch.setattr(mixer, "IMAGE_EXPERTS", ("img_lang", "img_aux", "img_self"))
+    code, report = _parity_report()
+    assert code == 1
+    assert not report["logits_eval_b1 (gates teacher-forced)"]["ok"]
+    assert not report["logits_step1_dice00_b1"]["ok"]
+
+
+def test_parity_fails_without_the_expert_residual(monkeypatch):
+    """Each expert adds its output to its query input; dropping that residual must be caught."""
+    from moai.model import mixer
+
+    original = mixer.ExpertAttention.forward
+
+    def no_residual(self, x_q, x_kv, keep=None):
+        return original(self, x_q, x_kv, keep) - x_q
+
+    monkeypatch.setattr(mixer.ExpertAttention, "forward", no_residual)
+    code, report = _parity_report()
+    assert code == 1
+    assert not report["logits_eval_b1 (gates teacher-forced)"]["ok"]
+    assert not report["logits_eval_b1 (end to end)"]["ok"]
 
 
 def test_compat_verbalize_public(capsys):
@@ -221,3 +285,39 @@ def test_official_tokenizer_and_template_are_converted(tmp_path):
         and "[UNUSED_TOKEN_146]" in text
         and text.rstrip().endswith("assistant")
     )
+
+
+def test_official_aux_map_preprocessing_matches_the_fixture(tmp_path):
+    """The processor's official map branch (fp16 rounding, 0..255 normalisation of a [0, 1] map) gives the
+    official map tokens: vision tower + projector of the converted model on it equal `aux_recipe.map_embeds`."""
+    from moai import MoAIForConditionalGeneration, MoAIProcessor
+
+    assert main(["convert", "official", str(TINY), str(tmp_path / "conv")]) == 0
+    model = MoAIForConditionalGeneration.from_pretrained(tmp_path / "conv").eval()
+    cfg = model.config  # the fixture's vocabulary (128) is too small for the byte tokenizer: borrow tiny's
+    processor = MoAIProcessor(
+        MoAIProcessor.from_preset("tiny").tokenizer,
+        image_size=cfg.image_size,
+        num_image_tokens=cfg.num_image_tokens,
+        image_mean=cfg.image_mean,
+        image_std=cfg.image_std,
+        aux_map_mode="official",
+    )
+    inputs = load_file(str(TINY / "inputs.safetensors"))
+    for suffix in ("b1", "b2"):
+        official_fp16 = inputs[
+            f"aux_recipe.panoptic_map_fp16_{suffix}"
+        ]  # [B, 3, H, W], colormap / 255 in fp16
+        colours = (official_fp16.float() * 255).round()  # the uint8 colours the official map was made of
+        assert torch.equal((colours / 255).half(), official_fp16)
+        maps = [(c / 255).permute(1, 2, 0).numpy() for c in colours]  # the float32 maps, (H, W, 3)
+        pixels = processor.preprocess_aux_images(maps)
+        # the official image processor on the recorded fp16 map: (x - 255 mean) / (255 std), x in [0, 1]
+        mean = torch.tensor(cfg.image_mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(cfg.image_std).view(1, 3, 1, 1) * 255
+        assert torch.equal(pixels, (official_fp16.float() - mean) / std)
+        with torch.no_grad():
+            tokens = model.encode_images(pixels)
+        want = inputs[f"aux_recipe.map_embeds_{suffix}"]
+        assert tokens.shape == want.shape
+        assert (tokens - want).abs().max() <= 1e-4
