@@ -204,6 +204,9 @@ def run_parity(
         )
 
     def batch(suffix: str) -> dict[str, torch.Tensor]:
+        for key in ("input_ids", "attention_mask", "pixel_values", "aux_embeds"):
+            if f"{key}_{suffix}" not in inputs:
+                raise ValueError(f"{fixture / 'inputs.safetensors'} has no tensor {key}_{suffix}")
         ids, mask, streams = expand_official_inputs(
             inputs[f"input_ids_{suffix}"],
             inputs[f"attention_mask_{suffix}"],
