@@ -102,11 +102,43 @@ def test_beam_search_expands_moai_inputs(batch4, processor):
         assert beams[i, width:].tolist() == alone[0, n:].tolist()
 
 
-def test_sampling_runs(batch4):
+def test_sampling_follows_the_model_distribution(batch4):
+    """Sampling is seeded, top_k=1 is greedy, and every sampled token lies in the top-p nucleus of the
+    model's own next-token distribution (checked by re-scoring the sampled sequences)."""
     model = tiny_model(seed=6)
-    torch.manual_seed(0)
-    ids = model.generate(**batch4, max_new_tokens=4, do_sample=True, top_p=0.9, temperature=0.8)
-    assert ids.shape == (4, batch4["input_ids"].shape[1] + 4)
+    width = batch4["input_ids"].shape[1]
+    sample = dict(max_new_tokens=4, do_sample=True, top_p=0.1, temperature=0.8)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        ids = model.generate(**batch4, **sample)
+        torch.manual_seed(0)
+        again = model.generate(**batch4, **sample)
+        greedy = model.generate(**batch4, max_new_tokens=4, do_sample=False)
+        top1 = model.generate(**batch4, max_new_tokens=4, do_sample=True, top_k=1)
+        draws = set()
+        for seed in range(6):
+            torch.manual_seed(seed)
+            draws.add(
+                tuple(
+                    model.generate(**batch4, max_new_tokens=4, do_sample=True, temperature=2.0)[
+                        0, width:
+                    ].tolist()
+                )
+            )
+    assert ids.shape == (4, width + 4) and torch.equal(ids, again)
+    assert torch.equal(top1, greedy)
+    assert len(draws) > 1  # a hot sampler does not always pick the same tokens
+    # re-score: each sampled token is inside the nucleus (smallest set with mass >= top_p) at its step
+    streams = torch.cat([batch4["mm_token_type_ids"], torch.zeros_like(ids[:, width:])], dim=1)
+    mask = torch.cat([batch4["attention_mask"], torch.ones_like(ids[:, width:])], dim=1)
+    with torch.no_grad():
+        logits = model(
+            **{**batch4, "input_ids": ids, "attention_mask": mask, "mm_token_type_ids": streams}
+        ).logits
+    probs = (logits[:, width - 1 : -1].float() / sample["temperature"]).softmax(-1)  # [B, 4, V]
+    chosen = probs.gather(-1, ids[:, width:, None]).squeeze(-1)  # [B, 4]
+    mass_above = (probs * (probs > chosen[..., None])).sum(-1)  # probability of strictly likelier tokens
+    assert (mass_above < sample["top_p"] + 1e-4).all()
 
 
 def test_llm_parameter_keys_unchanged():
