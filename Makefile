@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# idle OpenMP workers sleep instead of spinning: a busy CPU does not collapse throughput (bench/threads.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test lint format bench clean
 
@@ -37,6 +39,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/perception.py
+	$(BIN)/python bench/threads.py
+	$(BIN)/python bench/parity_noise.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

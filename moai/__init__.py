@@ -8,7 +8,16 @@ six attention experts chosen by two gates; *PLoRA* adds low-rank deltas at image
 The model classes are imported lazily, so that ``moai.verbalize`` and the CLI start without torch.
 """
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+# torch's CPU kernels run on OpenMP threads; with GNU OpenMP's default wait policy idle workers spin, and
+# on a CPU where another process holds a core a training step can take ~100x longer (bench/threads.py).
+# Passive waiting costs nothing measurable on an idle machine. Set before torch loads; an explicit
+# OMP_WAIT_POLICY (even empty) is respected.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["MoAIConfig", "MoAIForConditionalGeneration", "MoAIProcessor"]
