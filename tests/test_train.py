@@ -223,6 +223,18 @@ TRAIN_BAD_INPUTS = {
         "first problem {root}/data2.jsonl:1: not UTF-8 text",
     ),
     "strict malformed line": (_strict_bad_line, "{root}/data2.jsonl:3: malformed JSON line"),
+    "deeply nested JSON": (
+        lambda r: _data_file(r, "data2.jsonl", b"[" * 100_000 + b"\n"),
+        "first problem {root}/data2.jsonl:1: malformed JSON line: nested too deeply",
+    ),
+    "deeply nested YAML": (
+        lambda r: ["train", str(_config_file(r, "[" * 100_000))],
+        "{root}/bad.yaml: malformed YAML",
+    ),
+    "mixer layer out of range": (
+        lambda r: _run(r, mixer_layers=[2, 9]),
+        "config.mixer_layers: [2, 9] must be",
+    ),
     "unknown preset": (lambda r: _run(r, model="nope"), "unknown preset 'nope'"),
     "model dir without config": (
         _model_dir_without_config,
@@ -548,6 +560,22 @@ def test_shipped_configs_load_as_written_and_fit_the_model():
         if launch["distributed_type"] == "FSDP":
             wrapped = launch["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
             assert set(wrapped) <= classes, path.name
+
+
+def test_sample_command_writes_the_data_the_shipped_config_trains_on(tmp_path, capsys):
+    from moai.train.sample import main as sample
+
+    assert sample([str(tmp_path / "rd")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'rd' / 'data.jsonl'} (16 records")
+    overrides = ["max_steps=1", f"output_dir={tmp_path / 'run'}", "progress=false", "tensorboard=false"]
+    config = TrainConfig.load(tmp_path / "rd" / "tiny_step2.yaml", overrides)
+    summary = train(config, **QUIET)
+    assert summary["data"] == {"loaded": 16, "skipped_bad_records": 0, "skipped_fully_masked": 0}
+    capsys.readouterr()
+    assert sample([str(tmp_path / "rd" / "data.jsonl")]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m moai.train.sample: error: {tmp_path / 'rd' / 'data.jsonl'} exists and is not a directory\n"
+    )
 
 
 def test_gradient_checkpointing_bf16_and_accumulation_run(tmp_path):

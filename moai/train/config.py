@@ -66,6 +66,10 @@ class TrainConfig:
     mixer_layers: list[int] | None = None
     """Decoder layers that get a mixer, overriding the model's (None keeps them). Mixers added to a base
     model trained without them start from their (identity) initialisation."""
+    expert_init_std: float = 0.0
+    """Standard deviation of a normal init of every expert's last ``o`` factor in the mixers this run creates
+    (a preset's, or those added to a saved model); 0 keeps it zero, so each new expert starts as the
+    identity. A small value lets the other expert factors get gradients from the first step."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
     data: list[DataSource] = field(default_factory=list)
@@ -182,6 +186,8 @@ def _load_yaml(path: Path) -> Any:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}{_yaml_where(err)}: malformed YAML: {_yaml_reason(err)}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: malformed YAML: nested too deeply") from None
 
 
 def _yaml_where(err: yaml.YAMLError) -> str:
@@ -207,6 +213,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("warmup_steps", 0, None),
     ("weight_decay", 0, None),
     ("adam_eps", 1e-30, None),
+    ("expert_init_std", 0, None),
     ("max_grad_norm", 0, None),
     ("save_every", 0, None),
     ("keep_checkpoints", 1, None),
@@ -221,8 +228,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ValueError(f"override {item!r}: malformed YAML value: {_yaml_reason(err)}") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        reason = _yaml_reason(err) if isinstance(err, yaml.YAMLError) else "nested too deeply"
+        raise ValueError(f"override {item!r}: malformed YAML value: {reason}") from None
     parts = key.strip().split(".")
     if not all(parts):
         raise ValueError(f"override {item!r}: empty key")

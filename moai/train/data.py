@@ -91,6 +91,8 @@ def _records(path: Path) -> list[tuple[int, Any]]:
             return [(raw[: err.start].count(b"\n") + 1, f"not UTF-8 text: byte {err.start}")]
         except json.JSONDecodeError as err:
             return [(err.lineno, f"malformed JSON: {err.msg} (column {err.colno})")]
+        except RecursionError:
+            return [(1, "malformed JSON: nested too deeply")]
         if not isinstance(data, list):
             return [(1, "malformed JSON: the top level of a .json data file must be a list of records")]
         return [(i + 1, rec) for i, rec in enumerate(data)]
@@ -104,6 +106,8 @@ def _records(path: Path) -> list[tuple[int, Any]]:
             out.append((lineno, "not UTF-8 text"))
         except json.JSONDecodeError as err:
             out.append((lineno, f"malformed JSON line: {err.msg} (column {err.colno})"))
+        except RecursionError:
+            out.append((lineno, "malformed JSON line: nested too deeply"))
     return out
 
 

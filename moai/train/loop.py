@@ -49,6 +49,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if not (path / "config.json").is_file():
             raise ValueError(f"model {path}: not a save_pretrained directory (no config.json)")
         model_config = MoAIConfig.from_pretrained(path)
+        _check_mixer_layers(config, model_config)
         added = []
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
@@ -56,6 +57,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
+            _init_expert_outputs(model, added, config.expert_init_std)
         processor = (
             MoAIProcessor.from_pretrained(path)
             if (path / "processor_config.json").is_file()
@@ -68,11 +70,13 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             raise ValueError(
                 f"model {config.model!r} is neither a save_pretrained directory nor a preset: {err}"
             ) from None
+        _check_mixer_layers(config, model_config)
         if config.step == "base":  # a base model has no MoAI modules
             model_config.mixer_config.layers = []
         elif config.mixer_layers is not None:
             model_config.mixer_config.layers = list(config.mixer_layers)
         model = MoAIForConditionalGeneration(model_config)
+        _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
         processor = MoAIProcessor.from_config(model_config)
     if config.mixer_scope is not None:
         model.config.mixer_config.scope = config.mixer_scope
@@ -80,6 +84,29 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
     model.set_mixer_mode(MODES[config.step])
     return model, processor
+
+
+def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
+    """``mixer_layers`` must name distinct decoder layers of the model."""
+    layers = config.mixer_layers or []
+    count = model_config.text_config.num_hidden_layers
+    bad = [i for i in layers if not 0 <= i < count]
+    if bad or len(set(layers)) != len(layers):
+        raise ValueError(
+            f"config.mixer_layers: {layers} must be distinct decoder layers 0..{count - 1} of model {config.model}"
+        )
+
+
+def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int], std: float) -> None:
+    """Draw the last ``o`` factor of every expert of the mixers in ``layers`` from N(0, std²) (global RNG);
+    std 0 leaves the identity init untouched."""
+    if std <= 0:
+        return
+    with torch.no_grad():
+        for idx in layers:
+            mixer = model.language_model.layers[idx].self_attn.moai_mixer
+            for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
+                getattr(mixer, name).o_proj[1].weight.normal_(0.0, std)
 
 
 def set_trainable(model: MoAIForConditionalGeneration, policy: str) -> int:

@@ -25,6 +25,7 @@ import json
 import math
 import random
 import string
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,10 +73,25 @@ class OverfitConfig:
     """Final learning rate of the MoAI stage."""
     max_grad_norm: float = 1.0
     """Gradient clipping of the MoAI stage (at the official 10, Adam's late loss spikes stay unclipped)."""
+    expert_init_std: float = 0.0
+    """Init std of the experts' last ``o`` factor in the MoAI stage (`TrainConfig.expert_init_std`)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon of the MoAI stage. Keep it small: at the identity start the experts' gradients are
+    below 1e-6, and an epsilon of 1e-6 freezes the stage on the base's plateau (measured, README)."""
     aux_position_embeddings: bool = True
     """Give the compressor positions, so the letters of a byte-tokenised word keep their order."""
     target: float = 0.05
     """Loss (nats per label token) the MoAI stage must end below."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("samples", 2), ("base_steps", 1), ("moai_steps", 1), ("step1_steps", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        count = MoAIConfig.from_preset("tiny").text_config.num_hidden_layers
+        if not self.mixer_layers or not all(0 <= i < count for i in self.mixer_layers):
+            raise ValueError(
+                f"mixer_layers must be layers 0..{count - 1} of the tiny preset, got {self.mixer_layers}"
+            )
 
 
 def random_words(n: int, seed: int) -> list[str]:
@@ -163,6 +179,8 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
                 max_steps=steps,
                 min_lr=config.moai_min_lr,
                 max_grad_norm=config.max_grad_norm,
+                expert_init_std=config.expert_init_std,
+                adam_eps=config.adam_eps,
             )
         )
         moai_summary = train(moai, log=log)
@@ -192,36 +210,34 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m moai.train.overfit OUT_DIR [options]``: run the check, print the losses; exit 0 if it passed."""
     defaults = OverfitConfig(output_dir="")  # the CLI's defaults are the dataclass's, stated once
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", help="where the data and both runs go")
-    parser.add_argument("--samples", type=int, default=defaults.samples, help="records to memorise")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of words, init and data order")
-    parser.add_argument("--base-steps", type=int, default=defaults.base_steps, help="steps of the base stage")
-    parser.add_argument("--moai-steps", type=int, default=defaults.moai_steps, help="steps of the MoAI stage")
-    parser.add_argument(
-        "--trainable",
-        choices=["moai", "moai+plora"],
-        default=defaults.trainable,
-        help="MoAI-stage trainable set",
-    )
-    parser.add_argument(
-        "--mixer-layers",
-        type=int,
-        nargs="+",
-        default=defaults.mixer_layers,
-        metavar="LAYER",
-        help="mixer layers",
-    )
-    parser.add_argument(
-        "--step1-steps", type=int, default=defaults.step1_steps, help="step-1 steps before step 2"
-    )
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of both stages")
-    parser.add_argument(
-        "--max-grad-norm", type=float, default=defaults.max_grad_norm, help="MoAI-stage clipping"
-    )
-    config = OverfitConfig(**vars(parser.parse_args(argv)))
-    r = run_overfit(config, log=lambda _msg: None)
+    parser = argparse.ArgumentParser(prog="python -m moai.train.overfit", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", help="where the data, the base run and the MoAI run go")
+
+    def option(name: str, kind: type, text: str, **extra: Any) -> None:
+        field_name = name.removeprefix("--").replace("-", "_")
+        default = getattr(defaults, field_name)
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        parser.add_argument(name, type=kind, default=default, help=f"{text} (default: {shown})", **extra)
+
+    option("--samples", int, "records to memorise")
+    option("--seed", int, "seed of the words, the model initialisation and the data order")
+    option("--base-steps", int, "steps of the base stage (projector + LLM, no aux text)")
+    option("--moai-steps", int, "steps of the MoAI stage (step 2, MoAI modules only)")
+    option("--trainable", str, "trainable set of the MoAI stage", choices=["moai", "moai+plora"])
+    option("--mixer-layers", int, "decoder layers that get a mixer", nargs="+", metavar="LAYER")
+    option("--step1-steps", int, "steps of a step-1 stage (one random expert per stream) before step 2")
+    option("--lr", float, "peak learning rate of both stages")
+    option("--max-grad-norm", float, "gradient clipping of the MoAI stage")
+    option("--expert-init-std", float, "init std of the experts' last o factor (0: the identity start)")
+    option("--adam-eps", float, "AdamW epsilon of the MoAI stage")
+    try:
+        config = OverfitConfig(**vars(parser.parse_args(argv)))
+        r = run_overfit(config, log=lambda _msg: None)
+    except (ValueError, OSError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     print(
         f"samples {config.samples}, {r['label_tokens']} label tokens; entropy floor {r['entropy_floor']:.4f}"
     )
