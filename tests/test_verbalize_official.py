@@ -1,4 +1,4 @@
-"""Official-verbalizer parity (reference moai-official.md §1.3, fixtures README part A)."""
+"""Official-verbalizer parity (docs/verbalization.md; cases in tests/fixtures/verbalize_public.jsonl)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ RESULT_LINE = re.compile(r"^(\d+)/(\d+) exact( \((\d+) documented deviations: [^
 # CLIP image statistics (openai/clip-vit-large-patch14-336 preprocessor).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
-
 
 
 def _run(path: Path) -> tuple[int, list[str]]:

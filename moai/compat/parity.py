@@ -1,8 +1,8 @@
 """``moai compat check FIXTURE_DIR``: official-mode numerics against outputs of the official code.
 
-The fixture directory (format of shared/fixtures/official_tiny, fixtures README part B) holds the official
-weights (``state_dict.safetensors`` + ``config.json``), the inputs the official code received and what it
-returned. This converts the weights, feeds the same inputs through this project's model in official mode,
+The fixture directory (the format of tests/fixtures/official_tiny, described in tests/fixtures/README.md)
+holds the official weights (``state_dict.safetensors`` + ``config.json``), the inputs the official code
+received and what it returned. This converts the weights, feeds the same inputs through this project's model in official mode,
 and compares every output and intermediate; the first diverging stage is printed when a check fails.
 """
 
