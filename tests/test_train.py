@@ -120,6 +120,29 @@ def test_bad_images_are_reported_before_step_one(tmp_path, capsys):
     assert not (strict_run / "metrics.jsonl").exists()
 
 
+def test_an_image_unreadable_mid_run_stops_naming_its_record_and_keeps_the_steps(tmp_path, monkeypatch):
+    from moai.train import data as data_module
+
+    data = write_dataset(tmp_path, n=4)
+    (tmp_path / "gone.png").write_bytes(b"")
+    real, opened = data_module._open_rgb, []
+
+    def open_rgb(path, example):  # the third step's first image has become an empty file since the check
+        opened.append(example)
+        return real(tmp_path / "gone.png" if len(opened) == 5 else path, example)
+
+    monkeypatch.setattr(data_module, "_open_rgb", open_rgb)
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=4, batch_size=2))
+    with pytest.raises(DataError) as raised:
+        train(cfg, **QUIET)
+    bad, checkpoint = opened[4], tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert str(raised.value) == (
+        f"{data}:{bad.line}: bad image: {tmp_path / 'gone.png'}: empty file; steps up to 2 saved in {checkpoint}"
+    )
+    assert torch.load(checkpoint / "state.pt", weights_only=False)["step"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
 def _config_file(root: Path, content: str | bytes) -> Path:
     path = root / "bad.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -124,9 +124,15 @@ def check_image(path: Path) -> str | None:
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = "empty file" if path.stat().st_size == 0 else str(err).replace(str(path), "").strip(" '")
-        return f"bad image: {path}: {reason or type(err).__name__}"
+        return _bad_image(path, err)
     return None
+
+
+def _bad_image(path: Path, err: Exception) -> str:
+    """``bad image: PATH: reason``, the reason without PIL's repeat of the path."""
+    empty = path.is_file() and path.stat().st_size == 0
+    reason = "empty file" if empty else str(err).replace(str(path), "").strip(" '")
+    return f"bad image: {path}: {reason or type(err).__name__}"
 
 
 def validate_record(
@@ -375,4 +381,4 @@ def _open_rgb(path: Path, example: Example) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{example.source}:{example.line}: bad image: {path}: {err}") from None
+        raise DataError(f"{example.source}:{example.line}: {_bad_image(path, err)}") from None
