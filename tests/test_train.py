@@ -822,6 +822,13 @@ def test_overfit_check_with_a_step1_stage_runs_both_steps(tmp_path):
     step1 = [json.loads(x) for x in (tmp_path / "moai-step1" / "metrics.jsonl").read_text().splitlines()]
     assert len(step1) == 2 and all(set(r["gates"]["layer0"].values()) <= {0.0, 1.0} for r in step1)
     assert len((tmp_path / "moai" / "metrics.jsonl").read_text().splitlines()) == 3
+    # the stages chain: step 1 starts from the base, step 2 from what step 1 trained
+    assert yaml.safe_load((tmp_path / "moai-step1" / "config.yaml").read_text())["model"] == str(
+        tmp_path / "base" / "final"
+    )
+    assert yaml.safe_load((tmp_path / "moai" / "config.yaml").read_text())["model"] == str(
+        tmp_path / "moai-step1" / "final"
+    )
     assert result["moai_first_step_below_target"] is None and not result["passed"]
 
 
