@@ -7,6 +7,9 @@ Equivalence across process counts: batches are drawn from a deterministic global
 its slice), the loss is normalised by the *global* number of label tokens (across ranks and accumulation
 micro-batches), and the step-1 expert draw is seeded from the step, so every rank draws the same experts.
 DDP runs with unused-parameter detection (unchosen experts and the gates get no gradient in step 1).
+
+SIGINT / SIGTERM: the current step finishes, a checkpoint is saved at it and `Interrupted` is raised (the
+CLI prints one line and exits with 130 / 143); ``--resume`` continues from it without repeating a step.
 """
 
 from __future__ import annotations
@@ -470,6 +473,7 @@ def _stop_signal(stop: StopSignals, accelerator) -> int | None:
 def _train(
     config: TrainConfig, resume: bool, log: Callable[[str], None], stop: StopSignals
 ) -> dict[str, Any]:
+    """`train` with its signal handlers installed: setup, data check, the steps, the final save."""
     if not config.data:
         raise ValueError("config.data is empty: list at least one LLaVA data file")
     accelerator = _accelerator(config)
@@ -538,7 +542,10 @@ def _train(
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = config.batch_size * world
     model.train()
-    last_loss = float("nan")
+    logged = (
+        [r["loss"] for r in read_metrics(run) if r.get("step") == start] if start and main_process else []
+    )
+    last_loss = logged[-1] if logged else float("nan")  # a resumed run with no step left ends with it
     started = time.perf_counter()
     stop.defer()  # from here on a signal stops the run after the current step, with a checkpoint
     done = start
