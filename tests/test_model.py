@@ -184,3 +184,18 @@ def test_gradient_checkpointing_keeps_plora_and_sample_draw(processor):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "moai-7b"])
+def test_state_dict_keys_and_shapes_are_the_recorded_ones(preset):
+    """Converter, peft targets and saved checkpoints rely on these names (tests/fixtures/README.md)."""
+    import json
+
+    from conftest import FIXTURES
+
+    want = json.loads((FIXTURES / "moai_state_dict_keys.json").read_text())[preset]
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(MoAIConfig.from_preset(preset))
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(got) - set(want)) == [] and sorted(set(want) - set(got)) == []
+    assert got == want
