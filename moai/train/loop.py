@@ -28,16 +28,21 @@ import numpy as np
 import torch
 
 from ..model.configuration import MoAIConfig
-from ..model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
+from ..model.constants import (
+    EXPERT_NAMES,
+    EXPERTS_PER_STREAM,
+    IGNORE_INDEX,
+    STREAM_ANSWER,
+    STREAM_IMAGE,
+    STREAM_PROMPT,
+)
 from ..model.modeling import MoAIForConditionalGeneration
-from ..model.processing import IGNORE_INDEX, MoAIProcessor
+from ..model.processing import MoAIProcessor
 from .config import TrainConfig
 from .data import AuxResolver, Collator, DataError, DataReport, Example, Mixture, Problem, load_examples
 from .lora import add_lora, lora_parameter_names, merge_lora
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
-EXPERT_NAMES = ("I_AUX", "I_LANG", "I_SELF", "L_AUX", "L_IMG", "L_SELF")
-assert len(IMAGE_EXPERTS) + len(LANGUAGE_EXPERTS) == len(EXPERT_NAMES)
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -53,6 +58,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
             model_config.mixer_config.layers = list(config.mixer_layers)
+        if config.mixer_scope is not None:  # saved with the trained model: set before it is built
+            model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
@@ -72,13 +79,14 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = []
         elif config.mixer_layers is not None:
             model_config.mixer_config.layers = list(config.mixer_layers)
+        if config.mixer_scope is not None:
+            model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
         processor = MoAIProcessor.from_config(model_config)
-    if config.mixer_scope is not None:
-        model.config.mixer_config.scope = config.mixer_scope
     if config.step != "base" and not model.config.mixer_config.layers:
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
-    model.set_mixer_mode(MODES[config.step])
+    # the step's routing; the step-1 draws come from a generator the loop seeds per micro-batch
+    model.set_mixer(mode=MODES[config.step], generator=torch.Generator())
     return model, processor
 
 
@@ -234,11 +242,12 @@ def gate_statistics(
         return {}
     out = {}
     image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
+    k = EXPERTS_PER_STREAM
     for layer, weights in zip(layers, gate_weights):
-        w = weights.detach().float()
+        w = weights.detach().float()  # [B, S, k]
         mixed = w.sum(dim=-1) > 0  # [B, S]
         stats = {}
-        for names, mask in ((EXPERT_NAMES[:3], image & mixed), (EXPERT_NAMES[3:], lang & mixed)):
+        for names, mask in ((EXPERT_NAMES[:k], image & mixed), (EXPERT_NAMES[k:], lang & mixed)):
             if bool(mask.any()):
                 mean = w[mask].mean(dim=0)
                 stats.update({n: float(v) for n, v in zip(names, mean)})
@@ -482,7 +491,6 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.mixer_generator = torch.Generator()
     start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say)
     metrics_path = run / "metrics.jsonl"
 
@@ -529,7 +537,7 @@ def _train(
             gate_stats: dict = {}
             for micro, batch in enumerate(batches):
                 # the same step-1 draw on every rank and on a resumed run: seeded from the step
-                unwrapped.mixer_generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
+                unwrapped.mixer_settings.generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
                 sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     out = model(**batch, num_items_in_batch=count)
@@ -538,7 +546,7 @@ def _train(
                     )  # DDP averages over ranks; the loss is a global mean
                 step_loss += out.loss.detach()
                 gate_stats = gate_statistics(
-                    out.gate_weights, batch["mm_token_type_ids"], unwrapped.config.mixer_config.layers
+                    out.gate_weights, batch["mm_token_type_ids"], unwrapped.language_model.mixer_layers
                 )
             grad_norm = (
                 float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
