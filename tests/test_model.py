@@ -259,6 +259,31 @@ def test_set_mixer_changes_run_time_switches_never_the_config(batch4):
         model.set_mixer(scope="everything")
 
 
+def test_parameter_groups_are_declared_by_modules_and_cover_every_parameter():
+    from moai.model.modeling import PARAM_GROUPS, TRAINABLE_POLICIES
+
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(MoAIConfig.from_preset("moai-7b"))
+    groups = model.parameter_groups()
+    names = [n for params in groups.values() for n, _ in params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # each exactly once
+    assert set(groups) <= set(PARAM_GROUPS)
+    counts = model.component_parameter_counts()
+    assert counts["plora"] == 603_979_776 and counts["mixers"] == 50_429_976
+    assert counts["compressor"] == 151_363_584
+    for policy, chosen in TRAINABLE_POLICIES.items():
+        if policy.endswith("+lora"):
+            with pytest.raises(ValueError, match="needs LoRA adapters"):
+                model.set_trainable(policy)
+            continue
+        n = model.set_trainable(policy)
+        assert n == sum(counts.get(g, 0) for g in chosen), policy
+    base_config = MoAIConfig.from_preset("tiny")
+    base_config.mixer_config.layers = []
+    base = MoAIForConditionalGeneration(base_config)
+    assert base.set_trainable("moai") == 0  # without mixers the compressor never runs
+
+
 def test_deepcopy_owns_its_plora(batch4):
     import copy
 

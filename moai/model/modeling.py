@@ -52,7 +52,24 @@ from .plora import PLoRAFactor, PLoRALinear, plora_down
 from .processing import token_streams
 from .vision import MoAIProjector, MoAIVisionEncoder
 
-TRAINABLE_POLICIES = ("moai", "moai+plora", "all", "none")
+PARAM_GROUPS = ("vision", "projector", "language_model", "plora", "mixers", "lm_head", "compressor", "lora")
+"""Every parameter belongs to one group: a component of the model (its attribute name), or the group a
+module declares for itself (``param_group``: MoAI-Compressor, MoAI-Mixer, PLoRA factors), or ``lora``
+for the adapters peft injects (its tuner layers name them in ``adapter_layer_names``)."""
+
+TRAINABLE_POLICIES: dict[str, tuple[str, ...]] = {
+    "moai": ("compressor", "mixers"),
+    "moai+plora": ("compressor", "mixers", "plora"),
+    "moai+lora": ("compressor", "mixers", "lora"),
+    "all": PARAM_GROUPS,
+    "projector": ("projector",),
+    "projector+llm": ("projector", "language_model", "plora", "lm_head"),
+    "projector+lora": ("projector", "lora"),
+    "none": (),
+}
+"""Trainable parameter groups per policy (docs/model.md §10). ``moai`` is the paper's recipe (§3, training):
+compressor, experts and gates; the others are options of this project (``...+lora`` after
+``moai.train.lora.add_lora``; ``projector...`` for a base model without MoAI modules)."""
 
 
 # -- the LLM decoder with MoAI ------------------------------------------------------------------------
@@ -371,6 +388,19 @@ class MoAIPreTrainedModel(PreTrainedModel):
                     sub.weight.zero_()
 
 
+def _group_parameters(
+    module: nn.Module, group: str, prefix: str, out: dict[str, list[tuple[str, nn.Parameter]]]
+) -> None:
+    """Assign ``module``'s parameters to ``group`` unless it declares its own (``param_group``), recursively;
+    the submodules a peft tuner layer lists in ``adapter_layer_names`` (LoRA's A and B) are ``lora``."""
+    group = getattr(module, "param_group", group)
+    adapters = set(getattr(module, "adapter_layer_names", ()))
+    for name, param in module.named_parameters(recurse=False):
+        out.setdefault(group, []).append((prefix + name, param))
+    for name, child in module.named_children():
+        _group_parameters(child, "lora" if name in adapters else group, f"{prefix}{name}.", out)
+
+
 class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     """MoAI: vision tower + projector, MoAI-Compressor, and a Llama-family LLM with MoAI-Mixers and PLoRA."""
 
@@ -436,40 +466,54 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                     if getattr(sub, "_moai_zero_init", False):
                         sub.weight.zero_()
 
-    # -- trainable sets ------------------------------------------------------------------------
+    # -- parameter groups and trainable sets -------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """(name, parameter) pairs per group (`PARAM_GROUPS`), in parameter order; empty groups left out.
+
+        A parameter's group is the one its nearest module declares (``param_group``: the MoAI-Compressor,
+        the MoAI-Mixers, the PLoRA factors), ``lora`` for peft adapters, else the model component it
+        belongs to (``vision``, ``projector``, ``language_model``, ``lm_head``). No parameter name is parsed.
+        """
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, child in self.named_children():
+            _group_parameters(child, name, f"{name}.", groups)
+        unknown = sorted(set(groups) - set(PARAM_GROUPS))
+        if unknown:
+            raise ValueError(f"parameters in undeclared groups {unknown}; known groups are {PARAM_GROUPS}")
+        return groups
+
     def moai_parameter_names(self) -> list[str]:
         """Names of the MoAI modules' parameters (compressor, experts, gates): trainable by default."""
-        return [n for n, _ in self.named_parameters() if n.startswith("compressor.") or ".moai_mixer." in n]
+        groups = self.parameter_groups()
+        return [name for group in TRAINABLE_POLICIES["moai"] for name, _ in groups.get(group, [])]
 
     def set_trainable(self, policy: str = "moai") -> int:
-        """Set ``requires_grad`` by policy and return the trainable count.
+        """Set ``requires_grad`` by policy (`TRAINABLE_POLICIES`) and return the trainable count.
 
-        ``moai``: compressor + mixers only (the official recipe, docs/model.md §10); ``moai+plora``: also the
-        PLoRA factors; ``all``: everything; ``none``: nothing.
+        ``moai``: compressor + mixers (the official recipe, docs/model.md §10); ``moai+plora``: also the
+        PLoRA factors; ``moai+lora``: also peft LoRA adapters; ``all``: everything; ``projector``: the
+        projector; ``projector+llm``: the projector, the LLM (with PLoRA) and the LM head; ``projector+lora``:
+        the projector and the LoRA adapters; ``none``: nothing. The compressor trains only in a model with
+        mixers (without them it never runs); ``...+lora`` needs the adapters injected first.
         """
         if policy not in TRAINABLE_POLICIES:
-            raise ValueError(f"trainable policy must be one of {TRAINABLE_POLICIES}, got {policy!r}")
-        moai = set(self.moai_parameter_names())
-        for name, param in self.named_parameters():
-            is_plora = ".plora_" in name
-            param.requires_grad_(
-                policy == "all"
-                or (policy != "none" and (name in moai or (policy == "moai+plora" and is_plora)))
+            raise ValueError(f"trainable policy must be one of {tuple(TRAINABLE_POLICIES)}, got {policy!r}")
+        groups = self.parameter_groups()
+        if policy.endswith("+lora") and "lora" not in groups:
+            raise ValueError(
+                f"trainable policy {policy!r} needs LoRA adapters: inject them first (moai.train.lora.add_lora)"
             )
+        chosen = set(TRAINABLE_POLICIES[policy])
+        if not self.language_model.mixer_layers:
+            chosen.discard("compressor")
+        for group, params in groups.items():
+            for _, param in params:
+                param.requires_grad_(group in chosen)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def component_parameter_counts(self) -> dict[str, int]:
-        """Parameter count per component (PLoRA counted apart from the LLM it hooks into)."""
-        counts: dict[str, int] = {}
-        for name, param in self.named_parameters():
-            if ".moai_mixer." in name:
-                key = "mixers"
-            elif ".plora_" in name:
-                key = "plora"
-            else:
-                key = name.split(".", 1)[0]
-            counts[key] = counts.get(key, 0) + param.numel()
-        return counts
+        """Parameter count per group (PLoRA counted apart from the LLM it belongs to)."""
+        return {group: sum(p.numel() for _, p in params) for group, params in self.parameter_groups().items()}
 
     # -- inputs ----------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
