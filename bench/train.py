@@ -4,12 +4,13 @@ Run with ``.venv/bin/python bench/train.py`` (second line of ``make bench``); ``
 (one round, memory for tiny only), ``--presets tiny,mid`` to choose presets, ``--no-memory`` to skip the
 memory processes. See ``bench/README.md`` for how to read the output.
 
-One training step = what ``moai.train.loop.train`` does per optimizer step on one process, without
-accelerate (a no-op wrapper on one CPU process in fp32): count the label tokens, forward with
-``num_items_in_batch``, backward, clip the gradient norm, AdamW step, LR-schedule step, ``zero_grad``.
-Models come from ``moai.train.loop.build_model`` (step2: gated mixers), trainable sets from
-``moai.train.loop.set_trainable``, batches from ``moai.train.data.Collator`` over a small LLaVA data set
-(``tests/train_data.py``'s ``write_dataset``) validated by ``load_examples``. Collation is timed apart.
+One training step = ``moai.train.loop.train_step``, the function ``moai.train.loop.train`` runs per
+optimizer step, on one process with the loop's own accelerate ``Accelerator`` (CPU, fp32: its reduce,
+no_sync and autocast are no-ops): count the label tokens, forward with ``num_items_in_batch``, backward,
+gate statistics, clip the gradient norm, AdamW step, LR-schedule step, ``zero_grad``. Models come from
+``moai.train.loop.build_model`` (step2: gated mixers), trainable sets from the model's ``set_trainable``,
+batches from ``moai.train.data.Collator`` over a small LLaVA data set (``tests/train_data.py``'s
+``write_dataset``) validated by ``load_examples``. Collation is timed apart.
 
 Configurations per preset (the same model object serves both MoAI policies, re-flagged before each step):
 
@@ -54,15 +55,16 @@ from typing import Any
 
 import torch
 
-from moai.model.processing import IGNORE_INDEX
+from moai.model.constants import IGNORE_INDEX
 from moai.train.config import DataSource, TrainConfig
 from moai.train.data import Collator, load_examples
-from moai.train.loop import build_model, gate_statistics, lr_lambda, set_trainable
+from moai.train.loop import build_model, lr_lambda, make_accelerator, train_step
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 BATCHES = (1, 8)
-# name -> (TrainConfig.step, TrainConfig.trainable); the backbone keeps PLoRA only (see _trainable)
+# name -> (TrainConfig.step, TrainConfig.trainable); the backbone (no mixers) trains PLoRA only: the model's
+# set_trainable leaves the compressor frozen where no mixer runs
 POLICIES = {
     "moai": ("step2", "moai"),
     "moai+plora": ("step2", "moai+plora"),
@@ -81,7 +83,7 @@ WARMUP_B8_BELOW_S = 1.0  # warm up at batch 8 too when the slowest batch-1 warm-
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Set-up and one training step (mirrors moai.train.loop.train on one process)
+# Set-up and one training step (moai.train.loop.train_step on one process)
 # ---------------------------------------------------------------------------------------------------------
 def write_data(root: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
@@ -118,16 +120,12 @@ class Model:
 
 
 def _trainable(model: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
-    step, policy = POLICIES[name]
-    set_trainable(model, policy)
-    if step == "base":  # no mixers: the compressor never runs (the loop would hand it to AdamW gradient-less)
-        for param in model.compressor.parameters():
-            param.requires_grad_(False)
+    model.set_trainable(POLICIES[name][1])
     return [p for p in model.parameters() if p.requires_grad]
 
 
 class Trainer:
-    """One (model, trainable policy): its AdamW and schedule, and the loop's per-step work."""
+    """One (model, trainable policy): its AdamW, schedule and accelerator, stepped by the loop's `train_step`."""
 
     def __init__(self, holder: Model, name: str, data: Path, preset: str) -> None:
         self.holder, self.name = holder, name
@@ -138,6 +136,8 @@ class Trainer:
         c = self.config
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(c))
+        self.accelerator = make_accelerator(c)
+        self.steps = 0
 
     def init_state(self) -> None:
         """Create AdamW's moments with an all-zero gradient (weights unchanged: zero update, no decay), so
@@ -151,16 +151,17 @@ class Trainer:
         model, batch, c = self.holder.model, self.holder.batches[bs], self.config
         _trainable(model, self.name)  # the two MoAI policies share one model object
         start = time.perf_counter()
-        count = torch.tensor(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
-        out = model(**batch, num_items_in_batch=count)
-        out.loss.backward()
-        gate_statistics(out.gate_weights, batch["mm_token_type_ids"], model.config.mixer_config.layers)
-        if c.max_grad_norm > 0:
-            float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        float(out.loss.detach())
+        train_step(
+            model,
+            [batch],
+            self.optimizer,
+            self.scheduler,
+            self.accelerator,
+            step=self.steps,
+            seed=c.seed,
+            max_grad_norm=c.max_grad_norm,
+        )
+        self.steps += 1
         return time.perf_counter() - start
 
 
@@ -503,13 +504,14 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "machine": info,
             "method": {
-                "step": "as moai.train.loop.train per optimizer step on one process (no accelerate): label "
-                "count, model(**batch, num_items_in_batch=count), backward, gate statistics, "
-                "clip_grad_norm_(max_grad_norm 10), AdamW (lr 2e-5, betas 0.9/0.999, wd 0), LambdaLR step, "
-                "zero_grad(set_to_none); collation excluded (collate_ms); AdamW moments created before "
-                "timing with a zero gradient, so no timed step is AdamW's first",
+                "step": "moai.train.loop.train_step (what moai.train.loop.train runs per optimizer step) on "
+                "one process with the loop's Accelerator (CPU, fp32): label count, model(**batch, "
+                "num_items_in_batch=count), backward, gate statistics, clip_grad_norm_(max_grad_norm 10), "
+                "AdamW (lr 2e-5, betas 0.9/0.999, wd 0), LambdaLR step, zero_grad(set_to_none); collation "
+                "excluded (collate_ms); AdamW moments created before timing with a zero gradient, so no "
+                "timed step is AdamW's first",
                 "models": "moai.train.loop.build_model (seeded preset; step2 = gated mixers; base = "
-                "mixer_config.layers=[]), set_trainable; both MoAI policies share one model object",
+                "mixer_config.layers=[]), the model's set_trainable; both MoAI policies share one model object",
                 "configs": {
                     "moai": "step2, trainable compressor + mixers (official recipe)",
                     "moai+plora": "step2, trainable compressor + mixers + PLoRA",

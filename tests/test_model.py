@@ -176,12 +176,10 @@ def test_gate_weights_and_modes(batch4):
         in_stream = (streams == 1) | (streams == 2)
         torch.testing.assert_close(gated.sum(-1)[in_stream], torch.ones(int(in_stream.sum())))
         assert (gated[~in_stream] == 0).all()
-        model.set_mixer_mode("topk")
-        model.config.mixer_config.top_k = 1
+        model.set_mixer(mode="topk", top_k=1)
         top1 = model(**batch4).gate_weights[0]
         assert set(top1[in_stream].unique().tolist()) <= {0.0, 1.0}
-        model.set_mixer_mode("sample")
-        model.config.mixer_config.forced_experts = [2, 0]
+        model.set_mixer(mode="sample", forced_experts=[2, 0])
         sampled = model(**batch4).gate_weights[0]
         assert (sampled[streams == 1].argmax(-1) == 2).all() and (sampled[streams == 2].argmax(-1) == 0).all()
     with pytest.raises(ValueError, match="mixer mode"):
@@ -203,7 +201,7 @@ def test_gradient_checkpointing_keeps_plora_and_sample_draw(processor):
 
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         model.zero_grad()
-        model.mixer_generator = torch.Generator().manual_seed(0)
+        model.set_mixer(generator=torch.Generator().manual_seed(0))
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -216,3 +214,116 @@ def test_gradient_checkpointing_keeps_plora_and_sample_draw(processor):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "moai-7b"])
+def test_state_dict_keys_and_shapes_are_the_recorded_ones(preset):
+    """Converter, peft targets and saved checkpoints rely on these names (tests/fixtures/README.md)."""
+    import json
+
+    from conftest import FIXTURES
+
+    want = json.loads((FIXTURES / "moai_state_dict_keys.json").read_text())[preset]
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(MoAIConfig.from_preset(preset))
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(got) - set(want)) == [] and sorted(set(want) - set(got)) == []
+    assert got == want
+
+
+def test_the_mixer_runs_in_the_decoder_and_no_hooks_are_installed(batch4, monkeypatch):
+    """The mixer is called by the decoder layer (not a hook that a transformers release could skip)."""
+    from moai.model import mixer as mixer_module
+
+    model = tiny_model(seed=9)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with torch.no_grad():
+        plain = model(**batch4).logits
+    original = mixer_module.MoAIMixer.forward
+    calls = []
+
+    def scaled(self, hidden, *args, **kwargs):
+        out, weights = original(self, hidden, *args, **kwargs)
+        calls.append(self)
+        return hidden + 10 * (out - hidden), weights
+
+    monkeypatch.setattr(mixer_module.MoAIMixer, "forward", scaled)
+    with torch.no_grad():
+        changed = model(**batch4).logits
+    assert calls == [model.language_model.layers[i].mixer for i in model.config.mixer_config.layers]
+    assert (changed - plain).abs().max() > 1e-5  # identical runs differ by exactly 0
+
+
+def test_streams_come_from_the_processor_and_one_function(batch4, processor):
+    from moai.model.processing import token_streams
+
+    model = tiny_model(seed=10)
+    streams = token_streams(batch4["input_ids"], model.config.image_token_id, batch4["attention_mask"])
+    assert torch.equal(streams, batch4["mm_token_type_ids"])
+    without = {k: v for k, v in batch4.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**without).logits, model(**batch4).logits, atol=0, rtol=0)
+    answered = processor(
+        images=random_images(1), text=QUESTIONS[:1], aux_text=["a"], answers=["a red circle"]
+    )
+    derived = token_streams(
+        answered["input_ids"], model.config.image_token_id, answered["attention_mask"], answered["labels"]
+    )
+    assert torch.equal(derived, answered["mm_token_type_ids"]) and (derived == 3).any()
+
+
+def test_set_mixer_changes_run_time_switches_never_the_config(batch4):
+    model = tiny_model(seed=11)
+    before = model.config.to_dict()
+    settings = model.set_mixer(mode="sample", forced_experts=[1, 2], gate_softmax_dtype="float16", top_k=1)
+    assert settings.forced_experts == (1, 2) and model.mixer_settings is settings
+    with torch.no_grad():
+        gates = model(**batch4).gate_weights[0]
+    assert (gates[batch4["mm_token_type_ids"] == 1].argmax(-1) == 1).all()
+    model.set_mixer_mode("gated")
+    assert model.mixer_settings.mode == "gated" and model.mixer_settings.forced_experts == (1, 2)
+    assert model.config.to_dict() == before
+    with pytest.raises(ValueError, match=r"unknown mixer setting\(s\) \['modes'\]"):
+        model.set_mixer(modes="gated")
+    with pytest.raises(ValueError, match="forced_experts"):
+        model.set_mixer(forced_experts=[3, 0])
+    with pytest.raises(ValueError, match="mixer scope"):
+        model.set_mixer(scope="everything")
+
+
+def test_parameter_groups_are_declared_by_modules_and_cover_every_parameter():
+    from moai.model.modeling import PARAM_GROUPS, TRAINABLE_POLICIES
+
+    with torch.device("meta"):
+        model = MoAIForConditionalGeneration(MoAIConfig.from_preset("moai-7b"))
+    groups = model.parameter_groups()
+    names = [n for params in groups.values() for n, _ in params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # each exactly once
+    assert set(groups) <= set(PARAM_GROUPS)
+    counts = model.component_parameter_counts()
+    assert counts["plora"] == 603_979_776 and counts["mixers"] == 50_429_976
+    assert counts["compressor"] == 151_363_584
+    for policy, chosen in TRAINABLE_POLICIES.items():
+        if policy.endswith("+lora"):
+            with pytest.raises(ValueError, match="needs LoRA adapters"):
+                model.set_trainable(policy)
+            continue
+        n = model.set_trainable(policy)
+        assert n == sum(counts.get(g, 0) for g in chosen), policy
+    base_config = MoAIConfig.from_preset("tiny")
+    base_config.mixer_config.layers = []
+    base = MoAIForConditionalGeneration(base_config)
+    assert base.set_trainable("moai") == 0  # without mixers the compressor never runs
+
+
+def test_deepcopy_owns_its_plora(batch4):
+    import copy
+
+    model = tiny_model(seed=12)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        before = twin(**batch4).logits
+        for layer in model.language_model.layers:
+            layer.self_attn.plora_A_qkv.weight.zero_()
+        torch.testing.assert_close(twin(**batch4).logits, before, atol=0, rtol=0)
+        assert (model(**batch4).logits - before).abs().max() > 1e-4

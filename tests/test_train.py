@@ -345,8 +345,8 @@ def test_loss_goes_down_and_plot(tmp_path):
 
 
 def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
-    from moai.model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS
-    from moai.train.loop import EXPERT_NAMES, build_model
+    from moai.model.constants import EXPERT_NAMES, IMAGE_EXPERTS, LANGUAGE_EXPERTS
+    from moai.train.loop import build_model
 
     data = write_dataset(tmp_path, n=4)
     cfg = TrainConfig.load(write_config(tmp_path, data, step="step1", max_steps=6, batch_size=4))
@@ -722,8 +722,7 @@ def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
 
 def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
     from moai import MoAIConfig, MoAIProcessor
-    from moai.model.mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
-    from moai.model.processing import IGNORE_INDEX
+    from moai.model.constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
 
     processor = MoAIProcessor.from_config(MoAIConfig.from_preset("tiny"))
     turns = (("<image>\nWhat colour?", "red"), ("And the shape?", "a square"))

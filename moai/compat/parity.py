@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..model.mixer import STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
+from ..model.constants import STREAM_IMAGE, STREAM_NONE
 from ..model.modeling import MoAIForConditionalGeneration
+from ..model.processing import token_streams
 from .official import convert_checkpoint
 
 LOGIT_TOL = 1e-4
@@ -45,26 +46,23 @@ def expand_official_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Official inputs hold one ``<image>`` per sample; expand it to N tokens in place (pads stay left).
 
-    Returns input_ids, attention_mask and stream ids (image / prompt language / none), the same positions
-    as the official merged sequence with its ``im_mask`` and ``lang_mask``.
+    Returns input_ids, attention_mask and stream ids (the processor's `token_streams`: image / prompt
+    language / none), the same positions as the official merged sequence with its ``im_mask`` and ``lang_mask``.
     """
-    ids, masks, streams = [], [], []
+    ids, masks = [], []
     for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-        r_ids, r_mask, r_stream = [], [], []
+        r_ids, r_mask = [], []
         for tok, m in zip(row, mask):
             n = num_image_tokens if tok == image_token_id else 1
             r_ids += [tok] * n
             r_mask += [m] * n
-            r_stream += [
-                STREAM_NONE if not m else STREAM_IMAGE if tok == image_token_id else STREAM_PROMPT
-            ] * n
         ids.append(r_ids)
         masks.append(r_mask)
-        streams.append(r_stream)
     width = max(len(r) for r in ids)
     if any(len(r) != width for r in ids):
         raise ValueError("fixture rows do not have one <image> each; cannot expand to equal lengths")
-    return torch.tensor(ids), torch.tensor(masks), torch.tensor(streams)
+    ids_t, masks_t = torch.tensor(ids), torch.tensor(masks)  # [B, S]
+    return ids_t, masks_t, token_streams(ids_t, image_token_id, masks_t)
 
 
 def _maxdiff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -72,11 +70,6 @@ def _maxdiff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None)
     if mask is not None:
         d = d[mask.bool()]
     return float(d.max()) if d.numel() else 0.0
-
-
-def _mixer_of(layer: torch.nn.Module) -> torch.nn.Module | None:
-    """The MoAI-Mixer of a decoder layer, or None in layers without one."""
-    return getattr(layer, "mixer", None) or getattr(getattr(layer, "self_attn", None), "moai_mixer", None)
 
 
 class _Capture:
@@ -99,7 +92,7 @@ class _Capture:
         add(model.compressor.register_forward_hook(self._keep("compressed_aux")))
         for i, layer in enumerate(model.language_model.layers):
             add(layer.register_forward_hook(self._keep(f"layer{i:02d}_out")))
-            mixer = _mixer_of(layer)
+            mixer = layer.mixer
             if mixer is None:
                 continue
             add(mixer.register_forward_hook(self._keep(f"layer{i:02d}_mixed_hidden")))
@@ -222,10 +215,9 @@ def run_parity(
         }
 
     def forward(b: dict[str, torch.Tensor], gate: str, mode: str = "gated", forced=None) -> torch.Tensor:
-        cfg.mixer_config.gate_softmax_dtype = gate
-        cfg.mixer_config.forced_experts = forced
+        model.set_mixer(mode=mode, gate_softmax_dtype=gate, forced_experts=forced)
         with torch.no_grad():
-            return model(**b, mixer_mode=mode).logits.float().cpu()
+            return model(**b).logits.float().cpu()
 
     gen = torch.Generator().manual_seed(0)
 
@@ -326,7 +318,7 @@ def run_parity(
         end_to_end("logits_eval_b2 (non-pad rows)", got, expected["logits_eval_b2"], spread, real)
 
     # generation (greedy with KV cache, beam 3): the official mode keeps fp16 gates
-    cfg.mixer_config.gate_softmax_dtype, cfg.mixer_config.forced_experts = "float16", None
+    model.set_mixer(mode="gated", gate_softmax_dtype="float16", forced_experts=None)
     for key, beams in (("generated_ids_b1", 1), ("generated_ids_beam3_b1", 3), ("generated_ids_b2", 1)):
         if key not in expected:
             continue

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..model.configuration import MoAIConfig
-from ..model.processing import IMAGE_TOKEN, MoAIProcessor
+from ..model.constants import IMAGE_TOKEN
+from ..model.processing import MoAIProcessor
 
 
 def load_official_tokenizer(src: Path):

@@ -73,6 +73,9 @@ class CompressorBlock(nn.Module):
 class MoAICompressor(nn.Module):
     """Compress aux embeddings [B, T, D] into [B, L, D] learned-latent tokens."""
 
+    param_group = "compressor"
+    """Parameter group of the whole compressor (`MoAIForConditionalGeneration.parameter_groups`)."""
+
     def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
         super().__init__()
         self.config = config

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .constants import EXPERTS_PER_STREAM, MIXER_MODES
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -48,7 +50,11 @@ class MoAICompressorConfig(PreTrainedConfig):
 
 
 class MoAIMixerConfig(PreTrainedConfig):
-    """MoAI-Mixer: six attention experts and two gates in selected decoder layers (paper §3; docs/model.md §6)."""
+    """MoAI-Mixer: six attention experts and two gates in selected decoder layers (paper §3; docs/model.md §6).
+
+    ``mode``, ``top_k``, ``scope``, ``gate_softmax_dtype`` and ``forced_experts`` are the run-time switches a
+    model starts with; ``model.set_mixer(...)`` changes them without touching the config.
+    """
 
     model_type = "moai_mixer"
 
@@ -191,17 +197,19 @@ class MoAIConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size={text.hidden_size} not divisible by mixer num_heads={mixer.num_heads}"
             )
-        if mixer.mode not in ("sample", "gated", "topk"):
+        if mixer.mode not in MIXER_MODES:
             raise ValueError(f"mixer_config.mode must be sample, gated or topk, got {mixer.mode!r}")
         if mixer.scope not in ("prompt", "causal"):
             raise ValueError(f"mixer_config.scope must be prompt or causal, got {mixer.scope!r}")
         if mixer.top_k not in (1, 2):
             raise ValueError(f"mixer_config.top_k must be 1 or 2, got {mixer.top_k}")
         if mixer.forced_experts is not None and (
-            len(mixer.forced_experts) != 2 or any(e not in (0, 1, 2) for e in mixer.forced_experts)
+            len(mixer.forced_experts) != 2
+            or any(e not in range(EXPERTS_PER_STREAM) for e in mixer.forced_experts)
         ):
             raise ValueError(
-                f"mixer_config.forced_experts must be [img, lang] with values in 0..2, got {mixer.forced_experts}"
+                f"mixer_config.forced_experts must be [img, lang] with values in 0..{EXPERTS_PER_STREAM - 1}, "
+                f"got {mixer.forced_experts}"
             )
 
     # -- presets -------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """MoAI-Mixer (paper §3, MoAI-Mixer; docs/model.md §6): six attention experts and two gates per mixer layer.
 
 The mixer rewrites the *normalised* hidden states of the image tokens and of the language tokens just
-before the attention projection of its decoder layer; the residual stream is untouched (docs/model.md §6).
+before the attention projections of its decoder layer (`MoAIDecoderLayer.forward`); the residual stream is
+untouched (docs/model.md §6).
 
     image stream     h_img  -> w0 * I_AUX(h_img, aux) + w1 * I_LANG(h_img, h_lang) + w2 * I_SELF(h_img, h_img)
     language stream  h_lang -> w0 * L_AUX(h_lang, aux) + w1 * L_IMG(h_lang, h_img) + w2 * L_SELF(h_lang, h_lang)
 
 with (w0, w1, w2) = softmax(gate(h)) per token. Both streams are computed from the same pre-mix states.
+Run-time switches (routing mode, step-1 draw, gate softmax dtype, scope) are a `MixerSettings`, set on the
+model with `MoAIForConditionalGeneration.set_mixer` and handed to every mixer in `MixerInputs`.
 
 Shapes: B batch, S sequence, N_i / N_l gathered image / language tokens per sample, A aux (compressed)
 tokens, D hidden, H heads, E = D / H head width, R low rank.
@@ -14,19 +17,118 @@ tokens, D hidden, H heads, E = D / H head width, R low rank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .configuration import MoAIMixerConfig
+from .constants import (
+    EXPERTS_PER_STREAM,
+    IMAGE_EXPERTS,
+    LANGUAGE_EXPERTS,
+    MIXER_MODES,
+    STREAM_ANSWER,
+    STREAM_IMAGE,
+    STREAM_PROMPT,
+)
+from .plora import zero_init
 
-# Per-token stream ids (the processor's `mm_token_type_ids`).
-STREAM_NONE, STREAM_IMAGE, STREAM_PROMPT, STREAM_ANSWER = 0, 1, 2, 3
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCOPES = ("prompt", "causal")
 
-IMAGE_EXPERTS = ("img_aux", "img_lang", "img_self")
-LANGUAGE_EXPERTS = ("lang_aux", "lang_img", "lang_self")
+
+@dataclass(frozen=True)
+class MixerSettings:
+    """The mixers' run-time switches (docs/model.md §6, §10). A model starts from its ``mixer_config``
+    and changes them with `MoAIForConditionalGeneration.set_mixer`; the config itself is never mutated."""
+
+    mode: str = "gated"
+    """``sample`` (training step 1: one random expert per stream and layer, no gates), ``gated`` (step 2
+    and inference: dense softmax mix) or ``topk`` (keep the ``top_k`` largest gate weights)."""
+    forced_experts: tuple[int, int] | None = None
+    """Step-1 choice (image expert, language expert), 0 aux / 1 cross-modal / 2 self, in every mixer
+    layer; None draws uniformly at random."""
+    generator: torch.Generator | None = field(default=None, compare=False)
+    """RNG of the step-1 draws (None: torch's global RNG)."""
+    gate_softmax_dtype: str = "float32"
+    """dtype of the gate softmax (official: float16 at inference, bfloat16 in step 2)."""
+    top_k: int = 2
+    """k of ``topk`` mode (1 or 2)."""
+    scope: str = "prompt"
+    """Language tokens in the mixer: ``prompt`` (bidirectional) or ``causal`` (answers join, causally)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MIXER_MODES:
+            raise ValueError(f"mixer mode must be sample, gated or topk, got {self.mode!r}")
+        if self.forced_experts is not None:
+            forced = tuple(self.forced_experts)
+            if len(forced) != 2 or any(e not in range(EXPERTS_PER_STREAM) for e in forced):
+                raise ValueError(
+                    f"forced_experts must be (image, language) with values in 0..{EXPERTS_PER_STREAM - 1}, "
+                    f"got {self.forced_experts}"
+                )
+            object.__setattr__(self, "forced_experts", forced)
+        if self.gate_softmax_dtype not in _DTYPES:
+            raise ValueError(
+                f"gate_softmax_dtype must be one of {sorted(_DTYPES)}, got {self.gate_softmax_dtype!r}"
+            )
+        if self.top_k not in (1, 2):
+            raise ValueError(f"top_k must be 1 or 2, got {self.top_k}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"mixer scope must be prompt or causal, got {self.scope!r}")
+
+    @classmethod
+    def from_config(cls, config: MoAIMixerConfig) -> MixerSettings:
+        """The defaults a model built from ``config`` starts with."""
+        forced = config.forced_experts
+        return cls(
+            mode=config.mode,
+            forced_experts=None if forced is None else tuple(forced),
+            gate_softmax_dtype=config.gate_softmax_dtype,
+            top_k=config.top_k,
+            scope=config.scope,
+        )
+
+    def replace(self, **changes: Any) -> MixerSettings:
+        """A copy with ``changes`` applied (validated); an unknown name is a ValueError naming it."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            names = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ValueError(f"unknown mixer setting(s) {unknown}; the settings are {names}")
+        return dataclasses.replace(self, **changes)
+
+    def draw_experts(self, layers: list[int]) -> dict[int, tuple[int, int]]:
+        """The step-1 expert choice (image, language) of each mixer layer, drawn once per forward, in layer
+        order, image first (the official draw order). Drawn before the decoder runs, so that a
+        gradient-checkpointing recompute of a layer reuses its draw. Empty outside ``sample`` mode."""
+        if self.mode != "sample":
+            return {}
+        if self.forced_experts is not None:
+            return {layer: self.forced_experts for layer in layers}
+        choices = {}
+        for layer in layers:
+            image = int(torch.randint(0, EXPERTS_PER_STREAM, (1,), generator=self.generator))
+            language = int(torch.randint(0, EXPERTS_PER_STREAM, (1,), generator=self.generator))
+            choices[layer] = (image, language)
+        return choices
+
+
+@dataclass(frozen=True)
+class MixerInputs:
+    """What every mixer layer receives in one forward (built by `MoAIForConditionalGeneration.forward`)."""
+
+    streams: torch.Tensor
+    """[B, S] stream id per token of this forward's chunk (moai.model.constants)."""
+    aux: torch.Tensor
+    """[B, A, D] compressed aux tokens (the MoAI-Compressor's output)."""
+    settings: MixerSettings
+    """Routing, gate dtype and scope."""
+    choices: dict[int, tuple[int, int]]
+    """Step-1 draws per decoder layer index (`MixerSettings.draw_experts`)."""
 
 
 class LowRankLinear(nn.Sequential):
@@ -91,19 +193,28 @@ class Stream:
         return x.scatter(1, idx, values)
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 class MoAIMixer(nn.Module):
-    """Six experts + two gates for one decoder layer (registered on that layer's attention module)."""
+    """Six experts + two gates for one decoder layer (paper §3, MoAI-Mixer).
+
+    Registered on that layer's attention module (``self_attn.moai_mixer``, the official ``attention.moai_*``
+    layout) and called by `MoAIDecoderLayer.forward` between the input norm and the attention.
+    """
+
+    param_group = "mixers"
+    """Parameter group of the experts and gates (`MoAIForConditionalGeneration.parameter_groups`)."""
 
     def __init__(self, dim: int, config: MoAIMixerConfig) -> None:
         super().__init__()
-        self.config = config
+        self.expert_padding_mask = config.expert_padding_mask
         for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
-            self.add_module(name, ExpertAttention(dim, config.num_heads, config.rank))
-        self.gate_img = nn.Linear(dim, 3)
-        self.gate_lang = nn.Linear(dim, 3)
+            expert = ExpertAttention(dim, config.num_heads, config.rank)
+            if (
+                config.identity_init
+            ):  # a zero last output factor makes the expert, hence the mixer, the identity
+                zero_init(expert.o_proj[1])
+            self.add_module(name, expert)
+        self.gate_img = nn.Linear(dim, EXPERTS_PER_STREAM)
+        self.gate_lang = nn.Linear(dim, EXPERTS_PER_STREAM)
 
     def forward(
         self,
@@ -111,7 +222,7 @@ class MoAIMixer(nn.Module):
         streams: torch.Tensor,
         aux: torch.Tensor,
         *,
-        mode: str,
+        settings: MixerSettings,
         choice: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix one layer's normalised states.
@@ -120,23 +231,24 @@ class MoAIMixer(nn.Module):
             hidden: [B, S, D] normalised hidden states (the attention input).
             streams: [B, S] stream id per token (0 none, 1 image, 2 prompt language, 3 answer).
             aux: [B, A, D] compressed aux tokens.
-            mode: ``sample`` | ``gated`` | ``topk``.
+            settings: routing mode, gate softmax dtype, top-k and scope.
             choice: step-1 expert indices (image, language), required in ``sample`` mode (0 aux, 1 cross-modal,
-                2 self); the caller draws them so that a gradient-checkpointing recompute reuses the draw.
+                2 self); drawn before the decoder runs (`MixerSettings.draw_experts`), so that a
+                gradient-checkpointing recompute reuses the draw.
 
         Returns:
             (mixed hidden [B, S, D], gate weights [B, S, 3]; image positions hold the weights of
             (I_AUX, I_LANG, I_SELF), language positions those of (L_AUX, L_IMG, L_SELF), others zero).
         """
-        cfg = self.config
-        causal = cfg.scope == "causal"
+        mode = settings.mode
+        causal = settings.scope == "causal"
         img_mask = streams == STREAM_IMAGE
         prompt_mask = streams == STREAM_PROMPT
         lang_mask = (prompt_mask | (streams == STREAM_ANSWER)) if causal else prompt_mask
         img, lang = Stream.from_mask(img_mask), Stream.from_mask(lang_mask)
         h_img, h_lang = img.gather(hidden), lang.gather(hidden)  # [B, Ni, D], [B, Nl, D]
 
-        pad = cfg.expert_padding_mask
+        pad = self.expert_padding_mask
         img_keys = img.valid[:, None, :] if pad else None  # [B, 1, Ni]
         lang_keys = lang.valid[:, None, :] if pad else None  # [B, 1, Nl]
         img_to_lang = lang_keys
@@ -154,37 +266,41 @@ class MoAIMixer(nn.Module):
         img_experts = [getattr(self, n) for n in IMAGE_EXPERTS]
         lang_experts = [getattr(self, n) for n in LANGUAGE_EXPERTS]
 
+        k = EXPERTS_PER_STREAM
         if mode == "sample":
             if choice is None:
                 raise ValueError("sample mode needs the expert choice (image, language)")
             mix_img = img_experts[choice[0]](h_img, *img_inputs[choice[0]]) if h_img.shape[1] else h_img
             mix_lang = lang_experts[choice[1]](h_lang, *lang_inputs[choice[1]]) if h_lang.shape[1] else h_lang
-            w_img = F.one_hot(torch.tensor(choice[0]), 3).to(hidden.dtype).expand(*h_img.shape[:2], 3)
-            w_lang = F.one_hot(torch.tensor(choice[1]), 3).to(hidden.dtype).expand(*h_lang.shape[:2], 3)
+            w_img = F.one_hot(torch.tensor(choice[0]), k).to(hidden.dtype).expand(*h_img.shape[:2], k)
+            w_lang = F.one_hot(torch.tensor(choice[1]), k).to(hidden.dtype).expand(*h_lang.shape[:2], k)
         elif mode in ("gated", "topk"):
-            w_img, w_lang = self._gate(self.gate_img, h_img, mode), self._gate(self.gate_lang, h_lang, mode)
+            w_img = self._gate(self.gate_img, h_img, settings)
+            w_lang = self._gate(self.gate_lang, h_lang, settings)
             mix_img = self._combine(h_img, w_img, img_experts, img_inputs)
             mix_lang = self._combine(h_lang, w_lang, lang_experts, lang_inputs)
         else:
             raise ValueError(f"mixer mode must be sample, gated or topk, got {mode!r}")
 
         out = lang.scatter(img.scatter(hidden, mix_img), mix_lang)
-        weights = hidden.new_zeros(*hidden.shape[:2], 3)
+        weights = hidden.new_zeros(*hidden.shape[:2], k)
         weights = lang.scatter(img.scatter(weights, w_img), w_lang)
         return out, weights
 
-    def _gate(self, gate: nn.Linear, h: torch.Tensor, mode: str) -> torch.Tensor:
-        """Softmax gate weights [B, N, 3] in the configured dtype (official: fp16 eval / bf16 step 2)."""
+    @staticmethod
+    def _gate(gate: nn.Linear, h: torch.Tensor, settings: MixerSettings) -> torch.Tensor:
+        """Softmax gate weights [B, N, 3] in the set dtype (official: fp16 eval / bf16 step 2)."""
         logits = gate(h)
-        weights = F.softmax(logits, dim=-1, dtype=_DTYPES[self.config.gate_softmax_dtype]).to(h.dtype)
-        if mode == "topk":
-            top = weights.topk(self.config.top_k, dim=-1)
+        weights = F.softmax(logits, dim=-1, dtype=_DTYPES[settings.gate_softmax_dtype]).to(h.dtype)
+        if settings.mode == "topk":
+            top = weights.topk(settings.top_k, dim=-1)
             weights = torch.zeros_like(weights).scatter(-1, top.indices, top.values)
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights
 
     @staticmethod
     def _combine(h: torch.Tensor, w: torch.Tensor, experts: list[nn.Module], inputs: tuple) -> torch.Tensor:
+        """Dense mix ``sum_i w_i * expert_i(h, kv_i)`` of one stream: h [B, N, D], w [B, N, 3] -> [B, N, D]."""
         if h.shape[1] == 0:
             return h
         out = None

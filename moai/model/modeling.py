@@ -1,69 +1,350 @@
-"""MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper §3, Fig. 3; docs/model.md §1).
+"""MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper arXiv 2403.07508 §3, Fig. 3;
+docs/model.md §1).
 
     pixel_values ─► vision tower ─► projector ─► image features ──┐ (replace the <image> tokens)
-    input_ids ─► word embeddings ──────────────────────────────────┴─► LLM decoder ─► lm_head ─► logits
+    input_ids ─► word embeddings ──────────────────────────────────┴─► MoAITextModel ─► lm_head ─► logits
     aux_input_ids ─► word embeddings ─┐                                  ▲
     aux_pixel_values ─► vision ─► projector ─┴─► MoAI-Compressor ─► aux ─┘ (MoAI-Mixer in selected layers)
 
-The mixer and PLoRA are hooks on the decoder (see ``mixer.py`` and ``plora.py``); they read a
-``MoAIState`` passed down through the LLM's keyword arguments, so the LLM's parameter keys are untouched.
+The LLM decoder is written out here: `MoAITextModel` is Llama's decoder loop, and `MoAIDecoderLayer` reads
+top to bottom: input norm -> MoAI-Mixer (mixer layers only) -> attention (PLoRA on image tokens) ->
+residual -> post-attention norm -> MLP (PLoRA) -> residual. Llama's submodules keep their names, so the
+state-dict keys are those of a Llama decoder plus the PLoRA factors (``*.plora_A`` / ``*.plora_B``,
+``self_attn.plora_A_qkv``) and the mixers (``self_attn.moai_mixer.*``).
 
 Shapes: B batch, S text sequence (image tokens expanded), N image tokens, T aux tokens, A compressed aux
-tokens, D hidden, V vocabulary.
+tokens, D hidden, V vocabulary, H heads, E head width, n image tokens in the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationMixin, LlamaModel, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers import AutoConfig, AutoModel, GenerationMixin, LlamaConfig, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaMLP,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
 from transformers.utils import ModelOutput
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .compressor import MoAICompressor
 from .configuration import MoAICompressorConfig, MoAIConfig, MoAIMixerConfig, PLoRAConfig
-from .mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT, MoAIMixer
-from .plora import add_plora, zero_init
+from .constants import IGNORE_INDEX, STREAM_IMAGE, STREAM_NONE
+from .mixer import MixerInputs, MixerSettings, MoAIMixer
+from .plora import PLoRAFactor, PLoRALinear, plora_down
+from .processing import token_streams
 from .vision import MoAIProjector, MoAIVisionEncoder
 
-IGNORE_INDEX = -100
-TRAINABLE_POLICIES = ("moai", "moai+plora", "all", "none")
+PARAM_GROUPS = ("vision", "projector", "language_model", "plora", "mixers", "lm_head", "compressor", "lora")
+"""Every parameter belongs to one group: a component of the model (its attribute name), or the group a
+module declares for itself (``param_group``: MoAI-Compressor, MoAI-Mixer, PLoRA factors), or ``lora``
+for the adapters peft injects (its tuner layers name them in ``adapter_layer_names``)."""
+
+TRAINABLE_POLICIES: dict[str, tuple[str, ...]] = {
+    "moai": ("compressor", "mixers"),
+    "moai+plora": ("compressor", "mixers", "plora"),
+    "moai+lora": ("compressor", "mixers", "lora"),
+    "all": PARAM_GROUPS,
+    "projector": ("projector",),
+    "projector+llm": ("projector", "language_model", "plora", "lm_head"),
+    "projector+lora": ("projector", "lora"),
+    "none": (),
+}
+"""Trainable parameter groups per policy (docs/model.md §10). ``moai`` is the paper's recipe (§3, training):
+compressor, experts and gates; the others are options of this project (``...+lora`` after
+``moai.train.lora.add_lora``; ``projector...`` for a base model without MoAI modules)."""
+
+
+# -- the LLM decoder with MoAI ------------------------------------------------------------------------
+def _plora_like(linear: nn.Linear, config: PLoRAConfig | None, own_a: bool) -> PLoRALinear:
+    """A `PLoRALinear` with ``linear``'s sizes and bias (the PLoRA factors only when ``config`` is given)."""
+    bias = linear.bias is not None
+    return PLoRALinear(linear.in_features, linear.out_features, bias, config=config, own_a=own_a)
+
+
+class MoAIAttention(LlamaAttention):
+    """Llama's attention whose q/k/v/o projections are PLoRA linears (docs/model.md §7).
+
+    q, k and v share one PLoRA ``A`` (``plora_A_qkv``, the official fused ``wqkv`` has one); o has its own.
+    In a mixer layer the layer's MoAI-Mixer is registered here as ``moai_mixer`` (the official
+    ``attention.moai_*`` key layout); `MoAIDecoderLayer.forward` calls it.
+    """
+
+    def __init__(
+        self, config: LlamaConfig, layer_idx: int, plora: PLoRAConfig | None, mixer: MoAIMixerConfig | None
+    ) -> None:
+        super().__init__(config, layer_idx)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):  # same names, shapes and `.weight`
+            setattr(self, name, _plora_like(getattr(self, name), plora, own_a=name == "o_proj"))
+        self.plora_dropout = 0.0 if plora is None else plora.dropout
+        if plora is not None:
+            self.plora_A_qkv = PLoRAFactor(config.hidden_size, plora.r)
+        if mixer is not None:
+            self.moai_mixer = MoAIMixer(config.hidden_size, mixer)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, S, D] -> (output [B, S, D], attention weights or None).
+
+        Adapted from transformers' LlamaAttention.forward (5.24): the same steps, with the image-token mask
+        [B, S] (None: no image token here) handed to the PLoRA projections.
+        """
+        input_shape = hidden_states.shape[:-1]  # (B, S)
+        hidden_shape = (*input_shape, -1, self.head_dim)  # (B, S, heads, E)
+
+        down = None  # [n, r]: the shared A(dropout(x)) of q, k and v
+        if image_mask is not None and hasattr(self, "plora_A_qkv"):
+            down = plora_down(self.plora_A_qkv, hidden_states, image_mask, self.plora_dropout, self.training)
+        query_states = self.q_proj(hidden_states, image_mask, down).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states, image_mask, down).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states, image_mask, down).view(hidden_shape).transpose(1, 2)
+        # q [B, H, S, E]; k, v [B, H_kv, S, E]
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [B, S, H * E]
+        attn_output = self.o_proj(attn_output, image_mask)  # [B, S, D]
+        return attn_output, attn_weights
+
+
+class MoAIMLP(LlamaMLP):
+    """Llama's gated MLP whose gate/up/down projections are PLoRA linears (docs/model.md §7)."""
+
+    def __init__(self, config: LlamaConfig, plora: PLoRAConfig | None) -> None:
+        super().__init__(config)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            setattr(self, name, _plora_like(getattr(self, name), plora, own_a=True))
+
+    def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, S, D] -> [B, S, D]: LlamaMLP.forward with the image-token mask handed to the projections."""
+        gated = self.act_fn(self.gate_proj(x, image_mask)) * self.up_proj(x, image_mask)  # [B, S, I]
+        return self.down_proj(gated, image_mask)
+
+
+class MoAIDecoderLayer(GradientCheckpointingLayer):
+    """One LLM decoder layer with MoAI (paper §3, MoAI-Mixer; docs/model.md §6, §7).
+
+    Llama's decoder layer (same submodule names: ``self_attn``, ``mlp``, ``input_layernorm``,
+    ``post_attention_layernorm``) with the MoAI-Mixer between the input norm and the attention in mixer
+    layers, and PLoRA in every projection. A `GradientCheckpointingLayer`: under activation checkpointing
+    its forward is recomputed with the same arguments, hence the same image mask and step-1 draw.
+    """
+
+    def __init__(
+        self, config: LlamaConfig, layer_idx: int, plora: PLoRAConfig | None, mixer: MoAIMixerConfig | None
+    ) -> None:
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.layer_idx = layer_idx
+        self.self_attn = MoAIAttention(config, layer_idx, plora, mixer)
+        self.mlp = MoAIMLP(config, plora)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    @property
+    def mixer(self) -> MoAIMixer | None:
+        """This layer's MoAI-Mixer, or None (stored on the attention module: the official key layout)."""
+        return getattr(self.self_attn, "moai_mixer", None)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_mask: torch.Tensor | None = None,
+        mixer_inputs: MixerInputs | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, S, D] -> (hidden_states [B, S, D], gate weights [B, S, 3] or None).
+
+        Adapted from transformers' LlamaDecoderLayer.forward (5.24), plus the mixer and the image mask.
+
+        Args:
+            image_mask: [B, S] True at image tokens (PLoRA), or None when this chunk has none.
+            mixer_inputs: streams, compressed aux tokens, settings and step-1 draws; None when no token of
+                this chunk enters the mixer (decode steps).
+        """
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+
+        # MoAI-Mixer: rewrites the normalised image and language states that feed q/k/v only; the residual
+        # keeps the un-mixed input (the official behaviour, docs/model.md §6)
+        gate_weights = None
+        if self.mixer is not None and mixer_inputs is not None:
+            hidden_states, gate_weights = self.mixer(
+                hidden_states,
+                mixer_inputs.streams,
+                mixer_inputs.aux,
+                settings=mixer_inputs.settings,
+                choice=mixer_inputs.choices.get(self.layer_idx),
+            )
+
+        # Self attention, PLoRA at image tokens
+        hidden_states, _ = self.self_attn(
+            hidden_states=hidden_states,
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            image_mask=image_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+
+        # Fully connected, PLoRA at image tokens
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states, image_mask)
+        hidden_states = residual + hidden_states
+        return hidden_states, gate_weights
 
 
 @dataclass
-class MoAIState:
-    """What the decoder hooks need during one forward (passed as the ``moai_state`` keyword)."""
+class MoAITextModelOutput(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the gate weights of the mixer layers."""
 
-    streams: torch.Tensor
-    """[B, S] stream id per token of this forward's chunk (0 none, 1 image, 2 prompt, 3 answer)."""
-    image_mask: torch.Tensor
-    """[B, S] True at image tokens (where PLoRA applies)."""
-    aux: torch.Tensor | None
-    """[B, A, D] compressed aux tokens, or None when no token of this chunk enters the mixer."""
-    mode: str
-    """Mixer routing: sample | gated | topk."""
-    forced_experts: list[int] | None = None
-    """Step-1 choice [image, language] applied in every layer, or None to draw."""
-    generator: torch.Generator | None = None
-    """RNG for the step-1 draws (None: torch's global RNG)."""
-    choices: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Step-1 draws per layer, kept so that a gradient-checkpointing recompute reuses them."""
-    gate_weights: dict[int, torch.Tensor] = field(default_factory=dict)
-    """[B, S, 3] gate weights per mixer layer, filled by the hooks."""
-
-    def expert_choice(self, layer_idx: int) -> tuple[int, int]:
-        if self.forced_experts is not None:
-            return tuple(self.forced_experts)
-        if layer_idx not in self.choices:  # image first, then language, as the official draw order
-            draw = [int(torch.randint(0, 3, (1,), generator=self.generator)) for _ in range(2)]
-            self.choices[layer_idx] = (draw[0], draw[1])
-        return self.choices[layer_idx]
+    gate_weights: tuple[torch.Tensor, ...] | None = None
+    """One [B, S, 3] tensor per mixer layer that ran, in layer order; None when no mixer ran."""
 
 
+class MoAITextModel(LlamaPreTrainedModel):
+    """The LLM decoder: Llama's embeddings, decoder loop, final norm and RoPE, with `MoAIDecoderLayer`s.
+
+    The input embedding has one row more than the vocabulary, for ``<image>`` (MoAI-7B: 92,545 rows in,
+    92,544 out), and never a ``padding_idx``: the official pad id -100 would zero and freeze a real row
+    (docs/model.md §3).
+    """
+
+    _no_split_modules = ["MoAIDecoderLayer"]
+    _can_record_outputs = {"hidden_states": MoAIDecoderLayer, "attentions": MoAIAttention}
+
+    def __init__(
+        self, config: LlamaConfig, plora: PLoRAConfig | None, mixer: MoAIMixerConfig, embedding_rows: int
+    ) -> None:
+        super().__init__(config)
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(embedding_rows, config.hidden_size)
+        self.layers = nn.ModuleList(
+            MoAIDecoderLayer(config, idx, plora, mixer if idx in mixer.layers else None)
+            for idx in range(config.num_hidden_layers)
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @property
+    def mixer_layers(self) -> list[int]:
+        """Indices of the layers with a MoAI-Mixer, in execution order."""
+        return [layer.layer_idx for layer in self.layers if layer.mixer is not None]
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        image_mask: torch.Tensor | None = None,
+        mixer_inputs: MixerInputs | None = None,
+        **kwargs: Any,
+    ) -> MoAITextModelOutput:
+        """inputs_embeds [B, S, D] (image features already written in) -> last hidden state [B, S, D].
+
+        Adapted from transformers' LlamaModel.forward (5.24): the same loop; every layer also gets the image
+        mask (PLoRA) and the mixer inputs, and the mixer layers' gate weights are collected.
+        """
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        if position_ids is None:
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            position_ids = (
+                torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            )
+            position_ids = position_ids.unsqueeze(0)  # [1, S]
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+
+        gate_weights = []
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states, layer_gates = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                image_mask=image_mask,
+                mixer_inputs=mixer_inputs,
+                **kwargs,
+            )
+            if layer_gates is not None:
+                gate_weights.append(layer_gates)
+
+        hidden_states = self.norm(hidden_states)
+        return MoAITextModelOutput(
+            last_hidden_state=hidden_states, cache=cache, gate_weights=tuple(gate_weights) or None
+        )
+
+
+# -- the whole model ----------------------------------------------------------------------------------
 @dataclass
 class MoAIOutput(ModelOutput):
     """Output of `MoAIForConditionalGeneration.forward`."""
@@ -81,7 +362,7 @@ class MoAIPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+    _no_split_modules = ["MoAIDecoderLayer", "CLIPEncoderLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
 
@@ -100,11 +381,24 @@ class MoAIPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MoAICompressor):
             module.latents.normal_(0.0, 1.0)
         if module is self:
-            # sub-models (the LLM, CLIP) initialise their own linears, including the PLoRA factors hooked
-            # onto them; the zero-inits are applied last, here, so nothing overwrites them.
+            # sub-models (the LLM, CLIP) initialise their own linears, including the PLoRA factors and
+            # mixers inside the LLM; the zero-inits are applied last, here, so nothing overwrites them.
             for sub in self.modules():
                 if getattr(sub, "_moai_zero_init", False):
                     sub.weight.zero_()
+
+
+def _group_parameters(
+    module: nn.Module, group: str, prefix: str, out: dict[str, list[tuple[str, nn.Parameter]]]
+) -> None:
+    """Assign ``module``'s parameters to ``group`` unless it declares its own (``param_group``), recursively;
+    the submodules a peft tuner layer lists in ``adapter_layer_names`` (LoRA's A and B) are ``lora``."""
+    group = getattr(module, "param_group", group)
+    adapters = set(getattr(module, "adapter_layer_names", ()))
+    for name, param in module.named_parameters(recurse=False):
+        out.setdefault(group, []).append((prefix + name, param))
+    for name, child in module.named_children():
+        _group_parameters(child, "lora" if name in adapters else group, f"{prefix}{name}.", out)
 
 
 class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
@@ -117,48 +411,17 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             config.vision_config._attn_implementation = config.vision_attn_implementation
         self.vision = MoAIVisionEncoder(config.vision_config, config.vision_feature_layer)
         self.projector = MoAIProjector(config.vision_config.hidden_size, dim, config.projector_hidden_act)
-        self.language_model = LlamaModel(text)
-        # one extra input row for <image> (MoAI-7B: 92,545 rows in, 92,544 out); never a padding_idx
-        # (the official pad id -100 would zero and freeze a real row, docs/model.md §3)
-        self.language_model.embed_tokens = nn.Embedding(max(text.vocab_size, config.image_token_id + 1), dim)
+        self.language_model = MoAITextModel(
+            text,
+            plora=config.plora_config if config.plora_config.enabled else None,
+            mixer=config.mixer_config,
+            embedding_rows=max(text.vocab_size, config.image_token_id + 1),
+        )
         self.lm_head = nn.Linear(dim, text.vocab_size, bias=False)
         self.compressor = MoAICompressor(dim, config.compressor_config)
-        self.mixer_mode = config.mixer_config.mode
-        self.mixer_generator: torch.Generator | None = None
-
-        layers = self.language_model.layers
-        if config.plora_config.enabled:
-            for layer in layers:
-                add_plora(layer, config.plora_config)
-        for idx in config.mixer_config.layers:
-            attn = layers[idx].self_attn
-            attn.moai_mixer = MoAIMixer(dim, config.mixer_config)
-            if config.mixer_config.identity_init:
-                for name in ("img_aux", "img_lang", "img_self", "lang_aux", "lang_img", "lang_self"):
-                    zero_init(getattr(attn.moai_mixer, name).o_proj[1])
-        for idx, layer in enumerate(layers):
-            layer.self_attn.register_forward_pre_hook(self._make_attention_hook(idx), with_kwargs=True)
+        self.mixer_settings = MixerSettings.from_config(config.mixer_config)  # run-time; see `set_mixer`
         self.post_init()
         self.set_trainable("moai")
-
-    # -- hooks -----------------------------------------------------------------------------------
-    @staticmethod
-    def _make_attention_hook(layer_idx: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-            state: MoAIState | None = kwargs.pop("moai_state", None)
-            mixer = getattr(module, "moai_mixer", None)
-            if mixer is not None and state is not None and state.aux is not None:
-                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                choice = state.expert_choice(layer_idx) if state.mode == "sample" else None
-                mixed, weights = mixer(hidden, state.streams, state.aux, mode=state.mode, choice=choice)
-                state.gate_weights[layer_idx] = weights
-                if "hidden_states" in kwargs:
-                    kwargs["hidden_states"] = mixed
-                else:
-                    args = (mixed, *args[1:])
-            return args, kwargs
-
-        return hook
 
     # -- accessors -------------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
@@ -170,11 +433,22 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    # -- run-time switches -------------------------------------------------------------------------
+    def set_mixer(self, **changes: Any) -> MixerSettings:
+        """Change the mixers' run-time switches; the ones not named keep their value. Returns the settings.
+
+        Names (`MixerSettings`): ``mode`` (sample | gated | topk), ``forced_experts`` ((image, language) or
+        None), ``generator`` (the step-1 RNG, or None), ``gate_softmax_dtype`` (float32 | float16 | bfloat16),
+        ``top_k`` (1 | 2), ``scope`` (prompt | causal). The model starts from its ``mixer_config``, which this
+        never changes (so the config saved with the model is what it was built with); a bad name or value
+        is a ValueError. Example: ``model.set_mixer(mode="sample", forced_experts=(0, 2))``.
+        """
+        self.mixer_settings = self.mixer_settings.replace(**changes)
+        return self.mixer_settings
+
     def set_mixer_mode(self, mode: str) -> None:
-        """Switch routing at run time: ``sample`` (step 1), ``gated`` (step 2, inference) or ``topk``."""
-        if mode not in ("sample", "gated", "topk"):
-            raise ValueError(f"mixer mode must be sample, gated or topk, got {mode!r}")
-        self.mixer_mode = mode
+        """``set_mixer(mode=mode)``: ``sample`` (step 1), ``gated`` (step 2, inference) or ``topk``."""
+        self.set_mixer(mode=mode)
 
     @torch.no_grad()
     def reset_mixers(self, layers: list[int] | None = None) -> None:
@@ -182,9 +456,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         identity init when configured. Used when mixers are added to a base model trained without them.
         """
         std = self.config.text_config.initializer_range
-        chosen = self.config.mixer_config.layers if layers is None else layers
+        chosen = self.language_model.mixer_layers if layers is None else layers
         for idx in chosen:
-            for sub in self.language_model.layers[idx].self_attn.moai_mixer.modules():
+            for sub in self.language_model.layers[idx].mixer.modules():
                 if isinstance(sub, nn.Linear):
                     sub.weight.normal_(0.0, std)
                     if sub.bias is not None:
@@ -192,70 +466,56 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                     if getattr(sub, "_moai_zero_init", False):
                         sub.weight.zero_()
 
+    # -- parameter groups and trainable sets -------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """(name, parameter) pairs per group (`PARAM_GROUPS`), in parameter order; empty groups left out.
+
+        A parameter's group is the one its nearest module declares (``param_group``: the MoAI-Compressor,
+        the MoAI-Mixers, the PLoRA factors), ``lora`` for peft adapters, else the model component it
+        belongs to (``vision``, ``projector``, ``language_model``, ``lm_head``). No parameter name is parsed.
+        """
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, child in self.named_children():
+            _group_parameters(child, name, f"{name}.", groups)
+        unknown = sorted(set(groups) - set(PARAM_GROUPS))
+        if unknown:
+            raise ValueError(f"parameters in undeclared groups {unknown}; known groups are {PARAM_GROUPS}")
+        return groups
+
     def moai_parameter_names(self) -> list[str]:
         """Names of the MoAI modules' parameters (compressor, experts, gates): trainable by default."""
-        return [n for n, _ in self.named_parameters() if n.startswith("compressor.") or ".moai_mixer." in n]
+        groups = self.parameter_groups()
+        return [name for group in TRAINABLE_POLICIES["moai"] for name, _ in groups.get(group, [])]
 
     def set_trainable(self, policy: str = "moai") -> int:
-        """Set ``requires_grad`` by policy and return the trainable count.
+        """Set ``requires_grad`` by policy (`TRAINABLE_POLICIES`) and return the trainable count.
 
-        ``moai``: compressor + mixers only (the official recipe, docs/model.md §10); ``moai+plora``: also the
-        PLoRA factors; ``all``: everything; ``none``: nothing.
+        ``moai``: compressor + mixers (the official recipe, docs/model.md §10); ``moai+plora``: also the
+        PLoRA factors; ``moai+lora``: also peft LoRA adapters; ``all``: everything; ``projector``: the
+        projector; ``projector+llm``: the projector, the LLM (with PLoRA) and the LM head; ``projector+lora``:
+        the projector and the LoRA adapters; ``none``: nothing. The compressor trains only in a model with
+        mixers (without them it never runs); ``...+lora`` needs the adapters injected first.
         """
         if policy not in TRAINABLE_POLICIES:
-            raise ValueError(f"trainable policy must be one of {TRAINABLE_POLICIES}, got {policy!r}")
-        moai = set(self.moai_parameter_names())
-        for name, param in self.named_parameters():
-            is_plora = ".plora_" in name
-            param.requires_grad_(
-                policy == "all"
-                or (policy != "none" and (name in moai or (policy == "moai+plora" and is_plora)))
+            raise ValueError(f"trainable policy must be one of {tuple(TRAINABLE_POLICIES)}, got {policy!r}")
+        groups = self.parameter_groups()
+        if policy.endswith("+lora") and "lora" not in groups:
+            raise ValueError(
+                f"trainable policy {policy!r} needs LoRA adapters: inject them first (moai.train.lora.add_lora)"
             )
+        chosen = set(TRAINABLE_POLICIES[policy])
+        if not self.language_model.mixer_layers:
+            chosen.discard("compressor")
+        for group, params in groups.items():
+            for _, param in params:
+                param.requires_grad_(group in chosen)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def component_parameter_counts(self) -> dict[str, int]:
-        """Parameter count per component (PLoRA counted apart from the LLM it hooks into)."""
-        counts: dict[str, int] = {}
-        for name, param in self.named_parameters():
-            if ".moai_mixer." in name:
-                key = "mixers"
-            elif ".plora_" in name:
-                key = "plora"
-            else:
-                key = name.split(".", 1)[0]
-            counts[key] = counts.get(key, 0) + param.numel()
-        return counts
+        """Parameter count per group (PLoRA counted apart from the LLM it belongs to)."""
+        return {group: sum(p.numel() for _, p in params) for group, params in self.parameter_groups().items()}
 
     # -- inputs ----------------------------------------------------------------------------------
-    def token_streams(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        *,
-        past_length: int = 0,
-    ) -> torch.Tensor:
-        """Derive per-token stream ids [B, S] from the ids: image tokens, prompt language, answers (labels).
-
-        The prompt ends at the first labelled token: everything from there on (answers, and in multi-turn
-        data the later turns, whose states have seen earlier answers) is stream 3, outside the ``prompt``
-        mixer scope. Tokens that continue a non-empty cache are generated tokens (0) unless image tokens.
-        """
-        image = input_ids == self.config.image_token_id
-        real = (
-            torch.ones_like(image)
-            if attention_mask is None
-            else attention_mask[:, -input_ids.shape[1] :].bool()
-        )
-        streams = torch.full_like(input_ids, STREAM_NONE)
-        if past_length == 0:
-            streams[real & ~image] = STREAM_PROMPT
-            if labels is not None:
-                after = (labels != IGNORE_INDEX).long().cumsum(dim=1) > 0  # [B, S] at/after the first answer
-                streams[real & ~image & after] = STREAM_ANSWER
-        streams[real & image] = STREAM_IMAGE
-        return streams
-
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> projected patch features [B, N, D]."""
         expected = (self.config.vision_config.num_channels, self.config.image_size, self.config.image_size)
@@ -301,6 +561,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def _merge_image_features(
         self, input_ids: torch.Tensor, embeds: torch.Tensor, pixel_values: torch.Tensor | None
     ) -> torch.Tensor:
+        """Write the projected image features [B, N, D] over the <image> tokens of embeds [B, S, D]."""
         image_mask = input_ids == self.config.image_token_id  # [B, S]
         n_tokens = image_mask.sum(dim=1)  # [B]
         if not bool(n_tokens.any()):
@@ -316,6 +577,49 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             )
         features = self.encode_images(pixel_values).to(embeds.dtype)  # [B, N, D]
         return embeds.masked_scatter(image_mask[..., None], features)
+
+    def _streams(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        mm_token_type_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        past_length: int,
+    ) -> torch.Tensor:
+        """Stream ids [B, S]: the processor's ``mm_token_type_ids``. A caller that passes none gets them from
+        the processor's own function (`token_streams`); tokens that continue a cache are generated tokens."""
+        if mm_token_type_ids is not None:
+            return mm_token_type_ids
+        if input_ids is None or past_length > 0:
+            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            return torch.full(shape, STREAM_NONE, dtype=torch.long, device=device)
+        return token_streams(input_ids, self.config.image_token_id, attention_mask, labels)
+
+    def _mixer_inputs(
+        self,
+        streams: torch.Tensor,
+        aux_input_ids: torch.Tensor | None,
+        aux_attention_mask: torch.Tensor | None,
+        aux_pixel_values: torch.Tensor | None,
+        aux_embeds: torch.Tensor | None,
+        dtype: torch.dtype,
+        mixer_mode: str | None,
+    ) -> MixerInputs | None:
+        """Compress the aux tokens (MoAI-Compressor, paper §3) and bundle what the mixers need; None (and no
+        compressor work) when no token of this chunk enters a mixer: decode steps, a model without mixers."""
+        layers = self.language_model.mixer_layers
+        if not layers or not bool((streams != STREAM_NONE).any()):
+            return None
+        aux_mask = None
+        if aux_embeds is None:
+            aux_embeds, aux_mask = self.build_aux_embeds(aux_input_ids, aux_attention_mask, aux_pixel_values)
+        elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
+            aux_mask = aux_attention_mask
+        compressed = self.compressor(aux_embeds.to(dtype), aux_mask).to(dtype)  # [B, A, D]
+        settings = self.mixer_settings if mixer_mode is None else self.mixer_settings.replace(mode=mixer_mode)
+        return MixerInputs(streams, compressed, settings, settings.draw_experts(layers))
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(
@@ -347,85 +651,75 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             aux_input_ids / aux_attention_mask: [B, T] the tokenised verbalization of the CV outputs.
             aux_pixel_values: [B, 3, H, W] the panoptic colour map (needed when ``config.use_aux_map``).
             aux_embeds: [B, T, D] precomputed aux embeddings, instead of the three inputs above.
-            mm_token_type_ids: [B, S] stream ids (0 none/generated, 1 image, 2 prompt, 3 answer); derived
-                from the ids, mask and labels when omitted.
-            labels: [B, S] next-token targets (-100 ignored); positions with a label are answer tokens.
-            mixer_mode: override the model's routing (sample | gated | topk) for this call.
+            mm_token_type_ids: [B, S] stream ids from the processor (0 none/generated, 1 image, 2 prompt,
+                3 answer); when omitted, `token_streams` derives them from the ids, mask and labels.
+            labels: [B, S] next-token targets (-100 ignored).
+            mixer_mode: the routing (sample | gated | topk) for this call only; see `set_mixer` for the rest.
         """
         if input_ids is None and inputs_embeds is None:
             raise ValueError("pass input_ids (or inputs_embeds)")
+        if input_ids is not None and input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: the text has no tokens")
         past_length = cache.get_seq_length() if cache is not None else 0
-        if input_ids is not None:
-            if input_ids.shape[1] == 0:
-                raise ValueError("input_ids is empty: the text has no tokens")
-            streams = mm_token_type_ids
-            if streams is None:
-                streams = self.token_streams(input_ids, attention_mask, labels, past_length=past_length)
-            if inputs_embeds is None:
-                inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
-                if bool((streams == STREAM_IMAGE).any()) or past_length == 0:
-                    inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
-        else:
-            streams = (
-                mm_token_type_ids
-                if mm_token_type_ids is not None
-                else inputs_embeds.new_zeros(inputs_embeds.shape[:2], dtype=torch.long)
-            )
+        streams = self._streams(
+            input_ids, inputs_embeds, mm_token_type_ids, attention_mask, labels, past_length
+        )
 
-        # MoAI-Compressor: only when some token of this chunk enters the mixer (never on decode steps)
-        mixer_layers = self.config.mixer_config.layers
-        compressed = None
-        if mixer_layers and bool((streams != STREAM_NONE).any()):
-            aux_mask = None
-            if aux_embeds is None:
-                aux_embeds, aux_mask = self.build_aux_embeds(
-                    aux_input_ids, aux_attention_mask, aux_pixel_values
-                )
-            elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
-                aux_mask = aux_attention_mask
-            compressed = self.compressor(aux_embeds.to(inputs_embeds.dtype), aux_mask).to(inputs_embeds.dtype)
+        # 1. word embeddings, with the image features (vision tower -> projector) over the <image> tokens
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
+            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
 
+        # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values
+        mixer_inputs = self._mixer_inputs(
+            streams,
+            aux_input_ids,
+            aux_attention_mask,
+            aux_pixel_values,
+            aux_embeds,
+            inputs_embeds.dtype,
+            mixer_mode,
+        )
+
+        # 3. RoPE positions: from the mask (left padding) unless official (0..S-1, docs/model.md §8)
         if position_ids is None and self.config.position_ids_from_mask and attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, past + S]
-            position_ids = positions[:, -inputs_embeds.shape[1] :]
+            position_ids = positions[:, -inputs_embeds.shape[1] :]  # [B, S]
 
+        # 4. the LLM decoder: MoAI-Mixers in their layers, PLoRA at image tokens
+        image_mask = streams == STREAM_IMAGE  # [B, S]
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        mode = mixer_mode or self.mixer_mode
-        state = MoAIState(
-            streams=streams,
-            image_mask=streams == STREAM_IMAGE,
-            aux=compressed,
-            mode=mode,
-            forced_experts=self.config.mixer_config.forced_experts,
-            generator=self.mixer_generator,
-        )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
-            moai_state=state,
+            image_mask=image_mask if bool(image_mask.any()) else None,
+            mixer_inputs=mixer_inputs,
             **kwargs,
         )
+
+        # 5. LM head and loss
         hidden = outputs.last_hidden_state  # [B, S, D]
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         logits = self.lm_head(hidden[:, keep])  # [B, S', V]
-
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
-        gate_weights = tuple(state.gate_weights[i] for i in mixer_layers if i in state.gate_weights) or None
-        return MoAIOutput(loss=loss, logits=logits, cache=outputs.cache, gate_weights=gate_weights)
+        return MoAIOutput(loss=loss, logits=logits, cache=outputs.cache, gate_weights=outputs.gate_weights)
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any):
         """`GenerationMixin.generate` with the per-token streams filled in before the first step.
 
-        Generated tokens get stream 0, so they never enter the mixer nor receive PLoRA, with or without a
-        KV cache (docs/model.md §8: the official decode steps skip both).
+        Generated tokens get stream 0 (``transformers`` extends ``mm_token_type_ids`` with zeros), so they
+        never enter the mixer nor receive PLoRA, with or without a KV cache (docs/model.md §8: the official
+        decode steps skip both).
         """
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None:
-            kwargs["mm_token_type_ids"] = self.token_streams(input_ids, kwargs.get("attention_mask"))
+            kwargs["mm_token_type_ids"] = token_streams(
+                input_ids, self.config.image_token_id, kwargs.get("attention_mask")
+            )
         return super().generate(input_ids=input_ids, **kwargs)
 
 

@@ -2,7 +2,8 @@
 
 The one contract between text and model: the prompt template, ``<image>`` placement and
 expansion to N image tokens, aux-text tokenisation, per-token stream ids (``mm_token_type_ids``: 0 pad or
-generated, 1 image, 2 prompt language, 3 answer), labels when answers are given, and pixel values.
+generated, 1 image, 2 prompt language, 3 answer; `token_streams`), labels when answers are given, and pixel
+values. `MoAIProcessor.build_batch` is where every batch is assembled (``__call__`` and the training collator).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,10 +20,46 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerFast
 
 from .configuration import CLIP_MEAN, CLIP_STD, MoAIConfig
-from .mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
+from .constants import IGNORE_INDEX, IMAGE_TOKEN, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
 
-IMAGE_TOKEN = "<image>"
-IGNORE_INDEX = -100
+
+def token_streams(
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stream id of every token [B, S] (docs/model.md §4, §6): the one definition of ``mm_token_type_ids``.
+
+    Padding (mask 0) is ``STREAM_NONE``, ``<image>`` tokens ``STREAM_IMAGE``, the other prompt tokens
+    ``STREAM_PROMPT``, and everything from the first labelled token on ``STREAM_ANSWER`` (answers, and in
+    multi-turn data the later turns, whose states have seen earlier answers: outside the ``prompt`` mixer
+    scope). The processor, ``generate`` and the parity check all call it; ``generate`` then extends the ids
+    with ``STREAM_NONE`` for new tokens.
+
+    Args: input_ids [B, S]; attention_mask [B, S] (None: no padding); labels [B, S] (None: no answers).
+    """
+    image = input_ids == image_token_id  # [B, S]
+    real = torch.ones_like(image) if attention_mask is None else attention_mask.bool()
+    streams = torch.full_like(input_ids, STREAM_NONE)
+    streams[real & ~image] = STREAM_PROMPT
+    if labels is not None:
+        after = (labels != IGNORE_INDEX).long().cumsum(dim=1) > 0  # [B, S] at/after the first answer
+        streams[real & ~image & after] = STREAM_ANSWER
+    streams[real & image] = STREAM_IMAGE
+    return streams
+
+
+class EncodedConversation(NamedTuple):
+    """One conversation's token ids, stream ids and labels (equal lengths, unpadded)."""
+
+    ids: list[int]
+    streams: list[int]
+    labels: list[int]
+
+    def truncated(self, max_length: int) -> EncodedConversation:
+        """The first ``max_length`` tokens (streams and labels are per token, so a prefix stays valid)."""
+        return EncodedConversation(self.ids[:max_length], self.streams[:max_length], self.labels[:max_length])
 
 
 @dataclass(frozen=True)
@@ -202,15 +239,12 @@ class MoAIProcessor:
         slot = "" if n == 1 else IMAGE_TOKEN
         return self.template.prompt.format(image=slot, question=question)
 
-    def _encode_sample(self, question: str, answer: str | None) -> tuple[list[int], list[int], list[int]]:
-        return self.encode_turns([(question, answer)])
-
-    def encode_turns(self, turns: Sequence[tuple[str, str | None]]) -> tuple[list[int], list[int], list[int]]:
+    def encode_turns(self, turns: Sequence[tuple[str, str | None]]) -> EncodedConversation:
         """Token ids, stream ids and labels of one conversation [(question, answer), ...].
 
         The first question carries the image (template slot unless it has ``<image>``); later questions must
-        not. Only the answers (with their end tokens) get labels. Streams: image 1, the first prompt 2, and
-        everything from the first answer on 3 (outside the ``prompt`` mixer scope, docs/model.md §6).
+        not. Only the answers (with their end tokens) get labels. Streams (`token_streams`): image 1, the first
+        prompt 2, and everything from the first answer on 3 (outside the ``prompt`` mixer scope, docs/model.md §6).
         """
         if not turns:
             raise ValueError("a conversation needs at least one turn")
@@ -221,14 +255,9 @@ class MoAIProcessor:
                     f"turn {i} has {IMAGE_TOKEN}; MoAI takes exactly one image, in the first turn"
                 )
         prompt_ids = self.tokenizer(self.format_prompt(question)).input_ids
-        ids, streams = [], []
+        ids: list[int] = []
         for tid in prompt_ids:  # expand the single <image> to N image tokens
-            if tid == self.image_token_id:
-                ids += [tid] * self.num_image_tokens
-                streams += [STREAM_IMAGE] * self.num_image_tokens
-            else:
-                ids.append(tid)
-                streams.append(STREAM_PROMPT)
+            ids += [tid] * (self.num_image_tokens if tid == self.image_token_id else 1)
         labels = [IGNORE_INDEX] * len(ids)
         for i, (q, a) in enumerate(turns):
             if i > 0:
@@ -236,7 +265,6 @@ class MoAIProcessor:
                     self.template.turn.format(question=q), add_special_tokens=False
                 ).input_ids
                 ids += turn_ids
-                streams += [STREAM_ANSWER] * len(turn_ids)
                 labels += [IGNORE_INDEX] * len(turn_ids)
             if a is None:
                 if i != len(turns) - 1:
@@ -246,9 +274,9 @@ class MoAIProcessor:
                 self.template.answer.format(answer=a), add_special_tokens=False
             ).input_ids
             ids += answer_ids
-            streams += [STREAM_ANSWER] * len(answer_ids)
             labels += answer_ids
-        return ids, streams, labels
+        streams = token_streams(torch.tensor([ids]), self.image_token_id, labels=torch.tensor([labels]))
+        return EncodedConversation(ids, streams[0].tolist(), labels)
 
     def pad_left(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -361,26 +389,54 @@ class MoAIProcessor:
         if answers is not None and len(answers) != len(texts):
             raise ValueError(f"{len(answers)} answers for {len(texts)} texts")
 
-        rows = [self._encode_sample(t, None if answers is None else answers[i]) for i, t in enumerate(texts)]
+        rows = [
+            self.encode_turns([(t, None if answers is None else answers[i])]) for i, t in enumerate(texts)
+        ]
+        return self.build_batch(
+            rows,
+            image_list,
+            aux_text=[aux_text] if isinstance(aux_text, str) else aux_text,
+            aux_images=aux_images,
+            with_labels=answers is not None,
+        )
+
+    def build_batch(
+        self,
+        rows: Sequence[EncodedConversation],
+        images: Sequence[Any],
+        *,
+        aux_text: Sequence[str] | None = None,
+        aux_images: Sequence[Any] | None = None,
+        with_labels: bool = True,
+    ) -> BatchFeature:
+        """Assemble model inputs from encoded conversations (`encode_turns`), one image each.
+
+        Left-pads ``input_ids`` / ``attention_mask`` / ``mm_token_type_ids`` (and ``labels`` when
+        ``with_labels``), preprocesses the images, tokenises the aux texts (``aux_input_ids``,
+        ``aux_attention_mask``) and the panoptic maps (``aux_pixel_values``). The one place a batch is built:
+        ``__call__`` and the training collator both call it.
+        """
+        n = len(rows)
+        if len(images) != n:
+            raise ValueError(f"{len(images)} images for {n} texts")
         pad_id = self.tokenizer.pad_token_id
         data: dict[str, torch.Tensor] = {
-            "input_ids": self.pad_left([r[0] for r in rows], pad_id),
-            "attention_mask": self.pad_left([[1] * len(r[0]) for r in rows], 0),
-            "mm_token_type_ids": self.pad_left([r[1] for r in rows], STREAM_NONE),
-            "pixel_values": self.preprocess_images(image_list),
+            "input_ids": self.pad_left([r.ids for r in rows], pad_id),
+            "attention_mask": self.pad_left([[1] * len(r.ids) for r in rows], 0),
+            "mm_token_type_ids": self.pad_left([r.streams for r in rows], STREAM_NONE),
+            "pixel_values": self.preprocess_images(images),
         }
-        if answers is not None:
-            data["labels"] = self.pad_left([r[2] for r in rows], IGNORE_INDEX)
+        if with_labels:
+            data["labels"] = self.pad_left([r.labels for r in rows], IGNORE_INDEX)
         if aux_text is not None:
-            aux_list = [aux_text] if isinstance(aux_text, str) else list(aux_text)
-            if len(aux_list) != len(texts):
-                raise ValueError(f"{len(aux_list)} aux texts for {len(texts)} texts")
-            aux_ids = [self.tokenizer(a).input_ids for a in aux_list]
+            if len(aux_text) != n:
+                raise ValueError(f"{len(aux_text)} aux texts for {n} texts")
+            aux_ids = [self.tokenizer(a).input_ids for a in aux_text]
             data["aux_input_ids"] = self.pad_left(aux_ids, pad_id)
             data["aux_attention_mask"] = self.pad_left([[1] * len(a) for a in aux_ids], 0)
         if aux_images is not None:
-            if len(aux_images) != len(texts):
-                raise ValueError(f"{len(aux_images)} aux images for {len(texts)} texts")
+            if len(aux_images) != n:
+                raise ValueError(f"{len(aux_images)} aux images for {n} texts")
             data["aux_pixel_values"] = self.preprocess_aux_images(aux_images)
         return BatchFeature(data=data)
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model.mixer import STREAM_NONE
-from ..model.processing import IGNORE_INDEX, IMAGE_TOKEN, MoAIProcessor
+from ..model.constants import IGNORE_INDEX, IMAGE_TOKEN
+from ..model.processing import EncodedConversation, MoAIProcessor
 from .config import DataSource
 
 
@@ -277,24 +277,16 @@ class Mixture:
         return self._epoch(position // self.epoch_len)[position % self.epoch_len]
 
 
-@dataclass
-class EncodedSample:
-    ids: list[int]
-    streams: list[int]
-    labels: list[int]
-
-
 class Collator:
-    """Encode and pad a list of examples into one batch (left padding, batch-first tensors)."""
+    """Encode, truncate and batch a list of examples through the processor (`MoAIProcessor.build_batch`)."""
 
     def __init__(self, processor: MoAIProcessor, max_length: int, use_aux_map: bool) -> None:
         self.processor = processor
         self.max_length = max_length
         self.use_aux_map = use_aux_map
 
-    def encode(self, example: Example) -> EncodedSample:
-        ids, streams, labels = self.processor.encode_turns(example.turns)
-        return EncodedSample(ids[: self.max_length], streams[: self.max_length], labels[: self.max_length])
+    def encode(self, example: Example) -> EncodedConversation:
+        return self.processor.encode_turns(example.turns).truncated(self.max_length)
 
     def check(self, example: Example) -> str | None:
         """Why an example cannot be trained on after truncation, or None."""
@@ -307,22 +299,13 @@ class Collator:
         return None
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        p = self.processor
-        encoded = [self.encode(e) for e in examples]
-        batch = {
-            "input_ids": p.pad_left([s.ids for s in encoded], p.tokenizer.pad_token_id),
-            "attention_mask": p.pad_left([[1] * len(s.ids) for s in encoded], 0),
-            "mm_token_type_ids": p.pad_left([s.streams for s in encoded], STREAM_NONE),
-            "labels": p.pad_left([s.labels for s in encoded], IGNORE_INDEX),
-            "pixel_values": p.preprocess_images([_open_rgb(e.image, e) for e in examples]),
-        }
-        aux_ids = [p.tokenizer(e.aux_text).input_ids for e in examples]
-        batch["aux_input_ids"] = p.pad_left(aux_ids, p.tokenizer.pad_token_id)
-        batch["aux_attention_mask"] = p.pad_left([[1] * len(a) for a in aux_ids], 0)
-        if self.use_aux_map:
-            maps = [self._aux_map(e) for e in examples]
-            batch["aux_pixel_values"] = p.preprocess_aux_images(maps)
-        return batch
+        batch = self.processor.build_batch(
+            [self.encode(e) for e in examples],
+            [_open_rgb(e.image, e) for e in examples],
+            aux_text=[e.aux_text for e in examples],
+            aux_images=[self._aux_map(e) for e in examples] if self.use_aux_map else None,
+        )
+        return dict(batch)
 
     def _aux_map(self, example: Example) -> Image.Image | np.ndarray:
         if example.aux_map is None:  # nothing segmented: a black map, as the official

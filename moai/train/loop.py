@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,23 @@ import numpy as np
 import torch
 
 from ..model.configuration import MoAIConfig
-from ..model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
+from ..model.constants import (
+    EXPERT_NAMES,
+    EXPERTS_PER_STREAM,
+    IGNORE_INDEX,
+    IMAGE_EXPERTS,
+    LANGUAGE_EXPERTS,
+    STREAM_ANSWER,
+    STREAM_IMAGE,
+    STREAM_PROMPT,
+)
 from ..model.modeling import MoAIForConditionalGeneration
-from ..model.processing import IGNORE_INDEX, MoAIProcessor
+from ..model.processing import MoAIProcessor
 from .config import TrainConfig
 from .data import AuxResolver, Collator, DataError, DataReport, Example, Mixture, Problem, load_examples
-from .lora import add_lora, lora_parameter_names, merge_lora
+from .lora import add_lora, merge_lora
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
-EXPERT_NAMES = ("I_AUX", "I_LANG", "I_SELF", "L_AUX", "L_IMG", "L_SELF")
-assert len(IMAGE_EXPERTS) + len(LANGUAGE_EXPERTS) == len(EXPERT_NAMES)
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -57,6 +65,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
             model_config.mixer_config.layers = list(config.mixer_layers)
+        if config.mixer_scope is not None:  # saved with the trained model: set before it is built
+            model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
@@ -78,14 +88,15 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = []
         elif config.mixer_layers is not None:
             model_config.mixer_config.layers = list(config.mixer_layers)
+        if config.mixer_scope is not None:
+            model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
         _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
         processor = MoAIProcessor.from_config(model_config)
-    if config.mixer_scope is not None:
-        model.config.mixer_config.scope = config.mixer_scope
     if config.step != "base" and not model.config.mixer_config.layers:
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
-    model.set_mixer_mode(MODES[config.step])
+    # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
+    model.set_mixer(mode=MODES[config.step], generator=torch.Generator())
     return model, processor
 
 
@@ -110,30 +121,6 @@ def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int],
             mixer = model.language_model.layers[idx].self_attn.moai_mixer
             for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
                 getattr(mixer, name).o_proj[1].weight.normal_(0.0, std)
-
-
-def set_trainable(model: MoAIForConditionalGeneration, policy: str) -> int:
-    """Apply a trainable policy (see `TrainConfig.trainable`); return the trainable count.
-
-    ``...+lora`` policies expect the adapters injected already (`add_lora`).
-    """
-    lora = set(lora_parameter_names(model)) if policy.endswith("+lora") else set()
-    if policy in ("moai", "moai+plora", "all", "moai+lora"):
-        model.set_trainable("moai" if policy == "moai+lora" else policy)
-        if not model.config.mixer_config.layers:  # without mixers the compressor never runs
-            model.compressor.requires_grad_(False)
-    else:
-        model.set_trainable("none")
-        for name, param in model.named_parameters():
-            if name.startswith("projector.") or (
-                policy == "projector+llm"
-                and (name.startswith("language_model.") or name.startswith("lm_head."))
-            ):
-                param.requires_grad_(".moai_mixer." not in name)
-    for name, param in model.named_parameters():
-        if name in lora:
-            param.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -264,11 +251,12 @@ def gate_statistics(
         return {}
     out = {}
     image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
+    k = EXPERTS_PER_STREAM
     for layer, weights in zip(layers, gate_weights):
-        w = weights.detach().float()
+        w = weights.detach().float()  # [B, S, k]
         mixed = w.sum(dim=-1) > 0  # [B, S]
         stats = {}
-        for names, mask in ((EXPERT_NAMES[:3], image & mixed), (EXPERT_NAMES[3:], lang & mixed)):
+        for names, mask in ((EXPERT_NAMES[:k], image & mixed), (EXPERT_NAMES[k:], lang & mixed)):
             if bool(mask.any()):
                 mean = w[mask].mean(dim=0)
                 stats.update({n: float(v) for n, v in zip(names, mean)})
@@ -380,7 +368,7 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
         return _train(config, resume, log, stop)
 
 
-def _accelerator(config: TrainConfig):
+def make_accelerator(config: TrainConfig):
     """A fresh accelerate ``Accelerator`` for the config's precision (CPU when there is no GPU)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -470,13 +458,85 @@ def _stop_signal(stop: StopSignals, accelerator) -> int | None:
     return (local or signal.SIGTERM) if anyone else None
 
 
+@dataclass
+class StepMetrics:
+    """What one optimizer step measured; sums over all processes."""
+
+    loss: float
+    """The step's loss (normalised by the global label count, so a sum over micro-batches and ranks)."""
+    grad_norm: float | None
+    """Gradient norm before clipping (None without clipping)."""
+    label_tokens: int
+    """Label tokens of the step (all micro-batches, all processes)."""
+    tokens: int
+    """Real (non-padding) tokens of the step, all processes."""
+    gates: dict
+    """`gate_statistics` of the last micro-batch of this process."""
+
+
+def micro_batch_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of the step-1 expert draws of one micro-batch: the same on every rank and on a resumed run."""
+    return seed * 1_000_003 + step * 101 + micro
+
+
+def train_step(
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator,
+    *,
+    step: int,
+    seed: int,
+    max_grad_norm: float,
+) -> StepMetrics:
+    """One optimizer step over this process's micro-batches: what `train` runs per step (and bench/train.py times).
+
+    The loss of every micro-batch is normalised by the *global* label count (all ranks and micro-batches),
+    so that accumulation and data parallelism equal one large batch; gradients are synchronised on the
+    last micro-batch only; the mixers' step-1 generator is seeded per micro-batch (`micro_batch_seed`).
+    Then: clip the gradient norm (``max_grad_norm`` > 0), optimizer step, schedule step, ``zero_grad``.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    world = accelerator.num_processes
+    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
+    generator = unwrapped.mixer_settings.generator
+    step_loss = torch.zeros((), device=accelerator.device)
+    gates: dict = {}
+    for micro, batch in enumerate(batches):
+        if generator is not None:
+            generator.manual_seed(micro_batch_seed(seed, step, micro))
+        sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            out = model(**batch, num_items_in_batch=count)
+            accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is a global mean
+        step_loss += out.loss.detach()
+        gates = gate_statistics(
+            out.gate_weights, batch["mm_token_type_ids"], unwrapped.language_model.mixer_layers
+        )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm)) if max_grad_norm > 0 else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    real = torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=accelerator.device)
+    return StepMetrics(
+        loss=float(accelerator.reduce(step_loss, reduction="sum")),
+        grad_norm=grad_norm,
+        label_tokens=int(count),
+        tokens=int(accelerator.reduce(real, "sum")),
+        gates=gates,
+    )
+
+
 def _train(
     config: TrainConfig, resume: bool, log: Callable[[str], None], stop: StopSignals
 ) -> dict[str, Any]:
     """`train` with its signal handlers installed: setup, data check, the steps, the final save."""
     if not config.data:
         raise ValueError("config.data is empty: list at least one LLaVA data file")
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda _msg: None)
     run = Path(config.output_dir)
@@ -489,7 +549,7 @@ def _train(
     model, processor = build_model(config)
     if config.trainable.endswith("+lora"):
         add_lora(model, config)
-    n_trainable = set_trainable(model, config.trainable)
+    n_trainable = model.set_trainable(config.trainable)
     n_total = sum(p.numel() for p in model.parameters())
     say(f"parameters: {n_total:,} total, {n_trainable:,} trainable ({config.trainable}); step {config.step}")
     if n_trainable == 0:
@@ -513,7 +573,6 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.mixer_generator = torch.Generator()
     start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say)
     metrics_path = run / "metrics.jsonl"
 
@@ -557,40 +616,17 @@ def _train(
                 base = (step * config.grad_accum + micro) * per_step + rank * config.batch_size
                 examples = [mixture[base + j] for j in range(config.batch_size)]
                 batches.append({k: v.to(accelerator.device) for k, v in collator(examples).items()})
-            local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-            count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
-            step_loss = torch.zeros((), device=accelerator.device)
-            gate_stats: dict = {}
-            for micro, batch in enumerate(batches):
-                # the same step-1 draw on every rank and on a resumed run: seeded from the step
-                unwrapped.mixer_generator.manual_seed(config.seed * 1_000_003 + step * 101 + micro)
-                sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    out = model(**batch, num_items_in_batch=count)
-                    accelerator.backward(
-                        out.loss * world
-                    )  # DDP averages over ranks; the loss is a global mean
-                step_loss += out.loss.detach()
-                gate_stats = gate_statistics(
-                    out.gate_weights, batch["mm_token_type_ids"], unwrapped.config.mixer_config.layers
-                )
-            grad_norm = (
-                float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-                if config.max_grad_norm > 0
-                else None
+            metrics = train_step(
+                model,
+                batches,
+                optimizer,
+                scheduler,
+                accelerator,
+                step=step,
+                seed=config.seed,
+                max_grad_norm=config.max_grad_norm,
             )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            last_loss = float(accelerator.reduce(step_loss, reduction="sum"))
-            tokens = int(
-                accelerator.reduce(
-                    torch.tensor(
-                        sum(int(b["attention_mask"].sum()) for b in batches), device=accelerator.device
-                    ),
-                    "sum",
-                )
-            )
+            last_loss = metrics.loss
             elapsed = time.perf_counter() - t0
             done = step + 1
             if main_process and (done % config.log_every == 0 or done == config.max_steps):
@@ -598,18 +634,18 @@ def _train(
                     "step": done,
                     "loss": last_loss,
                     "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tokens / elapsed,
+                    "grad_norm": metrics.grad_norm,
+                    "tokens_per_s": metrics.tokens / elapsed,
                     "samples_per_s": per_step * config.grad_accum / elapsed,
-                    "label_tokens": int(count),
-                    "gates": gate_stats,
+                    "label_tokens": metrics.label_tokens,
+                    "gates": metrics.gates,
                 }
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
                     writer.add_scalar("train/loss", last_loss, done)
                     writer.add_scalar("train/lr", record["lr"], done)
-                    for layer, stats in gate_stats.items():
+                    for layer, stats in metrics.gates.items():
                         for name, value in stats.items():
                             writer.add_scalar(f"gates/{layer}/{name}", value, done)
             if bar is not None:

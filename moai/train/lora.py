@@ -1,10 +1,11 @@
 """LoRA on the LLM through peft: an option beyond the paper's recipe (arXiv 2403.07508 §3.3 trains the MoAI modules).
 
 The adapters are injected into the decoder's own projections with ``peft.inject_adapter_in_model``, so the
-model keeps its class, hooks and ``save_pretrained``; the MoAI experts (which also have ``q_proj`` ... but
-are low-rank sequences of their own) are never targeted. PLoRA keeps working: its hooks sit on the original
-``nn.Linear``, which becomes the adapter's ``base_layer``. At the end of a run the adapters are merged into
-the base weights, so ``final/`` is a plain MoAI checkpoint that loads without peft.
+model keeps its class and ``save_pretrained``; the MoAI experts (which also have ``q_proj`` ... but are
+low-rank sequences of their own) are never targeted. PLoRA keeps working: the `PLoRALinear` becomes the
+adapter's ``base_layer``, and peft passes the image-token mask through to it. The adapters' parameters
+form the model's ``lora`` parameter group (``set_trainable("moai+lora")``). At the end of a run the
+adapters are merged into the base weights, so ``final/`` is a plain MoAI checkpoint that loads without peft.
 """
 
 from __future__ import annotations
@@ -48,10 +49,6 @@ def add_lora(model: nn.Module, config: TrainConfig) -> None:
         bias="none",
     )
     inject_adapter_in_model(lora, model.language_model)
-
-
-def lora_parameter_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_parameters() if ".lora_A." in name or ".lora_B." in name]
 
 
 def merge_lora(model: nn.Module) -> int:

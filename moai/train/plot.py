@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loop import EXPERT_NAMES, read_metrics
+from ..model.constants import EXPERT_NAMES
+from .loop import read_metrics
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
