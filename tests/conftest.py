@@ -11,7 +11,6 @@ import torch
 
 from moai import MoAIConfig, MoAIForConditionalGeneration, MoAIProcessor
 
-
 #: Test vectors taken from the official implementation, shipped with the repository (tests/fixtures/README.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
