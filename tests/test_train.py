@@ -720,6 +720,28 @@ def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
     assert mixer and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_expert_init_std_draws_only_the_last_o_factor_of_the_new_experts(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3]}
+    identity = build_model(TrainConfig.from_dict(fields))[0]
+    drawn = build_model(TrainConfig.from_dict({**fields, "expert_init_std": 0.01}))[0]
+    for model, zero in ((identity, True), (drawn, False)):
+        for layer in (1, 3):
+            mixer = model.language_model.layers[layer].self_attn.moai_mixer
+            for expert in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
+                last = getattr(mixer, expert).o_proj[1].weight.detach()
+                assert (not last.any()) if zero else 0.007 < float(last.std()) < 0.013, (layer, expert)
+    before, after = identity.state_dict(), drawn.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if ".moai_mixer." in k and ".o_proj.1." in k} and len(changed) == 12
+
+
 def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
     from moai import MoAIConfig, MoAIProcessor
     from moai.model.mixer import STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT
