@@ -183,6 +183,20 @@ def _model_dir_without_config(root: Path) -> list[str]:
     return ["train", str(write_config(root, write_dataset(root, n=2), model=str(root / "empty_model")))]
 
 
+def _model_dir_missing_weights(root: Path) -> list[str]:
+    from safetensors.torch import save_file
+
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+
+    MoAIForConditionalGeneration(MoAIConfig.from_preset("tiny")).save_pretrained(root / "partial")
+    weights = load_file(str(root / "partial" / "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("compressor.")},
+        str(root / "partial" / "model.safetensors"),
+    )
+    return _run(root, model=str(root / "partial"))
+
+
 def _run(root: Path, **fields) -> list[str]:
     return ["train", str(write_config(root, write_dataset(root, n=2), **fields))]
 
@@ -258,6 +272,7 @@ TRAIN_BAD_INPUTS = {
         lambda r: _run(r, mixer_layers=[2, 9]),
         "config.mixer_layers: [2, 9] must be",
     ),
+    "model dir missing weights": (_model_dir_missing_weights, "model {root}/partial: "),
     "unknown preset": (lambda r: _run(r, model="nope"), "unknown preset 'nope'"),
     "model dir without config": (
         _model_dir_without_config,

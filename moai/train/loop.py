@@ -57,7 +57,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
             model_config.mixer_config.layers = list(config.mixer_layers)
-        model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
+        model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
             _init_expert_outputs(model, added, config.expert_init_std)
@@ -87,6 +87,33 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
     model.set_mixer_mode(MODES[config.step])
     return model, processor
+
+
+def _load_with_new_mixers(
+    path: Path, model_config: MoAIConfig, added: list[int]
+) -> MoAIForConditionalGeneration:
+    """``from_pretrained`` (quietly: no progress bar, no loader report about the mixers in ``added``, whose
+    weights are expected to be missing); any other missing weight is a one-line error naming the directory."""
+    from transformers.utils import logging as hf_logging
+
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = MoAIForConditionalGeneration.from_pretrained(
+            path, config=model_config, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+    new = tuple(f"language_model.layers.{i}.self_attn.moai_mixer." for i in added)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
+    if missing:
+        raise ValueError(
+            f"model {path}: {len(missing)} weights missing from the checkpoint, e.g. {missing[0]}"
+        )
+    return model
 
 
 def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
