@@ -183,6 +183,20 @@ def _model_dir_without_config(root: Path) -> list[str]:
     return ["train", str(write_config(root, write_dataset(root, n=2), model=str(root / "empty_model")))]
 
 
+def _model_dir_missing_weights(root: Path) -> list[str]:
+    from safetensors.torch import save_file
+
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+
+    MoAIForConditionalGeneration(MoAIConfig.from_preset("tiny")).save_pretrained(root / "partial")
+    weights = load_file(str(root / "partial" / "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("compressor.")},
+        str(root / "partial" / "model.safetensors"),
+    )
+    return _run(root, model=str(root / "partial"))
+
+
 def _run(root: Path, **fields) -> list[str]:
     return ["train", str(write_config(root, write_dataset(root, n=2), **fields))]
 
@@ -258,6 +272,7 @@ TRAIN_BAD_INPUTS = {
         lambda r: _run(r, mixer_layers=[2, 9]),
         "config.mixer_layers: [2, 9] must be",
     ),
+    "model dir missing weights": (_model_dir_missing_weights, "model {root}/partial: "),
     "unknown preset": (lambda r: _run(r, model="nope"), "unknown preset 'nope'"),
     "model dir without config": (
         _model_dir_without_config,
@@ -718,6 +733,28 @@ def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
     second = build_model(cfg)[0].state_dict()
     mixer = [k for k in first if ".moai_mixer." in k]
     assert mixer and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_expert_init_std_draws_only_the_last_o_factor_of_the_new_experts(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3]}
+    identity = build_model(TrainConfig.from_dict(fields))[0]
+    drawn = build_model(TrainConfig.from_dict({**fields, "expert_init_std": 0.01}))[0]
+    for model, zero in ((identity, True), (drawn, False)):
+        for layer in (1, 3):
+            mixer = model.language_model.layers[layer].self_attn.moai_mixer
+            for expert in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
+                last = getattr(mixer, expert).o_proj[1].weight.detach()
+                assert (not last.any()) if zero else 0.007 < float(last.std()) < 0.013, (layer, expert)
+    before, after = identity.state_dict(), drawn.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if ".moai_mixer." in k and ".o_proj.1." in k} and len(changed) == 12
 
 
 def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():

@@ -67,7 +67,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = list(config.mixer_layers)
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
-        model = MoAIForConditionalGeneration.from_pretrained(path, config=model_config)
+        model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
             _init_expert_outputs(model, added, config.expert_init_std)
@@ -98,6 +98,33 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
     # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
     model.set_mixer(mode=MODES[config.step], generator=torch.Generator())
     return model, processor
+
+
+def _load_with_new_mixers(
+    path: Path, model_config: MoAIConfig, added: list[int]
+) -> MoAIForConditionalGeneration:
+    """``from_pretrained`` (quietly: no progress bar, no loader report about the mixers in ``added``, whose
+    weights are expected to be missing); any other missing weight is a one-line error naming the directory."""
+    from transformers.utils import logging as hf_logging
+
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = MoAIForConditionalGeneration.from_pretrained(
+            path, config=model_config, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+    new = tuple(f"language_model.layers.{i}.self_attn.moai_mixer." for i in added)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
+    if missing:
+        raise ValueError(
+            f"model {path}: {len(missing)} weights missing from the checkpoint, e.g. {missing[0]}"
+        )
+    return model
 
 
 def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
