@@ -1,13 +1,14 @@
 """The overfit check: can the MoAI modules alone memorise a small set through the aux knowledge?
 
-MoAI trains its compressor and mixers on a *frozen, pretrained* LLM (arXiv 2403.07508 §3.3). On the random ``tiny``
-preset there is no such LLM: a frozen random LM head and final norm bound the per-token cross-entropy far
-above zero whatever the MoAI modules do. So the check builds the base first, as any new model is built
+MoAI trains its compressor and mixers on a *frozen, pretrained* LLM (arXiv 2403.07508 §3.3). On the random
+``tiny`` preset there is no such LLM: a frozen random LM head and final norm bound the per-token
+cross-entropy far above zero whatever the MoAI modules do. So the check builds the base first, as any new model is built
 (``moai train`` step ``base``), then trains the MoAI modules alone:
 
 1. data: ``samples`` records, each asking ``What word is written on the sign?`` about the *same* blank
-   image; the answers are distinct random words of 3-6 capitals, and each record's ``aux_text`` is the
-   official OCR sentence naming its word. Nothing but the aux text tells the samples apart.
+   image (small: ``image_size``); the answers are distinct random words of 3-6 capitals, and each
+   record's ``aux_text`` is the official OCR sentence naming its word. Nothing but the aux text tells the
+   samples apart.
 2. ``base``: the vision projector and the LLM of the tiny preset (no MoAI modules) train on the data without
    aux text. They learn the words but cannot tell which one is asked: the loss floors at the entropy of
    the answers, ``samples * ln(samples) / label tokens`` nats per label token (``entropy_floor``).
