@@ -853,6 +853,27 @@ def test_base_stage_with_lora(tmp_path):
         train(bad, **QUIET)
 
 
+def test_overfit_cli_stops_on_sigterm_with_one_line(tmp_path):
+    err_path = tmp_path / "err.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moai.train.overfit", str(tmp_path / "run"), "--base-steps", "100000"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    _wait_until(lambda: len(_metric_lines(tmp_path / "run" / "base")) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 128 + signal.SIGTERM
+    text = err_path.read_text()
+    assert "Traceback" not in text
+    assert re.fullmatch(
+        r"python -m moai\.train\.overfit: interrupted by SIGTERM at step \d+; checkpoint \S+/base/checkpoints/"
+        r"step-\d{7} \(the check restarts from scratch\)",
+        text.strip().splitlines()[-1],
+    ), text[-2000:]
+
+
 def test_overfit_check_with_a_step1_stage_runs_both_steps(tmp_path):
     from moai.train.overfit import OverfitConfig, run_overfit
 

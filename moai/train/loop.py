@@ -337,12 +337,11 @@ class Interrupted(BaseException):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         name = signal.Signals(signum).name
         if checkpoint is None:
-            message = f"interrupted by {name}; nothing saved since the last checkpoint"
+            self.summary = f"interrupted by {name}; nothing saved since the last checkpoint"
+            super().__init__(self.summary)
         else:
-            message = (
-                f"interrupted by {name} at step {step}; checkpoint {checkpoint} (continue with --resume)"
-            )
-        super().__init__(message)
+            self.summary = f"interrupted by {name} at step {step}; checkpoint {checkpoint}"
+            super().__init__(f"{self.summary} (continue with --resume)")
 
     @property
     def exit_code(self) -> int:

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import random
+import signal
 import string
 import sys
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from ..model.configuration import MoAIConfig
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from .config import TrainConfig
-from .loop import read_metrics, train
+from .loop import Interrupted, read_metrics, train
 
 QUESTION = "What word is written on the sign?"
 
@@ -252,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stopped:  # SIGINT / SIGTERM in a stage: its checkpoint is kept
+        print(f"{parser.prog}: {stopped.summary} (the check restarts from scratch)", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:  # Ctrl-C between the stages
+        print(f"{parser.prog}: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     print(
         f"samples {config.samples}, {r['label_tokens']} label tokens; entropy floor {r['entropy_floor']:.4f}"
     )
