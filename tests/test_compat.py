@@ -31,7 +31,7 @@ def test_compat_keys_reports_missing_and_unknown(tmp_path, capsys):
     keys.pop("model.layers.3.attention.surprise.weight")
     (tmp_path / "k.json").write_text(json.dumps({"keys": keys}))
     assert main(["compat", "keys", str(tmp_path / "k.json")]) == 2
-    assert "language_model.layers.3.self_attn.o_proj.plora_B.weight" in capsys.readouterr().err
+    assert "model.language_model.layers.3.self_attn.o_proj.plora_B.weight" in capsys.readouterr().err
 
 
 def _resharded_fixture(tmp_path: Path) -> Path:
@@ -99,7 +99,7 @@ def test_convert_rejects_unmapped_and_missing_keys(tmp_path, capsys):
     state.pop("model.layers.5.feed_forward.w2.Plora_A.weight")
     save_file(state, str(src / "state_dict.safetensors"))
     assert main(["convert", "official", str(src), str(tmp_path / "o2")]) == 2
-    assert "language_model.layers.5.mlp.down_proj.plora_A.weight" in capsys.readouterr().err
+    assert "model.language_model.layers.5.mlp.down_proj.plora_A.weight" in capsys.readouterr().err
 
 
 def test_wqkv_split_matches_grouped_layout():

@@ -6,6 +6,7 @@ from conftest import QUESTIONS, random_images, select, tiny_model
 from transformers import LlamaModel
 
 from moai import MoAIConfig, MoAIForConditionalGeneration
+from moai.model.modeling import MoAIModel
 
 
 def test_batch_invariance_logits_and_greedy(batch4, processor):
@@ -40,10 +41,22 @@ def test_save_load_round_trip(tmp_path, batch4):
     loaded = MoAIForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch4).logits, model(**batch4).logits, atol=0, rtol=0)
-    from transformers import AutoConfig, AutoModel
 
+
+def test_auto_classes(tmp_path, batch4):
+    """As llava: AutoModel is the base model (no head), AutoModelForImageTextToText the full one."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+    model = tiny_model(seed=2)
+    model.save_pretrained(tmp_path)
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "MoAIConfig"
-    assert isinstance(AutoModel.from_pretrained(tmp_path), MoAIForConditionalGeneration)
+    full = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert type(full) is MoAIForConditionalGeneration
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is MoAIModel and not hasattr(base, "lm_head")
+    with torch.no_grad():
+        hidden = base(**batch4).last_hidden_state
+        torch.testing.assert_close(full(**batch4).logits, model.lm_head(hidden), atol=0, rtol=0)
 
 
 def test_identity_init_equals_base_model(batch4):
@@ -145,7 +158,11 @@ def test_llm_parameter_keys_unchanged():
     config = MoAIConfig.from_preset("tiny")
     model = MoAIForConditionalGeneration(config)
     llm_keys = set(LlamaModel(config.text_config).state_dict())
-    ours = {k.removeprefix("language_model.") for k in model.state_dict() if k.startswith("language_model.")}
+    ours = {
+        k.removeprefix("model.language_model.")
+        for k in model.state_dict()
+        if k.startswith("model.language_model.")
+    }
     assert llm_keys <= ours
     extra = ours - llm_keys
     assert extra and all(".plora_" in k or ".moai_mixer." in k for k in extra)
@@ -155,7 +172,7 @@ def test_only_moai_modules_trainable_by_default():
     model = tiny_model()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(model.moai_parameter_names())
-    assert all(n.startswith("compressor.") or ".moai_mixer." in n for n in trainable)
+    assert all(n.startswith("model.compressor.") or ".moai_mixer." in n for n in trainable)
     assert model.set_trainable("moai+plora") > model.set_trainable("moai")
 
 

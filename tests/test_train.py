@@ -191,7 +191,7 @@ def _model_dir_missing_weights(root: Path) -> list[str]:
     MoAIForConditionalGeneration(MoAIConfig.from_preset("tiny")).save_pretrained(root / "partial")
     weights = load_file(str(root / "partial" / "model.safetensors"))
     save_file(
-        {k: v for k, v in weights.items() if not k.startswith("compressor.")},
+        {k: v for k, v in weights.items() if not k.startswith("model.compressor.")},
         str(root / "partial" / "model.safetensors"),
     )
     return _run(root, model=str(root / "partial"))
@@ -384,7 +384,7 @@ def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
             chosen[stream].add(names[weights.index(1.0)])
     # the draw varies between steps, and only the experts it chose were trained
     assert len(chosen["image"]) >= 2 and len(chosen["language"]) >= 2, chosen
-    prefix = "language_model.layers.2.self_attn.moai_mixer."
+    prefix = "model.language_model.layers.2.self_attn.moai_mixer."
     for expert in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
         names = [n for n in before if n.startswith(f"{prefix}{expert}.")]
         changed = any(not torch.equal(after[n], before[n]) for n in names)

@@ -4,7 +4,7 @@ A bad source (missing, empty, truncated or random ``*.safetensors``, a malformed
 raises ``ValueError`` / ``OSError`` naming the file and the reason, and leaves no output behind: the
 conversion is written into a temporary sibling of ``OUT`` that is renamed to ``OUT`` only when complete.
 
-Key map (official -> ours):
+Key map (official -> ours; every target but ``lm_head`` is under ``model.``, the base `MoAIModel`):
     model.tok_embeddings                       -> language_model.embed_tokens (vocab + 1 rows, <image> last)
     model.layers.N.attention.wqkv.Plora_main   -> ...self_attn.{q,k,v}_proj.weight  (split per KV group)
     model.layers.N.attention.wqkv.Plora_A      -> ...self_attn.plora_A_qkv          (one A shared by q/k/v)
@@ -163,13 +163,21 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 def map_key(key: str) -> list[str] | None:
-    """Target key(s) of one official key (three for the fused ``wqkv`` tensors); None when unknown."""
+    """Target key(s) of one official key (three for the fused ``wqkv`` tensors); None when unknown.
+
+    Everything but the LM head lives under ``model.`` (`MoAIModel`, the base model without the head)."""
+    if key == "output.weight":
+        return ["lm_head.weight"]
+    targets = _map_base_key(key)
+    return None if targets is None else ["model." + t for t in targets]
+
+
+def _map_base_key(key: str) -> list[str] | None:
+    """`map_key` for the keys of the base model, relative to it."""
     if key == "model.tok_embeddings.weight":
         return ["language_model.embed_tokens.weight"]
     if key == "model.norm.weight":
         return ["language_model.norm.weight"]
-    if key == "output.weight":
-        return ["lm_head.weight"]
     if key.startswith("vit.vision_tower.vision_model."):
         return ["vision.tower." + key.removeprefix("vit.vision_tower.vision_model.")]
     if m := re.fullmatch(r"vision_proj\.(0|2)\.(weight|bias)", key):

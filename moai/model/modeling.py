@@ -25,7 +25,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationMixin, LlamaConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    LlamaConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -41,7 +49,8 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 from transformers.utils import ModelOutput
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .compressor import MoAICompressor
@@ -245,8 +254,9 @@ class MoAIDecoderLayer(GradientCheckpointingLayer):
 
 
 @dataclass
-class MoAITextModelOutput(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus the gate weights of the mixer layers."""
+class MoAIModelOutputWithPast(BaseModelOutputWithPast):
+    """Output of `MoAITextModel` and `MoAIModel`: `BaseModelOutputWithPast` (the last hidden state, before
+    the LM head) plus the gate weights of the mixer layers."""
 
     gate_weights: tuple[torch.Tensor, ...] | None = None
     """One [B, S, 3] tensor per mixer layer that ran, in layer order; None when no mixer ran."""
@@ -278,11 +288,20 @@ class MoAITextModel(LlamaPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Llama's init, then zeros for the identity-preserving factors (PLoRA ``B``, the experts' last
+        ``o`` factor; docs/model.md §6, §7), so that a new model starts as its base LLM."""
+        super()._init_weights(module)
+        if getattr(module, "_moai_zero_init", False):
+            init.zeros_(module.weight)
+
     @property
     def mixer_layers(self) -> list[int]:
         """Indices of the layers with a MoAI-Mixer, in execution order."""
         return [layer.layer_idx for layer in self.layers if layer.mixer is not None]
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -295,7 +314,7 @@ class MoAITextModel(LlamaPreTrainedModel):
         image_mask: torch.Tensor | None = None,
         mixer_inputs: MixerInputs | None = None,
         **kwargs: Any,
-    ) -> MoAITextModelOutput:
+    ) -> MoAIModelOutputWithPast:
         """inputs_embeds [B, S, D] (image features already written in) -> last hidden state [B, S, D].
 
         Adapted from transformers' LlamaModel.forward (5.24): the same loop; every layer also gets the image
@@ -339,7 +358,7 @@ class MoAITextModel(LlamaPreTrainedModel):
                 gate_weights.append(layer_gates)
 
         hidden_states = self.norm(hidden_states)
-        return MoAITextModelOutput(
+        return MoAIModelOutputWithPast(
             last_hidden_state=hidden_states, cache=cache, gate_weights=tuple(gate_weights) or None
         )
 
@@ -347,11 +366,18 @@ class MoAITextModel(LlamaPreTrainedModel):
 # -- the whole model ----------------------------------------------------------------------------------
 @dataclass
 class MoAIOutput(ModelOutput):
-    """Output of `MoAIForConditionalGeneration.forward`."""
+    """Output of `MoAIForConditionalGeneration.forward` (a tuple in this field order with ``return_dict=False``).
+
+    ``cache`` is the KV cache (transformers 5 name; ``out.past_key_values`` still reads it), ``hidden_states``
+    (embeddings + one per decoder layer, the last after the final norm) and ``attentions`` (one per layer)
+    are filled when ``output_hidden_states`` / ``output_attentions`` is asked for.
+    """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     gate_weights: tuple[torch.Tensor, ...] | None = None
     """One [B, S, 3] tensor per mixer layer (see `MoAIMixer.forward`); None when the mixer did not run."""
 
@@ -359,33 +385,28 @@ class MoAIOutput(ModelOutput):
 class MoAIPreTrainedModel(PreTrainedModel):
     config_class = MoAIConfig
     config: MoAIConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     main_input_name = "input_ids"
+    input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MoAIDecoderLayer", "CLIPEncoderLayer"]
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = False
     _supports_sdpa = True
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
     _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.text_config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, MoAICompressor):
-            module.latents.normal_(0.0, 1.0)
-        if module is self:
-            # sub-models (the LLM, CLIP) initialise their own linears, including the PLoRA factors and
-            # mixers inside the LLM; the zero-inits are applied last, here, so nothing overwrites them.
-            for sub in self.modules():
-                if getattr(sub, "_moai_zero_init", False):
-                    sub.weight.zero_()
+        """transformers' default init (normal linears and embeddings, unit norms), the compressor's latents
+        N(0, 1), and zeros for the identity-preserving factors (docs/model.md §6, §7). The sub-models (the LLM,
+        the CLIP tower) initialise their own modules, in `__init__` and for keys missing in ``from_pretrained``."""
+        super()._init_weights(module)
+        if isinstance(module, MoAICompressor):
+            init.normal_(module.latents, 0.0, 1.0)
+        if getattr(module, "_moai_zero_init", False):
+            init.zeros_(module.weight)
 
 
 def _group_parameters(
@@ -401,8 +422,9 @@ def _group_parameters(
         _group_parameters(child, "lora" if name in adapters else group, f"{prefix}{name}.", out)
 
 
-class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
-    """MoAI: vision tower + projector, MoAI-Compressor, and a Llama-family LLM with MoAI-Mixers and PLoRA."""
+class MoAIModel(MoAIPreTrainedModel):
+    """MoAI without the LM head (as ``LlavaModel``): vision tower + projector, MoAI-Compressor, and the LLM
+    decoder with MoAI-Mixers and PLoRA; returns the last hidden state (paper §3, Fig. 3)."""
 
     def __init__(self, config: MoAIConfig) -> None:
         super().__init__(config)
@@ -417,21 +439,258 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             mixer=config.mixer_config,
             embedding_rows=max(text.vocab_size, config.image_token_id + 1),
         )
-        self.lm_head = nn.Linear(dim, text.vocab_size, bias=False)
         self.compressor = MoAICompressor(dim, config.compressor_config)
         self.mixer_settings = MixerSettings.from_config(config.mixer_config)  # run-time; see `set_mixer`
         self.post_init()
-        self.set_trainable("moai")
 
-    # -- accessors -------------------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.language_model.embed_tokens = value
 
+    # -- inputs ----------------------------------------------------------------------------------
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """pixel_values [B, 3, H, W] -> projected patch features [B, N, D] (vision tower -> projector)."""
+        expected = (self.config.vision_config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(channels, height, width), got {tuple(pixel_values.shape)}"
+            )
+        return self.projector(self.vision(pixel_values))
+
+    def build_aux_embeds(
+        self,
+        aux_input_ids: torch.Tensor | None,
+        aux_attention_mask: torch.Tensor | None,
+        aux_pixel_values: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aux embeddings [B, T, D] and mask [B, T]: word embeddings of the verbalization, then the map tokens.
+
+        The verbalization is embedded with the LLM's own (frozen) input table, not run through any layer;
+        the panoptic map goes through the same vision tower and projector as the image (paper §3, Verbalization).
+        """
+        if aux_input_ids is None:
+            raise ValueError(
+                "aux_input_ids (the tokenised verbalization) is required when the input has an image "
+                "(the MoAI-Mixer reads it) and aux_embeds is not given"
+            )
+        parts = [self.get_input_embeddings()(aux_input_ids)]  # [B, T_verb, D]
+        masks = [torch.ones_like(aux_input_ids) if aux_attention_mask is None else aux_attention_mask]
+        if self.config.use_aux_map:
+            if aux_pixel_values is None:
+                raise ValueError(
+                    "aux_pixel_values (the panoptic map image) is required by this config (use_aux_map=True); "
+                    "pass it, or precomputed aux_embeds"
+                )
+            if aux_pixel_values.shape[0] != aux_input_ids.shape[0]:
+                raise ValueError(
+                    f"aux_pixel_values has {aux_pixel_values.shape[0]} maps for {aux_input_ids.shape[0]} samples"
+                )
+            map_tokens = self.get_image_features(aux_pixel_values).to(parts[0].dtype)  # [B, N, D]
+            parts.append(map_tokens)
+            masks.append(masks[0].new_ones(map_tokens.shape[:2]))
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor, embeds: torch.Tensor, pixel_values: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Write the projected image features over the <image> tokens of embeds [B, S, D].
+
+        A sample has one image (N image tokens) or none (a text-only sample); ``pixel_values`` [n, 3, H, W]
+        holds the images of the samples that have one, in batch order.
+        """
+        image_mask = input_ids == self.config.image_token_id  # [B, S]
+        n_tokens = image_mask.sum(dim=1)  # [B]
+        if not bool(n_tokens.any()):
+            return embeds
+        if pixel_values is None:
+            raise ValueError("input_ids contain <image> tokens but pixel_values is None")
+        per_image = self.config.num_image_tokens
+        with_image = int((n_tokens > 0).sum())
+        if pixel_values.shape[0] != with_image or bool(((n_tokens != 0) & (n_tokens != per_image)).any()):
+            raise ValueError(
+                f"number of <image> tokens does not match the images: a sample has one image ({per_image} "
+                f"image tokens after expansion) or none; got {n_tokens.tolist()} image tokens per sample "
+                f"for {pixel_values.shape[0]} images"
+            )
+        features = self.get_image_features(pixel_values).to(embeds.dtype)  # [n, N, D]
+        return embeds.masked_scatter(image_mask[..., None], features)
+
+    def _mixer_inputs(
+        self,
+        streams: torch.Tensor,
+        aux_input_ids: torch.Tensor | None,
+        aux_attention_mask: torch.Tensor | None,
+        aux_pixel_values: torch.Tensor | None,
+        aux_embeds: torch.Tensor | None,
+        dtype: torch.dtype,
+        mixer_mode: str | None,
+    ) -> MixerInputs | None:
+        """Compress the aux tokens (MoAI-Compressor, paper §3) and bundle what the mixers need; None (and no
+        compressor work, no aux input needed) when no token of this chunk enters a mixer: text-only inputs,
+        tokens that continue a cache, a model without mixers."""
+        layers = self.language_model.mixer_layers
+        if not layers or not bool((streams != STREAM_NONE).any()):
+            return None
+        aux_mask = None
+        if aux_embeds is None:
+            aux_embeds, aux_mask = self.build_aux_embeds(aux_input_ids, aux_attention_mask, aux_pixel_values)
+        elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
+            aux_mask = aux_attention_mask
+        compressed = self.compressor(aux_embeds.to(dtype), aux_mask).to(dtype)  # [B, A, D]
+        settings = self.mixer_settings if mixer_mode is None else self.mixer_settings.replace(mode=mixer_mode)
+        return MixerInputs(streams, compressed, settings, settings.draw_experts(layers))
+
+    # -- forward ---------------------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        aux_input_ids: torch.LongTensor | None = None,
+        aux_attention_mask: torch.Tensor | None = None,
+        aux_pixel_values: torch.FloatTensor | None = None,
+        aux_embeds: torch.FloatTensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        mixer_mode: str | None = None,
+        **kwargs: Any,
+    ) -> MoAIModelOutputWithPast:
+        """Embeddings (image features over ``<image>``) -> aux -> MoAI-Compressor -> the LLM decoder with the
+        MoAI-Mixers -> last hidden state [B, S, D]. Arguments as `MoAIForConditionalGeneration.forward`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None and input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: the text has no tokens")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if mm_token_type_ids is None:  # the processor's stream ids; derived here only for raw token ids
+            mm_token_type_ids = stream_ids(
+                input_ids, inputs_embeds, self.config.image_token_id, attention_mask, None, past_length
+            )
+
+        # 1. word embeddings, with the image features (vision tower -> projector) over the <image> tokens
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
+
+        # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values
+        mixer_inputs = self._mixer_inputs(
+            mm_token_type_ids,
+            aux_input_ids,
+            aux_attention_mask,
+            aux_pixel_values,
+            aux_embeds,
+            inputs_embeds.dtype,
+            mixer_mode,
+        )
+
+        # 3. RoPE positions: from the mask (left padding) unless official (0..S-1, docs/model.md §8)
+        if position_ids is None and self.config.position_ids_from_mask and attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, past + S]
+            position_ids = positions[:, -inputs_embeds.shape[1] :]  # [B, S]
+
+        # 4. the LLM decoder: MoAI-Mixers in their layers, PLoRA at image tokens
+        image_mask = mm_token_type_ids == STREAM_IMAGE  # [B, S]
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            image_mask=image_mask if bool(image_mask.any()) else None,
+            mixer_inputs=mixer_inputs,
+            **kwargs,
+        )
+
+
+def stream_ids(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    image_token_id: int,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    past_length: int,
+) -> torch.Tensor:
+    """Stream ids [B, S] for a caller that passed no ``mm_token_type_ids``: the processor's own function
+    (`token_streams`) on the ids; tokens that continue a cache, and ``inputs_embeds`` without ids, are
+    ``STREAM_NONE`` (no mixer, no PLoRA: image and aux inputs are consumed at prefill)."""
+    if input_ids is None or past_length > 0:
+        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        return torch.full(ref.shape[:2], STREAM_NONE, dtype=torch.long, device=ref.device)
+    if attention_mask is not None and attention_mask.shape[1] != input_ids.shape[1]:
+        attention_mask = attention_mask[:, -input_ids.shape[1] :]
+    return token_streams(input_ids, image_token_id, attention_mask, labels)
+
+
+class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
+    """MoAI: `MoAIModel` (vision tower + projector, MoAI-Compressor, LLM with MoAI-Mixers and PLoRA) and the
+    LM head (paper §3, Fig. 3)."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: MoAIConfig) -> None:
+        super().__init__(config)
+        self.model = MoAIModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        self.set_trainable("moai")
+
+    # -- components and accessors ------------------------------------------------------------------
+    @property
+    def vision(self) -> MoAIVisionEncoder:
+        return self.model.vision
+
+    @property
+    def projector(self) -> MoAIProjector:
+        return self.model.projector
+
+    @property
+    def language_model(self) -> MoAITextModel:
+        return self.model.language_model
+
+    @property
+    def compressor(self) -> MoAICompressor:
+        return self.model.compressor
+
+    @property
+    def mixer_settings(self) -> MixerSettings:
+        """The mixers' run-time switches (`set_mixer`)."""
+        return self.model.mixer_settings
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """pixel_values [B, 3, H, W] -> projected patch features [B, N, D] (the tokens an image becomes)."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Alias of `get_image_features`."""
+        return self.model.get_image_features(pixel_values)
+
+    def build_aux_embeds(
+        self,
+        aux_input_ids: torch.Tensor | None,
+        aux_attention_mask: torch.Tensor | None,
+        aux_pixel_values: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`MoAIModel.build_aux_embeds`: aux embeddings [B, T, D] and mask [B, T]."""
+        return self.model.build_aux_embeds(aux_input_ids, aux_attention_mask, aux_pixel_values)
 
     # -- run-time switches -------------------------------------------------------------------------
     def set_mixer(self, **changes: Any) -> MixerSettings:
@@ -443,8 +702,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         never changes (so the config saved with the model is what it was built with); a bad name or value
         is a ValueError. Example: ``model.set_mixer(mode="sample", forced_experts=(0, 2))``.
         """
-        self.mixer_settings = self.mixer_settings.replace(**changes)
-        return self.mixer_settings
+        self.model.mixer_settings = self.model.mixer_settings.replace(**changes)
+        return self.model.mixer_settings
 
     def set_mixer_mode(self, mode: str) -> None:
         """``set_mixer(mode=mode)``: ``sample`` (step 1), ``gated`` (step 2, inference) or ``topk``."""
@@ -475,8 +734,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         belongs to (``vision``, ``projector``, ``language_model``, ``lm_head``). No parameter name is parsed.
         """
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
-        for name, child in self.named_children():
-            _group_parameters(child, name, f"{name}.", groups)
+        for name, child in self.model.named_children():
+            _group_parameters(child, name, f"model.{name}.", groups)
+        _group_parameters(self.lm_head, "lm_head", "lm_head.", groups)
         unknown = sorted(set(groups) - set(PARAM_GROUPS))
         if unknown:
             raise ValueError(f"parameters in undeclared groups {unknown}; known groups are {PARAM_GROUPS}")
@@ -515,188 +775,67 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """Parameter count per group (PLoRA counted apart from the LLM it belongs to)."""
         return {group: sum(p.numel() for _, p in params) for group, params in self.parameter_groups().items()}
 
-    # -- inputs ----------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> projected patch features [B, N, D]."""
-        expected = (self.config.vision_config.num_channels, self.config.image_size, self.config.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width), got {tuple(pixel_values.shape)}"
-            )
-        return self.projector(self.vision(pixel_values))
-
-    def build_aux_embeds(
-        self,
-        aux_input_ids: torch.Tensor | None,
-        aux_attention_mask: torch.Tensor | None,
-        aux_pixel_values: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aux embeddings [B, T, D] and mask [B, T]: word embeddings of the verbalization, then the map tokens.
-
-        The verbalization is embedded with the LLM's own (frozen) input table, not run through any layer;
-        the panoptic map goes through the same vision tower and projector as the image (paper §3, Verbalization).
-        """
-        if aux_input_ids is None:
-            raise ValueError(
-                "aux_input_ids (the tokenised verbalization) is required when aux_embeds is not given"
-            )
-        parts = [self.get_input_embeddings()(aux_input_ids)]  # [B, T_verb, D]
-        masks = [torch.ones_like(aux_input_ids) if aux_attention_mask is None else aux_attention_mask]
-        if self.config.use_aux_map:
-            if aux_pixel_values is None:
-                raise ValueError(
-                    "aux_pixel_values (the panoptic map image) is required by this config (use_aux_map=True); "
-                    "pass it, or precomputed aux_embeds"
-                )
-            if aux_pixel_values.shape[0] != aux_input_ids.shape[0]:
-                raise ValueError(
-                    f"aux_pixel_values has {aux_pixel_values.shape[0]} maps for {aux_input_ids.shape[0]} samples"
-                )
-            map_tokens = self.encode_images(aux_pixel_values).to(parts[0].dtype)  # [B, N, D]
-            parts.append(map_tokens)
-            masks.append(masks[0].new_ones(map_tokens.shape[:2]))
-        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
-
-    def _merge_image_features(
-        self, input_ids: torch.Tensor, embeds: torch.Tensor, pixel_values: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Write the projected image features [B, N, D] over the <image> tokens of embeds [B, S, D]."""
-        image_mask = input_ids == self.config.image_token_id  # [B, S]
-        n_tokens = image_mask.sum(dim=1)  # [B]
-        if not bool(n_tokens.any()):
-            return embeds
-        if pixel_values is None:
-            raise ValueError("input_ids contain <image> tokens but pixel_values is None")
-        per_image = self.config.num_image_tokens
-        if pixel_values.shape[0] != input_ids.shape[0] or bool((n_tokens != per_image).any()):
-            raise ValueError(
-                f"number of <image> tokens does not match the images: each sample needs exactly one image "
-                f"({per_image} image tokens after expansion); got {n_tokens.tolist()} image tokens per sample "
-                f"for {pixel_values.shape[0]} images and {input_ids.shape[0]} samples"
-            )
-        features = self.encode_images(pixel_values).to(embeds.dtype)  # [B, N, D]
-        return embeds.masked_scatter(image_mask[..., None], features)
-
-    def _streams(
-        self,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-        mm_token_type_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        past_length: int,
-    ) -> torch.Tensor:
-        """Stream ids [B, S]: the processor's ``mm_token_type_ids``. A caller that passes none gets them from
-        the processor's own function (`token_streams`); tokens that continue a cache are generated tokens."""
-        if mm_token_type_ids is not None:
-            return mm_token_type_ids
-        if input_ids is None or past_length > 0:
-            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-            device = input_ids.device if input_ids is not None else inputs_embeds.device
-            return torch.full(shape, STREAM_NONE, dtype=torch.long, device=device)
-        return token_streams(input_ids, self.config.image_token_id, attention_mask, labels)
-
-    def _mixer_inputs(
-        self,
-        streams: torch.Tensor,
-        aux_input_ids: torch.Tensor | None,
-        aux_attention_mask: torch.Tensor | None,
-        aux_pixel_values: torch.Tensor | None,
-        aux_embeds: torch.Tensor | None,
-        dtype: torch.dtype,
-        mixer_mode: str | None,
-    ) -> MixerInputs | None:
-        """Compress the aux tokens (MoAI-Compressor, paper §3) and bundle what the mixers need; None (and no
-        compressor work) when no token of this chunk enters a mixer: decode steps, a model without mixers."""
-        layers = self.language_model.mixer_layers
-        if not layers or not bool((streams != STREAM_NONE).any()):
-            return None
-        aux_mask = None
-        if aux_embeds is None:
-            aux_embeds, aux_mask = self.build_aux_embeds(aux_input_ids, aux_attention_mask, aux_pixel_values)
-        elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
-            aux_mask = aux_attention_mask
-        compressed = self.compressor(aux_embeds.to(dtype), aux_mask).to(dtype)  # [B, A, D]
-        settings = self.mixer_settings if mixer_mode is None else self.mixer_settings.replace(mode=mixer_mode)
-        return MixerInputs(streams, compressed, settings, settings.draw_experts(layers))
-
     # -- forward ---------------------------------------------------------------------------------
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        *,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
         aux_input_ids: torch.LongTensor | None = None,
         aux_attention_mask: torch.Tensor | None = None,
         aux_pixel_values: torch.FloatTensor | None = None,
         aux_embeds: torch.FloatTensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
         mixer_mode: str | None = None,
-        logits_to_keep: int = 0,
         **kwargs: Any,
     ) -> MoAIOutput:
-        """Run MoAI on a (left-padded) batch.
+        """Run MoAI on a (left-padded) batch: `MoAIModel`, then the LM head (and the loss with ``labels``).
 
         Args:
-            input_ids: [B, S] token ids with ``<image>`` already expanded to N tokens per image.
-            pixel_values: [B, 3, H, W] one image per sample.
+            input_ids: [B, S] token ids with ``<image>`` already expanded to N tokens per image; a sample
+                without ``<image>`` tokens is text only (no mixer, no PLoRA: the plain LLM).
+            pixel_values: [n, 3, H, W] one image per sample that has ``<image>`` tokens.
             attention_mask: [B, S] (or [B, past + S] while generating) 1 = real token.
-            aux_input_ids / aux_attention_mask: [B, T] the tokenised verbalization of the CV outputs.
+            cache: the KV cache (``past_key_values=`` is accepted as the old transformers name).
+            aux_input_ids / aux_attention_mask: [B, T] the tokenised verbalization of the CV outputs; needed
+                when a sample has an image (the mixer reads it), not for text-only input nor for tokens that
+                continue a cache (image and aux inputs are consumed at prefill).
             aux_pixel_values: [B, 3, H, W] the panoptic colour map (needed when ``config.use_aux_map``).
             aux_embeds: [B, T, D] precomputed aux embeddings, instead of the three inputs above.
             mm_token_type_ids: [B, S] stream ids from the processor (0 none/generated, 1 image, 2 prompt,
                 3 answer); when omitted, `token_streams` derives them from the ids, mask and labels.
             labels: [B, S] next-token targets (-100 ignored).
             mixer_mode: the routing (sample | gated | topk) for this call only; see `set_mixer` for the rest.
+            output_hidden_states / output_attentions / return_dict: as for any transformers model.
         """
-        if input_ids is None and inputs_embeds is None:
-            raise ValueError("pass input_ids (or inputs_embeds)")
-        if input_ids is not None and input_ids.shape[1] == 0:
-            raise ValueError("input_ids is empty: the text has no tokens")
-        past_length = cache.get_seq_length() if cache is not None else 0
-        streams = self._streams(
-            input_ids, inputs_embeds, mm_token_type_ids, attention_mask, labels, past_length
-        )
-
-        # 1. word embeddings, with the image features (vision tower -> projector) over the <image> tokens
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
-            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
-
-        # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values
-        mixer_inputs = self._mixer_inputs(
-            streams,
-            aux_input_ids,
-            aux_attention_mask,
-            aux_pixel_values,
-            aux_embeds,
-            inputs_embeds.dtype,
-            mixer_mode,
-        )
-
-        # 3. RoPE positions: from the mask (left padding) unless official (0..S-1, docs/model.md §8)
-        if position_ids is None and self.config.position_ids_from_mask and attention_mask is not None:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, past + S]
-            position_ids = positions[:, -inputs_embeds.shape[1] :]  # [B, S]
-
-        # 4. the LLM decoder: MoAI-Mixers in their layers, PLoRA at image tokens
-        image_mask = streams == STREAM_IMAGE  # [B, S]
+        if mm_token_type_ids is None:
+            past_length = cache.get_seq_length() if cache is not None else 0
+            mm_token_type_ids = stream_ids(
+                input_ids, inputs_embeds, self.config.image_token_id, attention_mask, labels, past_length
+            )
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
+            inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            image_mask=image_mask if bool(image_mask.any()) else None,
-            mixer_inputs=mixer_inputs,
+            aux_input_ids=aux_input_ids,
+            aux_attention_mask=aux_attention_mask,
+            aux_pixel_values=aux_pixel_values,
+            aux_embeds=aux_embeds,
+            mm_token_type_ids=mm_token_type_ids,
+            mixer_mode=mixer_mode,
             **kwargs,
         )
 
@@ -704,23 +843,73 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state  # [B, S, D]
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         logits = self.lm_head(hidden[:, keep])  # [B, S', V]
+        image_id = self.config.image_token_id
+        if image_id < logits.shape[-1]:  # <image> inside a resized vocabulary: an input-only token
+            logits = logits.index_fill(
+                -1, torch.tensor([image_id], device=logits.device), torch.finfo(logits.dtype).min
+            )
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
-        return MoAIOutput(loss=loss, logits=logits, cache=outputs.cache, gate_weights=outputs.gate_weights)
+        return MoAIOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            gate_weights=outputs.gate_weights,
+        )
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any):
         """`GenerationMixin.generate` with the per-token streams filled in before the first step.
 
         Generated tokens get stream 0 (``transformers`` extends ``mm_token_type_ids`` with zeros), so they
         never enter the mixer nor receive PLoRA, with or without a KV cache (docs/model.md §8: the official
-        decode steps skip both).
+        decode steps skip both). A call that continues a returned cache (``cache=`` / ``past_key_values=``)
+        needs neither the image nor the aux inputs again: the tokens after the cache are stream 0 too.
         """
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None:
-            kwargs["mm_token_type_ids"] = token_streams(
-                input_ids, self.config.image_token_id, kwargs.get("attention_mask")
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            past_length = cache.get_seq_length() if isinstance(cache, Cache) else 0
+            kwargs["mm_token_type_ids"] = stream_ids(
+                input_ids, None, self.config.image_token_id, kwargs.get("attention_mask"), None, past_length
             )
         return super().generate(input_ids=input_ids, **kwargs)
+
+    # -- vocabulary --------------------------------------------------------------------------------
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Resize the vocabulary to ``new_num_tokens`` (e.g. ``len(tokenizer)`` after adding tokens).
+
+        The LM head gets ``new_num_tokens`` rows (``text_config.vocab_size``) and the input embedding one
+        more, as in MoAI-7B (92,545 rows in, 92,544 out): ``<image>`` stays an input-only token. It keeps
+        its id and row while the id fits (tokens added after it to a tokenizer keep their ids); when the id
+        falls inside the new vocabulary its logit is masked to the dtype's minimum, so the head never
+        produces it; shrinking below the id moves the ``<image>`` row to the last row and sets
+        ``config.image_token_id`` to it (docs/model.md §3). New rows are initialised as transformers does.
+        """
+        embed = self.get_input_embeddings()
+        if new_num_tokens is None:
+            return embed
+        if pad_to_multiple_of is not None:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        image_id = self.config.image_token_id
+        image_row = embed.weight[image_id].detach().clone()
+        new_embed = self._get_resized_embeddings(embed, new_num_tokens + 1, mean_resizing=mean_resizing)
+        if image_id > new_num_tokens:
+            with torch.no_grad():
+                new_embed.weight[new_num_tokens] = image_row
+            self.config.image_token_id = new_num_tokens
+        self.set_input_embeddings(new_embed)
+        self.lm_head = self._get_resized_lm_head(self.lm_head, new_num_tokens, mean_resizing=mean_resizing)
+        self.config.text_config.vocab_size = new_num_tokens
+        self.language_model.vocab_size = new_num_tokens
+        self.set_trainable("moai")  # new tensors: back to the default trainable set
+        return new_embed
 
 
 def causal_lm_loss(
@@ -747,4 +936,5 @@ AutoConfig.register("moai", MoAIConfig)
 AutoConfig.register("moai_compressor", MoAICompressorConfig)
 AutoConfig.register("moai_mixer", MoAIMixerConfig)
 AutoConfig.register("moai_plora", PLoRAConfig)
-AutoModel.register(MoAIConfig, MoAIForConditionalGeneration)
+AutoModel.register(MoAIConfig, MoAIModel)
+AutoModelForImageTextToText.register(MoAIConfig, MoAIForConditionalGeneration)

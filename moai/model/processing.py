@@ -34,7 +34,7 @@ def token_streams(
     Padding (mask 0) is ``STREAM_NONE``, ``<image>`` tokens ``STREAM_IMAGE``, the other prompt tokens
     ``STREAM_PROMPT``, and everything from the first labelled token on ``STREAM_ANSWER`` (answers, and in
     multi-turn data the later turns, whose states have seen earlier answers: outside the ``prompt`` mixer
-    scope). The processor, ``generate`` and the parity check all call it; ``generate`` then extends the ids
+    scope). A sample without ``<image>`` tokens is text only: all ``STREAM_NONE`` (the plain LLM). The processor, ``generate`` and the parity check all call it; ``generate`` then extends the ids
     with ``STREAM_NONE`` for new tokens.
 
     Args: input_ids [B, S]; attention_mask [B, S] (None: no padding); labels [B, S] (None: no answers).
@@ -47,6 +47,8 @@ def token_streams(
         after = (labels != IGNORE_INDEX).long().cumsum(dim=1) > 0  # [B, S] at/after the first answer
         streams[real & ~image & after] = STREAM_ANSWER
     streams[real & image] = STREAM_IMAGE
+    text_only = ~image.any(dim=1)  # [B] a sample without an image is the plain LLM: no mixer, no PLoRA
+    streams[text_only] = STREAM_NONE
     return streams
 
 

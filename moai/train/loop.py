@@ -118,7 +118,7 @@ def _load_with_new_mixers(
         hf_logging.set_verbosity(previous)
         if bars:
             hf_logging.enable_progress_bar()
-    new = tuple(f"language_model.layers.{i}.self_attn.moai_mixer." for i in added)
+    new = tuple(f"model.language_model.layers.{i}.self_attn.moai_mixer." for i in added)
     missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
     if missing:
         raise ValueError(
