@@ -397,6 +397,14 @@ class MoAIPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     _supports_attention_backend = True
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: every init here goes through ``transformers.initialization``, which skips loaded weights, so
+        ``from_pretrained`` may run the library's normal init dispatch over missing keys. (For "custom code"
+        transformers skips modules without own parameters, e.g. CLIP's attention and MLP blocks, whose init
+        sets their children: a tower missing from a checkpoint came out N(0, 0.02) instead of CLIP's init.)"""
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' default init (normal linears and embeddings, unit norms), the compressor's latents

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerFast
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerFast
 
 from .configuration import CLIP_MEAN, CLIP_STD, MoAIConfig
 from .constants import IGNORE_INDEX, IMAGE_TOKEN, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
@@ -223,7 +223,9 @@ class MoAIProcessor:
         (path / "processor_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> MoAIProcessor:
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> MoAIProcessor:
+        """Load from a local directory (``save_pretrained``'s); also ``AutoProcessor.from_pretrained(path)``.
+        The keywords transformers' Auto classes add (``_from_auto``, ``trust_remote_code`` ...) are ignored."""
         path = Path(path)
         settings_file = path / "processor_config.json"
         if not settings_file.is_file():
@@ -459,3 +461,6 @@ class ProcessorSettings:
     image_mean: list[float]
     image_std: list[float]
     aux_map_mode: str
+
+
+AutoProcessor.register(MoAIConfig, MoAIProcessor)
