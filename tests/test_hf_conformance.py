@@ -204,3 +204,27 @@ def test_missing_weights_are_initialised_as_in_init(tmp_path):
             # the same random scheme: the spread agrees within sampling error (std of a std ~ 1/sqrt(2n))
             ratio = float(got.float().std() / want.float().std())
             assert abs(ratio - 1) < 6 / (2 * want.numel()) ** 0.5 + 0.05, (key, ratio)
+
+
+def test_static_cache_generation_compiles_fullgraph(batch2):
+    """`_can_compile_fullgraph`: decode steps have no data-dependent branch (aux dropped after prefill, image
+    checks skipped under compile), so static-cache generation compiles with ``fullgraph=True`` and matches."""
+    from transformers import CompileConfig
+
+    model = tiny_model()
+    assert model._can_compile_fullgraph
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = True  # transformers auto-compiles on accelerators only
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        dynamic = model.generate(**batch2, max_new_tokens=4, do_sample=False)
+        static = model.generate(
+            **batch2,
+            max_new_tokens=4,
+            do_sample=False,
+            cache_implementation="static",
+            compile_config=compile_config,
+        )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # it did compile, in one graph
+    assert torch.equal(static, dynamic)

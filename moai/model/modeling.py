@@ -394,7 +394,7 @@ class MoAIPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_sdpa = True
     _supports_flex_attn = False
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
     _supports_attention_backend = True
 
     @classmethod
@@ -510,11 +510,11 @@ class MoAIModel(MoAIPreTrainedModel):
         holds the images of the samples that have one, in batch order.
         """
         image_mask = input_ids == self.config.image_token_id  # [B, S]
-        n_tokens = image_mask.sum(dim=1)  # [B]
-        if not bool(n_tokens.any()):
+        if pixel_values is None:  # decode steps, text only (checked outside torch.compile: no data guards)
+            if not torch.compiler.is_compiling() and bool(image_mask.any()):
+                raise ValueError("input_ids contain <image> tokens but pixel_values is None")
             return embeds
-        if pixel_values is None:
-            raise ValueError("input_ids contain <image> tokens but pixel_values is None")
+        n_tokens = image_mask.sum(dim=1)  # [B]
         per_image = self.config.num_image_tokens
         with_image = int((n_tokens > 0).sum())
         if pixel_values.shape[0] != with_image or bool(((n_tokens != 0) & (n_tokens != per_image)).any()):
@@ -540,7 +540,14 @@ class MoAIModel(MoAIPreTrainedModel):
         compressor work, no aux input needed) when no token of this chunk enters a mixer: text-only inputs,
         tokens that continue a cache, a model without mixers."""
         layers = self.language_model.mixer_layers
-        if not layers or not bool((streams != STREAM_NONE).any()):
+        if not layers:
+            return None
+        if (
+            torch.compiler.is_compiling()
+        ):  # compiled decode steps: generate drops the aux inputs after prefill
+            if aux_input_ids is None and aux_embeds is None:
+                return None
+        elif not bool((streams != STREAM_NONE).any()):
             return None
         aux_mask = None
         if aux_embeds is None:
@@ -605,13 +612,17 @@ class MoAIModel(MoAIPreTrainedModel):
 
         # 4. the LLM decoder: MoAI-Mixers in their layers, PLoRA at image tokens
         image_mask = mm_token_type_ids == STREAM_IMAGE  # [B, S]
+        if torch.compiler.is_compiling():  # no data-dependent guard: image tokens come with their pixels
+            image_mask = image_mask if pixel_values is not None else None
+        elif not bool(image_mask.any()):
+            image_mask = None
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
-            image_mask=image_mask if bool(image_mask.any()) else None,
+            image_mask=image_mask,
             mixer_inputs=mixer_inputs,
             **kwargs,
         )
@@ -634,6 +645,10 @@ def stream_ids(
     if attention_mask is not None and attention_mask.shape[1] != input_ids.shape[1]:
         attention_mask = attention_mask[:, -input_ids.shape[1] :]
     return token_streams(input_ids, image_token_id, attention_mask, labels)
+
+
+AUX_INPUTS = ("aux_input_ids", "aux_attention_mask", "aux_pixel_values", "aux_embeds")
+"""The inputs that carry the auxiliary knowledge (the verbalized CV outputs and the panoptic map)."""
 
 
 class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
@@ -883,6 +898,15 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                 input_ids, None, self.config.image_token_id, kwargs.get("attention_mask"), None, past_length
             )
         return super().generate(input_ids=input_ids, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args: Any, is_first_iteration: bool = False, **kwargs: Any):
+        """transformers' step inputs, without the aux inputs after prefill (as it drops ``pixel_values``):
+        decode steps never reach the mixer, and a compiled decode step then needs no data-dependent check."""
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in AUX_INPUTS:
+                inputs.pop(key, None)
+        return inputs
 
     # -- vocabulary --------------------------------------------------------------------------------
     def resize_token_embeddings(
