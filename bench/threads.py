@@ -33,6 +33,7 @@ from moai import MoAIConfig, MoAIForConditionalGeneration
 torch.manual_seed(0)
 cfg = MoAIConfig.from_preset("tiny")
 model = MoAIForConditionalGeneration(cfg).train()
+model.set_trainable("moai")
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 b, s, n = 4, 96, cfg.num_image_tokens
 ids = torch.randint(3, 250, (b, s)); ids[:, 1 : 1 + n] = cfg.image_token_id

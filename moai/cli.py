@@ -113,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     with torch.device("meta"):
         model = MoAIForConditionalGeneration(config)
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = model.set_trainable("moai")  # the paper's recipe (what `moai train` trains by default)
     moai_names = set(model.moai_parameter_names())
     report = {
         "preset": args.preset,

@@ -168,7 +168,7 @@ def test_auto_processor_and_base_model(tmp_path, batch2):
     assert type(AutoModelForImageTextToText.from_config(model.config)) is MoAIForConditionalGeneration
     assert type(AutoModel.from_config(model.config)) is MoAIModel
     with torch.no_grad():
-        features = model.get_image_features(batch2["pixel_values"])
+        features = model.get_image_features(batch2["pixel_values"]).pooler_output
     assert features.shape == (2, model.config.num_image_tokens, model.config.text_config.hidden_size)
 
 
@@ -228,3 +228,70 @@ def test_static_cache_generation_compiles_fullgraph(batch2):
         )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # it did compile, in one graph
     assert torch.equal(static, dynamic)
+
+
+def test_image_inputs_without_their_tokens_and_tokens_without_images(batch2, processor):
+    """As llava: <image> tokens without pixel_values stay plain embeddings, images of samples without <image>
+    tokens are unused (a warning says so in both cases); a count that cannot be matched is an error."""
+    from moai.model import modeling
+
+    model = tiny_model()
+    modeling.logger.warning_once.cache_clear()
+    text_only = processor.tokenizer(["a plain question", "another one"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        # images of a batch whose text has no <image> token: not used
+        plain = model(input_ids=text_only.input_ids, attention_mask=text_only.attention_mask).logits
+        given = model(
+            input_ids=text_only.input_ids,
+            attention_mask=text_only.attention_mask,
+            pixel_values=batch2["pixel_values"],
+        ).logits
+        assert torch.equal(plain, given)
+        # one image per sample [B, ...] with one text-only sample == the compact form [n, ...]
+        ids = batch2["input_ids"].clone()
+        ids[1][ids[1] == model.config.image_token_id] = 5  # sample 1 loses its image
+        aux = {k: batch2[k] for k in ("aux_input_ids", "aux_attention_mask", "aux_pixel_values")}
+        per_sample = model(
+            input_ids=ids, attention_mask=batch2["attention_mask"], pixel_values=batch2["pixel_values"], **aux
+        )
+        compact = model(
+            input_ids=ids,
+            attention_mask=batch2["attention_mask"],
+            pixel_values=batch2["pixel_values"][:1],
+            **aux,
+        )
+        assert torch.equal(per_sample.logits, compact.logits)
+        # <image> tokens without pixel_values: the <image> row is embedded, nothing crashes
+        blind = model(input_ids=batch2["input_ids"], attention_mask=batch2["attention_mask"], **aux).logits
+        assert torch.isfinite(blind).all()
+        with pytest.raises(ValueError, match="does not match the images"):
+            model(
+                input_ids=ids,
+                attention_mask=batch2["attention_mask"],
+                pixel_values=batch2["pixel_values"][:1].repeat(3, 1, 1, 1),
+                **aux,
+            )
+        with pytest.raises(ValueError, match="aux_input_ids"):
+            model(
+                input_ids=batch2["input_ids"],
+                attention_mask=batch2["attention_mask"],
+                pixel_values=batch2["pixel_values"],
+            )
+
+
+def test_custom_4d_attention_mask(batch2):
+    """A 4-D mask (e.g. packed sequences) is passed through to attention; streams then ignore padding."""
+    model = tiny_model()
+    ids = batch2["input_ids"][:1]
+    keep = batch2["attention_mask"][:1].bool()[0]
+    ids = ids[:, keep]  # sample 0 without its padding
+    sample = {
+        k: batch2[k][:1] for k in ("pixel_values", "aux_input_ids", "aux_attention_mask", "aux_pixel_values")
+    }
+    seq = ids.shape[1]
+    causal = torch.tril(torch.ones(seq, seq, dtype=torch.bool))
+    mask4d = torch.zeros(1, 1, seq, seq).masked_fill(~causal, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        reference = model(input_ids=ids, **sample).logits
+        custom = model(input_ids=ids, attention_mask=mask4d, **sample).logits
+    torch.testing.assert_close(custom, reference, atol=1e-5, rtol=0)

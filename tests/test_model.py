@@ -168,8 +168,11 @@ def test_llm_parameter_keys_unchanged():
     assert extra and all(".plora_" in k or ".moai_mixer." in k for k in extra)
 
 
-def test_only_moai_modules_trainable_by_default():
+def test_moai_policy_trains_only_moai_modules():
     model = tiny_model()
+    # a new model trains everything, as any transformers model; the paper's recipe is the "moai" policy
+    assert all(p.requires_grad for p in model.parameters())
+    model.set_trainable("moai")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(model.moai_parameter_names())
     assert all(n.startswith("model.compressor.") or ".moai_mixer." in n for n in trainable)
@@ -180,7 +183,7 @@ def test_moai_7b_parameter_counts():
     with torch.device("meta"):
         model = MoAIForConditionalGeneration(MoAIConfig.from_preset("moai-7b"))
     assert sum(p.numel() for p in model.parameters()) == 8_868_637_720
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 201_793_560
+    assert model.set_trainable("moai") == 201_793_560
     assert model.get_input_embeddings().weight.shape == (92545, 4096)
     assert model.lm_head.weight.shape == (92544, 4096)
 

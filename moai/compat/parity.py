@@ -252,7 +252,9 @@ def run_parity(
             )
             with torch.no_grad():
                 emb = model.get_input_embeddings()(b["input_ids"])
-                emb = model.model.merge_image_features(b["input_ids"], emb, b["pixel_values"]).float().cpu()
+                emb = (
+                    model.model.merge_image_features(b["input_ids"], emb, b["pixel_values"])[0].float().cpu()
+                )
             want = expected[f"merged_inputs_embeds_{suffix}"]
             add(f"merged_inputs_embeds_{suffix}", _maxdiff(emb, want, b["attention_mask"].cpu()), LOGIT_TOL)
 

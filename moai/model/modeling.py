@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
@@ -48,9 +48,9 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .compressor import MoAICompressor
@@ -60,6 +60,8 @@ from .mixer import MixerInputs, MixerSettings, MoAIMixer
 from .plora import PLoRAFactor, PLoRALinear, plora_down
 from .processing import token_streams
 from .vision import MoAIProjector, MoAIVisionEncoder
+
+logger = logging.get_logger(__name__)
 
 PARAM_GROUPS = ("vision", "projector", "language_model", "plora", "mixers", "lm_head", "compressor", "lora")
 """Every parameter belongs to one group: a component of the model (its attribute name), or the group a
@@ -260,6 +262,8 @@ class MoAIModelOutputWithPast(BaseModelOutputWithPast):
 
     gate_weights: tuple[torch.Tensor, ...] | None = None
     """One [B, S, 3] tensor per mixer layer that ran, in layer order; None when no mixer ran."""
+    image_outputs: BaseModelOutputWithPooling | None = None
+    """The vision tower's output for the images (`MoAIModel.get_image_features`); None without images."""
 
 
 class MoAITextModel(LlamaPreTrainedModel):
@@ -313,7 +317,7 @@ class MoAITextModel(LlamaPreTrainedModel):
         use_cache: bool | None = None,
         image_mask: torch.Tensor | None = None,
         mixer_inputs: MixerInputs | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MoAIModelOutputWithPast:
         """inputs_embeds [B, S, D] (image features already written in) -> last hidden state [B, S, D].
 
@@ -380,6 +384,8 @@ class MoAIOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
     gate_weights: tuple[torch.Tensor, ...] | None = None
     """One [B, S, 3] tensor per mixer layer (see `MoAIMixer.forward`); None when the mixer did not run."""
+    image_outputs: BaseModelOutputWithPooling | None = None
+    """The vision tower's output for the images; ``pooler_output`` [n, N, D] holds the projected features."""
 
 
 class MoAIPreTrainedModel(PreTrainedModel):
@@ -458,15 +464,20 @@ class MoAIModel(MoAIPreTrainedModel):
         self.language_model.embed_tokens = value
 
     # -- inputs ----------------------------------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """pixel_values [B, 3, H, W] -> projected patch features [B, N, D] (vision tower -> projector)."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        """pixel_values [B, 3, H, W] -> the vision tower's output with ``pooler_output`` [B, N, D]: the projected
+        patch features, the tokens an image becomes (vision tower -> projector). ``output_hidden_states`` /
+        ``output_attentions`` / ``return_dict`` as for any transformers model."""
         expected = (self.config.vision_config.num_channels, self.config.image_size, self.config.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
                 f"(channels, height, width), got {tuple(pixel_values.shape)}"
             )
-        return self.projector(self.vision(pixel_values))
+        features, outputs = self.vision(pixel_values, **kwargs)  # [B, N, C]
+        outputs.pooler_output = self.projector(features)  # [B, N, D]
+        return outputs
 
     def build_aux_embeds(
         self,
@@ -496,35 +507,61 @@ class MoAIModel(MoAIPreTrainedModel):
                 raise ValueError(
                     f"aux_pixel_values has {aux_pixel_values.shape[0]} maps for {aux_input_ids.shape[0]} samples"
                 )
-            map_tokens = self.get_image_features(aux_pixel_values).to(parts[0].dtype)  # [B, N, D]
+            map_tokens = self.get_image_features(
+                aux_pixel_values, return_dict=True
+            ).pooler_output  # [B, N, D]
+            map_tokens = map_tokens.to(parts[0].dtype)
             parts.append(map_tokens)
             masks.append(masks[0].new_ones(map_tokens.shape[:2]))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
     def merge_image_features(
-        self, input_ids: torch.Tensor, embeds: torch.Tensor, pixel_values: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Write the projected image features over the <image> tokens of embeds [B, S, D].
+        self,
+        input_ids: torch.Tensor,
+        embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None]:
+        """Write the projected image features over the <image> tokens of embeds [B, S, D]; returns the new
+        embeds and the vision output (None when no image was encoded).
 
-        A sample has one image (N image tokens) or none (a text-only sample); ``pixel_values`` [n, 3, H, W]
-        holds the images of the samples that have one, in batch order.
+        A sample has one image (N image tokens) or none (a text-only sample); ``pixel_values`` holds the
+        images of the samples that have one, in batch order [n, 3, H, W], or one per sample [B, 3, H, W]. Images given for input_ids without
+        any ``<image>`` token are not used (a warning says so).
         """
         image_mask = input_ids == self.config.image_token_id  # [B, S]
         if pixel_values is None:  # decode steps, text only (checked outside torch.compile: no data guards)
             if not torch.compiler.is_compiling() and bool(image_mask.any()):
-                raise ValueError("input_ids contain <image> tokens but pixel_values is None")
-            return embeds
+                # as llava: the tokens stay plain embeddings (e.g. an assistant model in assisted decoding,
+                # which transformers runs without the images); the warning says the image is not seen
+                logger.warning_once(
+                    "input_ids contain <image> tokens but pixel_values is None: they are embedded as plain "
+                    "tokens and no image is seen"
+                )
+            return embeds, None
         n_tokens = image_mask.sum(dim=1)  # [B]
+        if not bool(n_tokens.any()):
+            logger.warning_once(
+                "pixel_values were given but input_ids have no <image> token: images not used"
+            )
+            return embeds, None
         per_image = self.config.num_image_tokens
-        with_image = int((n_tokens > 0).sum())
+        has_image = n_tokens > 0  # [B]
+        with_image = int(has_image.sum())
+        if pixel_values.shape[0] == input_ids.shape[0] != with_image:  # one image per sample, some unused
+            logger.warning_once(
+                "some samples have pixel_values but no <image> token: their images are not used"
+            )
+            pixel_values = pixel_values[has_image]
         if pixel_values.shape[0] != with_image or bool(((n_tokens != 0) & (n_tokens != per_image)).any()):
             raise ValueError(
                 f"number of <image> tokens does not match the images: a sample has one image ({per_image} "
                 f"image tokens after expansion) or none; got {n_tokens.tolist()} image tokens per sample "
                 f"for {pixel_values.shape[0]} images"
             )
-        features = self.get_image_features(pixel_values).to(embeds.dtype)  # [n, N, D]
-        return embeds.masked_scatter(image_mask[..., None], features)
+        image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        features = image_outputs.pooler_output.to(embeds.dtype)  # [n, N, D]
+        return embeds.masked_scatter(image_mask[..., None], features), image_outputs
 
     def _mixer_inputs(
         self,
@@ -575,7 +612,7 @@ class MoAIModel(MoAIPreTrainedModel):
         aux_embeds: torch.FloatTensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
         mixer_mode: str | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MoAIModelOutputWithPast:
         """Embeddings (image features over ``<image>``) -> aux -> MoAI-Compressor -> the LLM decoder with the
         MoAI-Mixers -> last hidden state [B, S, D]. Arguments as `MoAIForConditionalGeneration.forward`."""
@@ -590,9 +627,15 @@ class MoAIModel(MoAIPreTrainedModel):
             )
 
         # 1. word embeddings, with the image features (vision tower -> projector) over the <image> tokens
+        image_outputs = None
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, S, D]
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
+            vision_kwargs = {
+                k: v for k, v in kwargs.items() if k in ("output_hidden_states", "output_attentions")
+            }
+            inputs_embeds, image_outputs = self.merge_image_features(
+                input_ids, inputs_embeds, pixel_values, **vision_kwargs
+            )
 
         # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values
         mixer_inputs = self._mixer_inputs(
@@ -606,7 +649,8 @@ class MoAIModel(MoAIPreTrainedModel):
         )
 
         # 3. RoPE positions: from the mask (left padding) unless official (0..S-1, docs/model.md §8)
-        if position_ids is None and self.config.position_ids_from_mask and attention_mask is not None:
+        padding_mask = attention_mask is not None and attention_mask.ndim == 2  # not a custom 4-D mask
+        if position_ids is None and self.config.position_ids_from_mask and padding_mask:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, past + S]
             position_ids = positions[:, -inputs_embeds.shape[1] :]  # [B, S]
 
@@ -616,7 +660,7 @@ class MoAIModel(MoAIPreTrainedModel):
             image_mask = image_mask if pixel_values is not None else None
         elif not bool(image_mask.any()):
             image_mask = None
-        return self.language_model(
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -626,6 +670,8 @@ class MoAIModel(MoAIPreTrainedModel):
             mixer_inputs=mixer_inputs,
             **kwargs,
         )
+        outputs.image_outputs = image_outputs
+        return outputs
 
 
 def stream_ids(
@@ -642,6 +688,8 @@ def stream_ids(
     if input_ids is None or past_length > 0:
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
         return torch.full(ref.shape[:2], STREAM_NONE, dtype=torch.long, device=ref.device)
+    if attention_mask is not None and attention_mask.ndim != 2:  # a custom 4-D mask: no padding information
+        attention_mask = None
     if attention_mask is not None and attention_mask.shape[1] != input_ids.shape[1]:
         attention_mask = attention_mask[:, -input_ids.shape[1] :]
     return token_streams(input_ids, image_token_id, attention_mask, labels)
@@ -662,7 +710,6 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         self.model = MoAIModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
-        self.set_trainable("moai")
 
     # -- components and accessors ------------------------------------------------------------------
     @property
@@ -698,13 +745,14 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """pixel_values [B, 3, H, W] -> projected patch features [B, N, D] (the tokens an image becomes)."""
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        """`MoAIModel.get_image_features`: the vision output, ``pooler_output`` [B, N, D] the image's tokens."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Alias of `get_image_features`."""
-        return self.model.get_image_features(pixel_values)
+        """pixel_values [B, 3, H, W] -> the projected patch features [B, N, D] (`get_image_features`'s
+        ``pooler_output``)."""
+        return self.model.get_image_features(pixel_values, return_dict=True).pooler_output
 
     def build_aux_embeds(
         self,
@@ -818,7 +866,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         aux_embeds: torch.FloatTensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
         mixer_mode: str | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MoAIOutput:
         """Run MoAI on a (left-padded) batch: `MoAIModel`, then the LM head (and the loss with ``labels``).
 
@@ -881,6 +929,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             gate_weights=outputs.gate_weights,
+            image_outputs=outputs.image_outputs,
         )
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any):
@@ -899,10 +948,27 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
             )
         return super().generate(input_ids=input_ids, **kwargs)
 
-    def prepare_inputs_for_generation(self, *args: Any, is_first_iteration: bool = False, **kwargs: Any):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """transformers' step inputs, without the aux inputs after prefill (as it drops ``pixel_values``):
         decode steps never reach the mixer, and a compiled decode step then needs no data-dependent check."""
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in AUX_INPUTS:
                 inputs.pop(key, None)
@@ -940,7 +1006,6 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         self.lm_head = self._get_resized_lm_head(self.lm_head, new_num_tokens, mean_resizing=mean_resizing)
         self.config.text_config.vocab_size = new_num_tokens
         self.language_model.vocab_size = new_num_tokens
-        self.set_trainable("moai")  # new tensors: back to the default trainable set
         return new_embed
 
 

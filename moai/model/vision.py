@@ -5,12 +5,15 @@ Shapes: B batch, N image patch tokens (CLS dropped), C vision width, D LLM hidde
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, CLIPVisionConfig, CLIPVisionModel
 from transformers.activations import ACT2FN
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 OFFICIAL_CLIP_ATTENTION = "moai_clip_official"
 
@@ -91,13 +94,23 @@ class MoAIVisionEncoder(nn.Module):
             state_dict[key] = interpolate_position_table(table, new_grid, fp16_roundtrip=fp16_roundtrip)
         self.tower.load_state_dict(state_dict, strict=True)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, **kwargs: Any
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """pixel_values [B, 3, H, W] -> (patch features [B, N, C] of ``feature_layer``, CLS dropped; the tower's
+        output, with ``hidden_states`` / ``attentions`` when ``output_hidden_states`` / ``output_attentions``)."""
         pixel_values = pixel_values.to(dtype=self.tower.embeddings.patch_embedding.weight.dtype)
+        asked = bool(kwargs.get("output_hidden_states"))
+        if self.feature_layer != -1:
+            kwargs["output_hidden_states"] = True
+        out = self.tower(pixel_values, return_dict=True, **kwargs)
         if self.feature_layer == -1:
-            hidden = self.tower(pixel_values).last_hidden_state  # [B, 1 + N, C], pre post-layernorm
+            hidden = out.last_hidden_state  # [B, 1 + N, C], pre post-layernorm
         else:
-            hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states[self.feature_layer]
-        return hidden[:, 1:]  # [B, N, C], CLS dropped
+            hidden = out.hidden_states[self.feature_layer]
+            if not asked:
+                out.hidden_states = None
+        return hidden[:, 1:], out  # [B, N, C], CLS dropped
 
 
 class MoAIProjector(nn.Sequential):
