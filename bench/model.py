@@ -324,7 +324,7 @@ class ComponentTimer:
         self._start: list[float] = []
         self.handles = []
         named: list[tuple[str, torch.nn.Module]] = [
-            ("vision", model.vision),
+            ("vision", model.vision_tower),
             ("projector", model.projector),
             ("compressor", model.compressor),
         ]

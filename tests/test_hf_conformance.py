@@ -118,12 +118,18 @@ def test_resize_keeps_image_an_input_only_row(batch2, processor):
     assert (out.logits[..., image_id] == torch.finfo(out.logits.dtype).min).all()
     assert not (generated[:, batch2["input_ids"].shape[1] :] == image_id).any()
 
-    # below the <image> id: the row moves to the end and the config follows
+    # below the <image> id: the last row becomes <image>, the rows that stay keep their values
+    before = model.get_input_embeddings().weight.detach().clone()
     small = vocab - 10
     model.resize_token_embeddings(small)
     assert model.get_input_embeddings().weight.shape[0] == small + 1 and model.lm_head.out_features == small
     assert model.config.image_token_id == small
-    assert torch.equal(model.get_input_embeddings().weight[small], image_row)
+    assert torch.equal(model.get_input_embeddings().weight, before[: small + 1])
+    ids = batch2["input_ids"].clamp(max=small - 1).masked_fill(batch2["input_ids"] == image_id, small)
+    aux_ids = batch2["aux_input_ids"].clamp(max=small - 1)  # the text must fit the smaller vocabulary
+    with torch.no_grad():
+        logits = model(**{**batch2, "input_ids": ids, "aux_input_ids": aux_ids}).logits
+    assert logits.shape[-1] == small and torch.isfinite(logits).all()
 
 
 def test_text_only_input_is_the_plain_llm():
@@ -190,7 +196,7 @@ def test_missing_weights_are_initialised_as_in_init(tmp_path):
     fresh = MoAIForConditionalGeneration(MoAIConfig.from_preset("tiny"))
     fresh.save_pretrained(tmp_path)
     weights = load_file(str(tmp_path / "model.safetensors"))
-    dropped = [k for k in weights if k.startswith("model.vision.") or ".moai_mixer." in k]
+    dropped = [k for k in weights if k.startswith("model.vision_tower.") or ".moai_mixer." in k]
     save_file({k: v for k, v in weights.items() if k not in dropped}, str(tmp_path / "model.safetensors"))
     loaded = MoAIForConditionalGeneration.from_pretrained(tmp_path)
     params = dict(loaded.named_parameters())
@@ -264,6 +270,13 @@ def test_image_inputs_without_their_tokens_and_tokens_without_images(batch2, pro
         # <image> tokens without pixel_values: the <image> row is embedded, nothing crashes
         blind = model(input_ids=batch2["input_ids"], attention_mask=batch2["attention_mask"], **aux).logits
         assert torch.isfinite(blind).all()
+        # ... and without the aux inputs either: the plain LLM (an assistant model in assisted decoding)
+        other = copy.deepcopy(model)
+        for name, param in other.named_parameters():
+            if ".moai_mixer." in name or "plora" in name:
+                param.normal_()
+        text = {"input_ids": batch2["input_ids"], "attention_mask": batch2["attention_mask"]}
+        assert torch.equal(model(**text).logits, other(**text).logits)
         with pytest.raises(ValueError, match="does not match the images"):
             model(
                 input_ids=ids,

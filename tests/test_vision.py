@@ -3,9 +3,9 @@
 import torch
 from conftest import FIXTURES
 from safetensors.torch import load_file
-from transformers import CLIPVisionConfig
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from moai.model.vision import MoAIVisionEncoder, interpolate_position_table
+from moai.model.vision import interpolate_position_table, load_clip_weights
 
 
 def test_interpolation_matches_official_table():
@@ -28,12 +28,12 @@ def test_load_pretrained_tower_interpolates_once_and_stores_a_parameter():
         patch_size=14,
     )
     big = CLIPVisionConfig(**{**small.to_dict(), "image_size": 84})
-    source = MoAIVisionEncoder(small).tower.state_dict()
-    encoder = MoAIVisionEncoder(big)
-    encoder.load_pretrained_tower(source)
-    table = encoder.tower.embeddings.position_embedding.weight
+    source = CLIPVisionModel(small).state_dict()
+    tower = CLIPVisionModel(big)
+    load_clip_weights(tower, source)
+    table = tower.embeddings.position_embedding.weight
     assert isinstance(table, torch.nn.Parameter) and table.shape == (37, 32)
     torch.testing.assert_close(
         table, interpolate_position_table(source["embeddings.position_embedding.weight"], 6)
     )
-    assert encoder(torch.zeros(2, 3, 84, 84)).shape == (2, 36, 32)
+    assert tower(torch.zeros(2, 3, 84, 84)).last_hidden_state.shape == (2, 37, 32)

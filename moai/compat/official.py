@@ -15,7 +15,7 @@ Key map (official -> ours; every target but ``lm_head`` is under ``model.``, the
     model.layers.N.attention.moai_{CA,SA}_*    -> ...self_attn.moai_mixer.{img_aux,...}.{q,k,v,o}_proj.{0,1}
     model.layers.N.attention.moai_GA_{img,lang}-> ...self_attn.moai_mixer.gate_{img,lang}
     model.norm / output                        -> language_model.norm / lm_head
-    vit.vision_tower.vision_model.*            -> vision.tower.*
+    vit.vision_tower.vision_model.*            -> vision_tower.*
     vision_proj.{0,2}                          -> projector.{0,2}
     moai_compressor.layers.i.0.* / .1.{0,1,3}  -> compressor.layers.i.attn.* / .ff.{norm,fc1,fc2}
 """
@@ -179,7 +179,7 @@ def _map_base_key(key: str) -> list[str] | None:
     if key == "model.norm.weight":
         return ["language_model.norm.weight"]
     if key.startswith("vit.vision_tower.vision_model."):
-        return ["vision.tower." + key.removeprefix("vit.vision_tower.vision_model.")]
+        return ["vision_tower." + key.removeprefix("vit.vision_tower.vision_model.")]
     if m := re.fullmatch(r"vision_proj\.(0|2)\.(weight|bias)", key):
         return [f"projector.{m[1]}.{m[2]}"]
     if key in ("moai_compressor.latents",):

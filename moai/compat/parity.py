@@ -87,7 +87,7 @@ class _Capture:
         self.handles = []
         self.forced = forced_gates
         add = self.handles.append
-        add(model.vision.register_forward_hook(self._keep("vit_features", first_only=True)))
+        add(model.projector.register_forward_hook(self._keep_input("vit_features", first_only=True)))
         add(model.projector.register_forward_hook(self._keep("image_features", first_only=True)))
         add(model.compressor.register_forward_hook(self._keep("compressed_aux")))
         for i, layer in enumerate(model.language_model.layers):
@@ -106,6 +106,14 @@ class _Capture:
                 return  # the vision tower also encodes the panoptic map when aux comes from raw inputs
             out = output[0] if isinstance(output, tuple) else output
             self.values[name] = out.detach().clone()
+
+        return hook
+
+    def _keep_input(self, name: str, first_only: bool = False):
+        def hook(module, args, output):
+            if first_only and name in self.values:
+                return
+            self.values[name] = args[0].detach().clone()  # what the module received
 
         return hook
 

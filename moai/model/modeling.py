@@ -29,6 +29,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
+    CLIPVisionModel,
     GenerationMixin,
     LlamaConfig,
     PreTrainedModel,
@@ -59,7 +60,7 @@ from .constants import IGNORE_INDEX, STREAM_IMAGE, STREAM_NONE
 from .mixer import MixerInputs, MixerSettings, MoAIMixer
 from .plora import PLoRAFactor, PLoRALinear, plora_down
 from .processing import token_streams
-from .vision import MoAIProjector, MoAIVisionEncoder
+from .vision import MoAIProjector, select_patch_features
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +68,9 @@ PARAM_GROUPS = ("vision", "projector", "language_model", "plora", "mixers", "lm_
 """Every parameter belongs to one group: a component of the model (its attribute name), or the group a
 module declares for itself (``param_group``: MoAI-Compressor, MoAI-Mixer, PLoRA factors), or ``lora``
 for the adapters peft injects (its tuner layers name them in ``adapter_layer_names``)."""
+
+COMPONENT_GROUPS = {"vision_tower": "vision"}
+"""Group names of the components whose attribute name differs (the CLIP tower is the ``vision`` group)."""
 
 TRAINABLE_POLICIES: dict[str, tuple[str, ...]] = {
     "moai": ("compressor", "mixers"),
@@ -445,7 +449,10 @@ class MoAIModel(MoAIPreTrainedModel):
         text, dim = config.text_config, config.text_config.hidden_size
         if config.vision_attn_implementation is not None:
             config.vision_config._attn_implementation = config.vision_attn_implementation
-        self.vision = MoAIVisionEncoder(config.vision_config, config.vision_feature_layer)
+        self.vision_tower = CLIPVisionModel(config.vision_config)  # built at the target image size
+        # MoAI reads patch features before CLIP's post-layernorm and never its pooled output: the norm is
+        # unused, so it never trains (kept for the checkpoint layout; `set_trainable("all")` still lists it)
+        self.vision_tower.post_layernorm.requires_grad_(False)
         self.projector = MoAIProjector(config.vision_config.hidden_size, dim, config.projector_hidden_act)
         self.language_model = MoAITextModel(
             text,
@@ -475,7 +482,15 @@ class MoAIModel(MoAIPreTrainedModel):
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
                 f"(channels, height, width), got {tuple(pixel_values.shape)}"
             )
-        features, outputs = self.vision(pixel_values, **kwargs)  # [B, N, C]
+        pixel_values = pixel_values.to(self.vision_tower.embeddings.patch_embedding.weight.dtype)
+        layer = self.config.vision_feature_layer
+        asked = bool(kwargs.get("output_hidden_states"))
+        if layer != -1:
+            kwargs["output_hidden_states"] = True
+        outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        features = select_patch_features(outputs, layer)  # [B, N, C]
+        if layer != -1 and not asked:
+            outputs.hidden_states = None
         outputs.pooler_output = self.projector(features)  # [B, N, D]
         return outputs
 
@@ -626,6 +641,16 @@ class MoAIModel(MoAIPreTrainedModel):
                 input_ids, inputs_embeds, self.config.image_token_id, attention_mask, None, past_length
             )
 
+        if pixel_values is None and aux_input_ids is None and aux_embeds is None:
+            # neither an image nor aux knowledge: the plain LLM (decode steps, a continued cache, text only,
+            # or <image> tokens without their inputs, as an assistant model in assisted decoding sees them)
+            if not torch.compiler.is_compiling() and bool((mm_token_type_ids != STREAM_NONE).any()):
+                logger.warning_once(
+                    "<image> tokens without pixel_values nor aux inputs: they run as plain tokens (no image, "
+                    "no mixer, no PLoRA)"
+                )
+            mm_token_type_ids = torch.zeros_like(mm_token_type_ids)
+
         # 1. word embeddings, with the image features (vision tower -> projector) over the <image> tokens
         image_outputs = None
         if inputs_embeds is None:
@@ -713,8 +738,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
 
     # -- components and accessors ------------------------------------------------------------------
     @property
-    def vision(self) -> MoAIVisionEncoder:
-        return self.model.vision
+    def vision_tower(self) -> CLIPVisionModel:
+        return self.model.vision_tower
 
     @property
     def projector(self) -> MoAIProjector:
@@ -806,7 +831,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, child in self.model.named_children():
-            _group_parameters(child, name, f"model.{name}.", groups)
+            _group_parameters(child, COMPONENT_GROUPS.get(name, name), f"model.{name}.", groups)
         _group_parameters(self.lm_head, "lm_head", "lm_head.", groups)
         unknown = sorted(set(groups) - set(PARAM_GROUPS))
         if unknown:
@@ -987,20 +1012,17 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         more, as in MoAI-7B (92,545 rows in, 92,544 out): ``<image>`` stays an input-only token. It keeps
         its id and row while the id fits (tokens added after it to a tokenizer keep their ids); when the id
         falls inside the new vocabulary its logit is masked to the dtype's minimum, so the head never
-        produces it; shrinking below the id moves the ``<image>`` row to the last row and sets
-        ``config.image_token_id`` to it (docs/model.md §3). New rows are initialised as transformers does.
+        produces it; shrinking below the id makes the last row ``<image>`` (``config.image_token_id``; the
+        row's values never matter with an image, whose features replace it). Rows that stay keep their
+        values and new rows are initialised as transformers does (docs/model.md §12).
         """
         embed = self.get_input_embeddings()
         if new_num_tokens is None:
             return embed
         if pad_to_multiple_of is not None:
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
-        image_id = self.config.image_token_id
-        image_row = embed.weight[image_id].detach().clone()
         new_embed = self._get_resized_embeddings(embed, new_num_tokens + 1, mean_resizing=mean_resizing)
-        if image_id > new_num_tokens:
-            with torch.no_grad():
-                new_embed.weight[new_num_tokens] = image_row
+        if self.config.image_token_id > new_num_tokens:  # its row is gone: the last row becomes <image>
             self.config.image_token_id = new_num_tokens
         self.set_input_embeddings(new_embed)
         self.lm_head = self._get_resized_lm_head(self.lm_head, new_num_tokens, mean_resizing=mean_resizing)

@@ -5,12 +5,10 @@ Shapes: B batch, N image patch tokens (CLS dropped), C vision width, D LLM hidde
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface, CLIPVisionConfig, CLIPVisionModel
+from transformers import AttentionInterface, CLIPVisionModel
 from transformers.activations import ACT2FN
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -69,48 +67,30 @@ def interpolate_position_table(
     return torch.cat([cls_row.float(), patch_rows], dim=0).to(table.dtype)
 
 
-class MoAIVisionEncoder(nn.Module):
-    """CLIP vision tower built at the target image size; returns patch features of one hidden layer.
+def load_clip_weights(
+    tower: CLIPVisionModel, state_dict: dict[str, torch.Tensor], *, fp16_roundtrip: bool = True
+) -> None:
+    """Load CLIP weights trained at another resolution into ``tower``, interpolating the position table once
+    (`interpolate_position_table`), as the official tower does when it is built (docs/model.md §2)."""
+    state_dict = dict(state_dict)
+    key = "embeddings.position_embedding.weight"
+    table = state_dict[key]
+    target = tower.embeddings.position_embedding.weight
+    if table.shape != target.shape:
+        new_grid = int(round((target.shape[0] - 1) ** 0.5))
+        state_dict[key] = interpolate_position_table(table, new_grid, fp16_roundtrip=fp16_roundtrip)
+    tower.load_state_dict(state_dict, strict=True)
 
-    The official MoAI-7B reads ``hidden_states[-1]`` (the last encoder layer, *before* CLIP's
-    post-layernorm) and drops CLS (docs/model.md §2).
+
+def select_patch_features(outputs: BaseModelOutputWithPooling, feature_layer: int) -> torch.Tensor:
+    """The patch features MoAI reads from the CLIP tower's output: [B, N, C], CLS dropped.
+
+    ``feature_layer`` -1 is ``last_hidden_state``: the last encoder layer *before* CLIP's post-layernorm
+    (what the official MoAI-7B reads as ``hidden_states[-1]``); another index selects ``hidden_states[i]``
+    (the tower must then be run with ``output_hidden_states=True``).
     """
-
-    def __init__(self, config: CLIPVisionConfig, feature_layer: int = -1) -> None:
-        super().__init__()
-        self.feature_layer = feature_layer
-        self.tower = CLIPVisionModel(config)
-
-    def load_pretrained_tower(
-        self, state_dict: dict[str, torch.Tensor], *, fp16_roundtrip: bool = True
-    ) -> None:
-        """Load CLIP weights trained at another resolution, interpolating the position table once."""
-        state_dict = dict(state_dict)
-        key = "embeddings.position_embedding.weight"
-        table = state_dict[key]
-        target = self.tower.embeddings.position_embedding.weight
-        if table.shape != target.shape:
-            new_grid = int(round((target.shape[0] - 1) ** 0.5))
-            state_dict[key] = interpolate_position_table(table, new_grid, fp16_roundtrip=fp16_roundtrip)
-        self.tower.load_state_dict(state_dict, strict=True)
-
-    def forward(
-        self, pixel_values: torch.Tensor, **kwargs: Any
-    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
-        """pixel_values [B, 3, H, W] -> (patch features [B, N, C] of ``feature_layer``, CLS dropped; the tower's
-        output, with ``hidden_states`` / ``attentions`` when ``output_hidden_states`` / ``output_attentions``)."""
-        pixel_values = pixel_values.to(dtype=self.tower.embeddings.patch_embedding.weight.dtype)
-        asked = bool(kwargs.get("output_hidden_states"))
-        if self.feature_layer != -1:
-            kwargs["output_hidden_states"] = True
-        out = self.tower(pixel_values, return_dict=True, **kwargs)
-        if self.feature_layer == -1:
-            hidden = out.last_hidden_state  # [B, 1 + N, C], pre post-layernorm
-        else:
-            hidden = out.hidden_states[self.feature_layer]
-            if not asked:
-                out.hidden_states = None
-        return hidden[:, 1:], out  # [B, N, C], CLS dropped
+    hidden = outputs.last_hidden_state if feature_layer == -1 else outputs.hidden_states[feature_layer]
+    return hidden[:, 1:]  # [B, N, C]
 
 
 class MoAIProjector(nn.Sequential):
