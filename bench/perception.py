@@ -39,7 +39,7 @@ from moai.perception import Perceiver, PerceptionConfig, build_backend
 from moai.perception.registry import package_version
 from moai.perception.tiny import save_tiny_mask2former, save_tiny_owlv2
 from moai.perception.types import Detection, Segment
-from moai.verbalize.official import owlv2_queries
+from moai.perception.vocab import owlv2_queries
 
 RESULTS = Path(__file__).resolve().parent / "results" / "perception.json"
 CANVAS = 490

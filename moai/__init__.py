@@ -5,6 +5,10 @@ the *processor* encodes image + question + aux text into tensors; the *compresso
 condenses aux embeddings into a few tokens; the *mixer* (MoAI-Mixer) fuses them into the LLM through
 six attention experts chosen by two gates; *PLoRA* adds low-rank deltas at image tokens only.
 
+Layers (docs/architecture.md; imports run one way, downwards): ``moai.io`` / ``moai.args`` (reading JSON and
+images, argparse types) <- ``moai.model`` <- ``moai.verbalize`` <- ``moai.perception`` <- ``moai.compat``,
+``moai.train``, ``moai.demo`` <- ``moai.cli``.
+
 The model classes are imported lazily, so that ``moai.verbalize`` and the CLI start without torch.
 """
 

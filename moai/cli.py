@@ -14,8 +14,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+
+from . import __version__
+from .args import positive_int, seed_int
+from .compat.cli import register as register_compat
+from .perception.cli import register as register_perceive
+from .train.cli import register as register_train
 
 #: Exit codes: a bad input or usage (as argparse), a bug, Ctrl-C (128 + SIGINT).
 EXIT_BAD_INPUT = 2
@@ -25,85 +30,10 @@ EXIT_INTERRUPTED = 130
 TRACEBACK_ENV = "MOAI_TRACEBACK"
 
 
-# -- argument types (a bad value is argparse's one-line usage error, exit code 2) -------------------------------
-def positive_int(text: str) -> int:
-    """An integer >= 1 (``--max-new-tokens``, ``--batch-size``, ...)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    """A random seed: an integer in 0 .. 2**63 - 1 (what ``torch.manual_seed`` accepts on every platform)."""
-    value = _int(text)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0 .. 2**63 - 1, got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def torch_device(text: str) -> str:
-    """A torch device string that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise argparse.ArgumentTypeError(
-            f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0, mps)"
-        ) from None
-    if device.type in ("cpu", "meta"):
-        if device.type == "meta":
-            raise argparse.ArgumentTypeError("the meta device holds no data; use cpu or an accelerator")
-        return text
-    backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
-    available = getattr(backend, "is_available", None)
-    if available is None or not available():
-        raise argparse.ArgumentTypeError(
-            f"device {text!r}: no {device.type} device on this machine (torch {torch.__version__})"
-        )
-    count = getattr(backend, "device_count", lambda: 1)()
-    if device.index is not None and device.index >= count:
-        raise argparse.ArgumentTypeError(
-            f"device {text!r}: this machine has {count} {device.type} device(s), indices 0..{count - 1}"
-        )
-    return text
-
-
-def torch_device_or_auto(text: str) -> str:
-    """``auto`` (CUDA when available, else CPU) or a `torch_device`."""
-    return text if text == "auto" else torch_device(text)
-
-
-# -- reading inputs (errors name the file and the reason) ------------------------------------------------------
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file, or ``ValueError("PATH: not valid JSON (...; expected WHAT)")``; ``OSError`` if unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file (expected {what})") from None
-    if not text.strip():
-        raise ValueError(f"{path}: empty file (expected {what})")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; expected {what})"
-        ) from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply (expected {what})") from None
-
-
 # -- subcommands ------------------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameter counts of a preset, built on the meta device (no memory)."""
+    # heavy: torch, transformers (imported when the command runs, not at CLI start-up)
     import torch
 
     from .model.configuration import MoAIConfig
@@ -139,16 +69,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Image + question -> processor -> generate, on the embedded default (the random tiny preset for now)."""
-    from .demo import run_demo
+    from .demo import run_demo  # heavy: torch, transformers (imported when the command runs)
 
     return run_demo(seed=args.seed, max_new_tokens=args.max_new_tokens)
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
     try:
         return version("moai-vlm")
     except PackageNotFoundError:
@@ -200,29 +126,11 @@ def walk_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 yield from walk_parsers(child)
 
 
-def _register_compat(sub: argparse._SubParsersAction) -> None:
-    from .compat.cli import register
-
-    register(sub)
-
-
-def _register_train(sub: argparse._SubParsersAction) -> None:
-    from .train.cli import register
-
-    register(sub)
-
-
-def _register_perceive(sub: argparse._SubParsersAction) -> None:
-    from .perception.cli import register
-
-    register(sub)
-
-
 # subcommand groups of other modules: each takes the subparsers object
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_train,
-    _register_compat,
-    _register_perceive,
+    register_train,
+    register_compat,
+    register_perceive,
 ]
 
 

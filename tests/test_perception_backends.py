@@ -14,7 +14,8 @@ from moai.perception.scene_graph import geometric_predicates, geometric_relation
 from moai.perception.tiny import save_tiny_mask2former, save_tiny_owlv2
 from moai.perception.types import Detection, Segment, mask_box
 from moai.perception.verbalize import official_parts
-from moai.verbalize.official import coco_panoptic_classes, owlv2_queries, strip_label_suffixes
+from moai.perception.vocab import coco_panoptic_classes, owlv2_queries
+from moai.verbalize.official import strip_label_suffixes
 
 CANVAS = 490
 

@@ -33,7 +33,7 @@ from moai.perception import (
     verbalize_perception,
 )
 from moai.perception.cache import config_versions
-from moai.verbalize.official import owlv2_queries
+from moai.perception.vocab import owlv2_queries
 
 REPO = Path(__file__).resolve().parent.parent
 OCR_TEXT = "日本語 テキスト"

@@ -20,15 +20,16 @@ from moai.perception import (
 )
 from moai.perception.scene_graph import scene_graph_from_psgtr
 from moai.perception.verbalize import official_parts
-from moai.verbalize.colormap import corrected_panoptic_map, official_panoptic_map
-from moai.verbalize.official import coco_panoptic_classes, owlv2_queries, psg_predicates
-from moai.verbalize.v2 import (
+from moai.perception.verbalize_v2 import (
     V2Options,
     v2_objects,
     verbalize_objects_v2,
     verbalize_relations_v2,
     verbalize_v2,
 )
+from moai.perception.vocab import coco_panoptic_classes, owlv2_queries
+from moai.verbalize.colormap import corrected_panoptic_map, official_panoptic_map
+from moai.verbalize.official import psg_predicates
 
 GOLDEN = [json.loads(line) for line in (FIXTURES / "verbalize_public.jsonl").read_text().splitlines() if line]
 

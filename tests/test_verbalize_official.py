@@ -316,7 +316,9 @@ def test_colormap_matches_fixture() -> None:
 
 
 def test_shipped_colormap_matches_algorithm() -> None:
-    shipped = Path(__file__).resolve().parent.parent / "moai" / "data" / "pascal_colormap_134.json"
+    shipped = (
+        Path(__file__).resolve().parent.parent / "moai" / "verbalize" / "data" / "pascal_colormap_134.json"
+    )
     data = json.loads(shipped.read_text(encoding="utf-8"))
     np.testing.assert_array_equal(pascal_colormap(), np.array(data["colormap_uint8"], dtype=np.uint8))
 

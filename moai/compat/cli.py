@@ -11,14 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..cli import read_json, torch_device
+from ..args import torch_device
+from ..io import read_json
+from .verbalize_golden import run_file
 
 #: The files of a parity fixture directory (tests/fixtures/README.md).
 FIXTURE_TENSORS = ("state_dict.safetensors", "inputs.safetensors", "expected.safetensors")
 
 
+# The commands import .official, .parity and the model when they run: they load torch and transformers
+# (seconds), which `moai --help` and the other subcommands should not wait for.
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .official import convert_checkpoint
+    from .official import convert_checkpoint  # heavy: torch, transformers
 
     convert_checkpoint(args.src, args.out, gate_dtype=args.gate_dtype)
     return 0
@@ -52,6 +58,7 @@ def key_shapes(listing: Any, path: Path) -> Iterator[tuple[str, tuple[int, ...]]
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """Check that the converter maps every official MoAI-7B key onto the ``moai-7b`` preset (meta device)."""
+    # heavy: torch, transformers
     from ..model.configuration import MoAIConfig
     from .official import check_official_keys
 
@@ -68,6 +75,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Official-mode parity; the fixture's files are checked (present, JSON, safetensors) before it runs."""
+    # heavy: torch, transformers
     from .official import check_safetensors
     from .parity import run_parity
 
@@ -83,8 +91,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_verbalize(args: argparse.Namespace) -> int:
-    from .verbalize_golden import run_file
-
     return run_file(args.file, selection=args.selection)
 
 

@@ -34,8 +34,10 @@ from typing import Any
 
 import torch
 
-from ..cli import read_json
+from ..io import read_json
 from ..model.configuration import MoAIConfig, official_overrides
+from ..model.modeling import MoAIForConditionalGeneration
+from .tokenizer import check_tokenizer_file, save_official_processor
 
 EXPERTS = {
     "moai_CA_img_aux": "img_aux",
@@ -311,8 +313,6 @@ def check_safetensors(path: Path) -> None:
 # -- streaming conversion -------------------------------------------------------------------------
 def expected_keys(config: MoAIConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of the target model, built on the meta device."""
-    from ..model.modeling import MoAIForConditionalGeneration
-
     with torch.device("meta"):
         model = MoAIForConditionalGeneration(config)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
@@ -411,8 +411,6 @@ def convert_checkpoint(
     for shard in shards:  # every input checked before anything is written
         check_safetensors(shard)
     if (src / "tokenizer.model").is_file():
-        from .tokenizer import check_tokenizer_file
-
         check_tokenizer_file(src / "tokenizer.model")
     expected = expected_keys(config)
     seen: dict[str, str] = {}
@@ -449,8 +447,6 @@ def _copy_tokenizer(src: Path, out: Path, config: MoAIConfig, log: Callable[[str
     if not (src / "tokenizer.model").is_file():
         log("no tokenizer.model in the source: tokenizer not converted (load your own with MoAIProcessor)")
         return
-    from .tokenizer import save_official_processor
-
     save_official_processor(src, out, config, log)
 
 

@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from moai.verbalize.official import (
+from ..perception.vocab import coco_panoptic_classes, owlv2_queries
+from ..verbalize.official import (
     DEFAULT_SELECTION,
     SELECTION_INTROSELECT,
     SELECTION_NUMPY,
-    coco_panoptic_classes,
     join_aux,
-    owlv2_queries,
     psg_predicates,
     verbalize_detections,
     verbalize_ocr,

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerFast
 
+from ..io import load_image
 from .configuration import CLIP_MEAN, CLIP_STD, MoAIConfig
 from .constants import IGNORE_INDEX, IMAGE_TOKEN, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE, STREAM_PROMPT
 
@@ -287,15 +288,17 @@ class MoAIProcessor:
         return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
 
     # -- images ----------------------------------------------------------------------------------
-    def _to_rgb_array(self, image: Any, what: str) -> np.ndarray:
+    def _to_rgb(self, image: Any, what: str) -> Image.Image:
+        """An accepted image as RGB through ``moai.io.load_image`` (EXIF orientation, mode conversion and the
+        decompression-bomb guard, as perception and the training data load it; docs/architecture.md).
+
+        Accepted: a path, a PIL image (any mode), or an (H, W), (H, W, 1) or (H, W, 3) array or tensor (CHW
+        tensors are transposed; values outside uint8 are clipped to 0..255 and truncated).
+        """
         if isinstance(image, (str, Path)):
-            try:
-                with Image.open(image) as im:
-                    image = im.convert("RGB")
-            except OSError as err:
-                raise ValueError(f"{what}: cannot read image file {image}: {err}") from err
+            return load_image(image, name=f"{what}: {image}")
         if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
+            return load_image(image, name=what)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()
             if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
@@ -304,17 +307,15 @@ class MoAIProcessor:
             raise ValueError(
                 f"{what}: expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}"
             )
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        if image.ndim != 2 and (image.ndim != 3 or image.shape[-1] not in (1, 3)):
             raise ValueError(
                 f"{what}: expected an RGB image of shape (height, width, 3), got shape {image.shape}"
             )
-        if image.shape[-1] == 1:
-            image = np.repeat(image, 3, axis=-1)
         if min(image.shape[:2]) < 1:
             raise ValueError(f"{what}: image has an empty side, shape {image.shape}")
-        return image
+        if image.dtype != np.uint8:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        return load_image(image, name=what)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, 3] in 0..255 units -> [B, 3, H, W], ``(x - 255 mean) / (255 std)`` as the official."""
@@ -326,10 +327,7 @@ class MoAIProcessor:
         """Resize to image_size x image_size (PIL bilinear, no crop) and normalise: [B, 3, S, S] float32."""
         out = []
         for i, image in enumerate(images):
-            arr = self._to_rgb_array(image, f"images[{i}]")
-            if arr.dtype != np.uint8:
-                arr = np.clip(arr, 0, 255).astype(np.uint8)
-            pil = Image.fromarray(arr)
+            pil = self._to_rgb(image, f"images[{i}]")
             if pil.size != (self.image_size, self.image_size):
                 pil = pil.resize((self.image_size, self.image_size), Image.BILINEAR)
             out.append(torch.from_numpy(np.asarray(pil).astype(np.float32)))
@@ -352,8 +350,7 @@ class MoAIProcessor:
                     )[0].permute(1, 2, 0)
                 out.append(arr.half().float())
             else:
-                arr = self._to_rgb_array(m, f"aux_images[{i}]").astype(np.uint8)
-                pil = Image.fromarray(arr)
+                pil = self._to_rgb(m, f"aux_images[{i}]")
                 if pil.size != (self.image_size, self.image_size):
                     pil = pil.resize((self.image_size, self.image_size), Image.NEAREST)
                 out.append(torch.from_numpy(np.asarray(pil).astype(np.float32)))

@@ -9,7 +9,8 @@ Public API::
     from moai.perception import PerceptionConfig, perceive, verbalize_perception, panoptic_map
 
     config = PerceptionConfig.from_preset("default")      # or "official"; .only(["ps", "ocr"])
-    [p] = perceive(["photo.jpg"], config)                  # list[Perception]
+    [p] = perceive(["photo.jpg"], config)                  # list[Perception]; models built for this call
+    perceiver = Perceiver(config)                          # keeps its models: perceiver(["a.jpg", "b.png"])
     aux_text = verbalize_perception(p)                     # the official aux string ("v2": new models)
     aux_map = panoptic_map(p)                              # official panoptic colour map (H, W, 3)
 
@@ -18,8 +19,8 @@ Types (``types.py``): ``Segment`` (label, box, mask, score), ``Detection`` (labe
 ``TextLine`` (text, quad, score), ``SceneGraph`` and ``Perception`` (all four + canvas size), with a
 JSON round trip (``Perception.to_json`` / ``from_json``; masks as COCO run-length encoding).
 
-Images: ``load_image(path | bytes | PIL | array)`` returns RGB with EXIF orientation applied, or raises
-``ImageLoadError("<file>: <reason>")``.
+Images: ``load_image(path | bytes | PIL | array)`` (``moai.io``, the loader the processor and the training
+data use too) returns RGB with EXIF orientation applied, or raises ``ImageLoadError("<file>: <reason>")``.
 
 Cache (``cache.py``), written by ``moai perceive --data DATA --out CACHE_DIR`` (or ``precompute``) and read
 by training::
@@ -32,10 +33,11 @@ Backends register per role in ``registry.py`` (``register_backend``); built in: 
 ``owlv2`` (OWOD), ``geometric`` / ``psgtr`` (SGG), ``rapidocr`` / ``paddleocr`` (OCR).
 """
 
+from ..io import ImageLoadError, load_image
 from .cache import CacheMismatchError, PerceptionCache, content_hash
 from .config import BackendConfig, PerceptionConfig
 from .dataset import BadImageError, BadRecordError, RunSummary, list_images, precompute, scan_data
-from .image import ImageLoadError, load_image, to_canvas
+from .image import to_canvas
 from .registry import MissingExtraError, backend_names, build_backend, register_backend
 from .run import Perceiver, perceive
 from .types import Detection, Perception, Relation, SceneGraph, Segment, TextLine

@@ -38,6 +38,7 @@ from typing import Any
 
 from .config import PerceptionConfig
 from .registry import backend_versions, package_version
+from .run import run_roles
 from .types import Perception
 
 CACHE_FORMAT = "moai-perception-cache/1"
@@ -68,8 +69,6 @@ def content_hash(source: str | Path | bytes) -> str:
 
 def config_versions(config: PerceptionConfig) -> dict[str, str]:
     """Package versions that can change the results of ``config`` (no model is loaded)."""
-    from .run import run_roles
-
     roles = run_roles(config)
     versions = {"moai-vlm": package_version("moai-vlm"), "numpy": package_version("numpy")}
     versions["pillow"] = package_version("pillow")

@@ -18,10 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..cli import positive_int, read_json, torch_device_or_auto
-from .config import DEFAULT_MAX_PIXELS, PRESETS, PerceptionConfig
+from PIL import Image
+
+from ..args import positive_int, torch_device_or_auto
+from ..io import DEFAULT_MAX_PIXELS, read_json
+from .config import PRESETS, PerceptionConfig
+from .dataset import precompute
+from .draw import draw_perception
+from .image import load_for, to_canvas
+from .run import Perceiver, check_config
 from .types import canonical_role
-from .verbalize import STYLES
+from .verbalize import STYLES, verbalize_perception
 
 
 def role_path(text: str) -> tuple[str, str]:
@@ -37,8 +44,6 @@ def role_path(text: str) -> tuple[str, str]:
 
 def picture_path(text: str) -> str:
     """An output picture whose extension Pillow can write (``--show``)."""
-    from PIL import Image
-
     fmt = Image.registered_extensions().get(Path(text).suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise argparse.ArgumentTypeError(f"{text!r}: not a picture file name Pillow can write (e.g. out.png)")
@@ -101,17 +106,8 @@ def cmd_perceive(args: argparse.Namespace) -> int:
 
 
 def _perceive_image(args: argparse.Namespace, config: PerceptionConfig) -> int:
-    from .image import load_image, to_canvas
-    from .run import Perceiver, check_config
-    from .verbalize import verbalize_perception
-
     check_config(config)  # a missing extra or a bad option first, then the image, then the models load
-    image = load_image(
-        args.image,
-        max_pixels=config.max_pixels,
-        min_side=config.min_side,
-        alpha_background=config.alpha_background,
-    )
+    image = load_for(config, args.image)
     perceiver = Perceiver(config)
     [perception] = perceiver.perceive_loaded([image])
     if args.json:
@@ -119,8 +115,6 @@ def _perceive_image(args: argparse.Namespace, config: PerceptionConfig) -> int:
     else:
         print(verbalize_perception(perception, style=args.style))
     if args.show:
-        from .draw import draw_perception
-
         picture = draw_perception(to_canvas(image, config.canvas, config.resample), perception)
         picture.save(args.show)
         print(f"wrote {args.show}", file=sys.stderr)
@@ -128,8 +122,6 @@ def _perceive_image(args: argparse.Namespace, config: PerceptionConfig) -> int:
 
 
 def _perceive_data(args: argparse.Namespace, config: PerceptionConfig) -> int:
-    from .dataset import precompute
-
     if not args.out:
         raise ValueError("--data needs --out CACHE_DIR")
     if args.json or args.show:

@@ -27,12 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..io import DEFAULT_MAX_PIXELS
+from .registry import resolve_options
 from .types import ROLES, canonical_role
 
 #: Official canvas (docs/perception.md, The official perception stage, step 1): every external model runs on the 490 × 490 resized image.
 OFFICIAL_CANVAS_SIZE = (490, 490)
-#: Pillow's own default decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), used as our default.
-DEFAULT_MAX_PIXELS = 89_478_485
 #: Resampling filters accepted for the canvas resize (detectron2 ``T.Resize`` uses PIL bilinear).
 RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 #: Fields that do not change what is computed and are therefore left out of the fingerprint.
@@ -179,8 +179,6 @@ class PerceptionConfig:
 
     def resolved(self) -> dict[str, Any]:
         """``to_dict`` with every backend's options filled in from its defaults (what the fingerprint hashes)."""
-        from .registry import resolve_options
-
         out = {k: v for k, v in self.to_dict().items() if k not in UNHASHED_FIELDS}
         for role in self.roles:
             backend: BackendConfig = getattr(self, role)

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..io import ImageLoadError, parse_json, read_text
 from .cache import PerceptionCache, config_versions, content_hash
 from .config import PerceptionConfig
-from .image import ImageLoadError, load_image
+from .image import load_for
 from .run import Perceiver, check_config
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -68,12 +69,7 @@ class DataListing:
 def _records(data: Path) -> list[tuple[str, Any]]:
     """``(where, record)`` pairs of a LLaVA JSON list or JSON-lines file; a bad JSON line gives a
     ``RecordProblem`` in place of its record."""
-    try:
-        text = data.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{data}: not a UTF-8 text file (expected LLaVA JSON or JSON lines)") from None
-    if not text.strip():
-        raise ValueError(f"{data}: empty file (expected LLaVA JSON or JSON lines)")
+    text = read_text(data, "LLaVA JSON or JSON lines")
     if data.suffix.lower() == ".jsonl":
         out: list[tuple[str, Any]] = []
         for lineno, line in enumerate(text.split("\n"), start=1):
@@ -89,15 +85,7 @@ def _records(data: Path) -> list[tuple[str, Any]]:
                     (where, RecordProblem(where, f"malformed JSON line: {err.msg} (column {err.colno})"))
                 )
         return out
-    try:
-        records = json.loads(text)
-    except RecursionError:
-        raise ValueError(f"{data}: JSON nested too deeply (expected a list of LLaVA records)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{data}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); a JSON-lines file "
-            "needs the .jsonl extension"
-        ) from None
+    records = parse_json(text, data, "a list of LLaVA records; a JSON-lines file needs the .jsonl extension")
     if not isinstance(records, list):
         raise ValueError(
             f"{data}: expected a JSON list of LLaVA records, got a JSON {type(records).__name__}"
@@ -285,12 +273,7 @@ def precompute(
                 bar.update(1)
                 continue
             try:
-                image = load_image(
-                    source,
-                    max_pixels=config.max_pixels,
-                    min_side=config.min_side,
-                    alpha_background=config.alpha_background,
-                )
+                image = load_for(config, source)
             except ImageLoadError as err:
                 fail(source, err.reason, key)
                 bar.update(1)

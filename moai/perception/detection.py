@@ -1,7 +1,7 @@
 """Open-world object detection (OWOD) with OWLv2 (arXiv 2403.07508 §3; docs/perception.md).
 
 Official settings: ``google/owlv2-base-patch16-ensemble`` queried with 1,847 raw class names (ADE20K-847
-then ImageNet-1k, shipped as ``moai/data/owlv2_queries_1847.json``; names repeat, so a detection's
+then ImageNet-1k, shipped as ``moai/perception/data/owlv2_queries_1847.json``; names repeat, so a detection's
 ``label_id`` is the authoritative query index), processor defaults, then
 ``post_process_object_detection(threshold=0.1, target_sizes=[canvas])``; no NMS, no de-duplication. The
 verbalizer keeps ``score >= 0.5``.
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..verbalize.official import owlv2_queries
 from ._hf import from_pretrained, hf_versions, import_torch, torch_dtype
 from .registry import register_backend
 from .types import Detection
+from .vocab import owlv2_queries
 
 DEFAULT_CHECKPOINT = "google/owlv2-base-patch16-ensemble"
 #: ``queries="official"`` selects the 1,847 official OWLv2 queries.

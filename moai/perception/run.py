@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..io import ImageSource
 from .config import PerceptionConfig
-from .image import ImageSource, load_image, to_canvas
+from .image import load_for, to_canvas
 from .registry import backend_requires, backend_versions, build_backend, check_backend, resolve_options
 from .types import ROLES, Perception, SceneGraph
 
@@ -93,15 +94,8 @@ class Perceiver:
         return dict(sorted(out.items()))
 
     def load(self, source: ImageSource, name: str | None = None) -> Any:
-        """``load_image`` with this config's limits."""
-        cfg = self.config
-        return load_image(
-            source,
-            max_pixels=cfg.max_pixels,
-            min_side=cfg.min_side,
-            alpha_background=cfg.alpha_background,
-            name=name,
-        )
+        """``moai.io.load_image`` with this config's limits."""
+        return load_for(self.config, source, name)
 
     def perceive_loaded(self, images: Sequence[Any]) -> list[Perception]:
         """Perceive already-loaded RGB ``PIL.Image``s (one backend call per role and batch)."""
@@ -153,22 +147,13 @@ class Perceiver:
         return self.perceive_loaded([self.load(image) for image in images])
 
 
-_LAST: tuple[str, Perceiver] | None = None
-
-
 def perceive(
     images: Sequence[ImageSource] | ImageSource, config: PerceptionConfig | str = "default"
 ) -> list[Perception]:
-    """Run the configured backends on images (paths, bytes, PIL images or uint8 arrays).
+    """Run the configured backends on images (paths, bytes, PIL images or uint8 arrays), once.
 
-    ``config`` is a ``PerceptionConfig`` or a preset name. The backends of the most recent config are
-    kept, so repeated calls with the same config do not reload the models; use ``Perceiver`` directly to
-    control their lifetime.
+    ``config`` is a ``PerceptionConfig`` or a preset name. The backends are built for this call and freed
+    after it; to perceive more images with the same models, build a ``Perceiver`` and keep it.
     """
-    global _LAST
     cfg = PerceptionConfig.from_preset(config) if isinstance(config, str) else config
-    key = repr(cfg)
-    if _LAST is None or _LAST[0] != key:
-        _LAST = None  # free the previous models before loading new ones
-        _LAST = (key, Perceiver(cfg))
-    return _LAST[1](images)
+    return Perceiver(cfg)(images)

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from ..verbalize.official import coco_panoptic_classes, psg_predicates
+from ..verbalize.official import psg_predicates
 from .registry import missing_extra, package_version, register_backend
-from .types import Box, Detection, Relation, SceneGraph, Segment, mask_box
+from .types import Box, Detection, Relation, SceneGraph, Segment, box_area, box_iou, mask_box
+from .vocab import coco_panoptic_classes
 
 #: Non-PSG predicates of the geometric backend (appended after the 56 PSG ones in its vocabulary).
 DIRECTIONAL_PREDICATES: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -54,19 +55,6 @@ GEOMETRIC_PSG_PREDICATES: tuple[str, ...] = ("in", "enclosing", "on", "over", "b
 def geometric_predicates() -> tuple[str, ...]:
     """The geometric backend's predicate vocabulary: the 56 PSG predicates, then the directional ones."""
     return psg_predicates() + DIRECTIONAL_PREDICATES
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 for degenerate boxes)."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _area(box: Box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -86,7 +74,7 @@ def geometric_relation(
     sx1, sy1, sx2, sy2 = subject
     ox1, oy1, ox2, oy2 = obj
     sw, sh, ow, oh = sx2 - sx1, sy2 - sy1, ox2 - ox1, oy2 - oy1
-    s_area, o_area = _area(subject), _area(obj)
+    s_area, o_area = box_area(subject), box_area(obj)
     x_overlap = _overlap(sx1, sx2, ox1, ox2)
     y_overlap = _overlap(sy1, sy2, oy1, oy2)
     min_w, min_h = min(sw, ow), min(sh, oh)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from ..verbalize.official import coco_panoptic_classes
+from .vocab import coco_panoptic_classes
 
 #: Side of the tiny models' input images (the processors resize the 490 canvas to it).
 TINY_IMAGE_SIZE = 64

@@ -77,6 +77,21 @@ def mask_box(mask: np.ndarray) -> Box:
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 for degenerate boxes): the one IoU of the
+    package (scene-graph de-duplication, the ``v2`` verbalizer)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_area(box: Box) -> float:
+    """Area of an ``(x1, y1, x2, y2)`` box (0 when degenerate)."""
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
 def _box(value: Sequence[float]) -> Box:
     values = tuple(float(v) for v in value)
     if len(values) != 4:

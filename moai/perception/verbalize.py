@@ -4,7 +4,7 @@
 byte-exact with the official ``make_*_prompt``; docs/verbalization.md §3) with exactly the
 arrays the official pipeline hands them: the panoptic id map and ``segments_info`` order, the OWLv2
 boxes / scores / query names, the scene graph's object list and ``rel_dists`` rows, and the OCR
-``(text, confidence)`` lines. ``style="v2"`` uses ``moai.verbalize.v2`` (for new models only; not a
+``(text, confidence)`` lines. ``style="v2"`` uses ``verbalize_v2.py`` (for new models only; not a
 default anywhere until the ShapesWorld ablation measures it).
 
 ``panoptic_map(p, style="official")`` is the official colour map (the quirky [0, 1] float map fed to CLIP);
@@ -26,6 +26,7 @@ from ..verbalize.official import (
     verbalize_segments,
 )
 from .types import Perception
+from .verbalize_v2 import verbalize_v2
 
 STYLES = ("official", "v2")
 
@@ -60,8 +61,6 @@ def verbalize_perception(p: Perception, style: str = "official") -> str:
     if style == "official":
         return join_aux(*official_parts(p))
     if style == "v2":
-        from ..verbalize.v2 import verbalize_v2
-
         return verbalize_v2(p)
     raise ValueError(f"unknown verbalization style {style!r} (expected one of {', '.join(STYLES)})")
 

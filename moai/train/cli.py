@@ -18,12 +18,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.plot:
-        from .plot import plot_run
+        from .plot import plot_run  # heavy: matplotlib (imported when the command runs, not at start-up)
 
         print(f"wrote {plot_run(args.plot)}")
         return 0
     if not args.config:
         raise ValueError("give a CONFIG.yaml (or --plot RUN_DIR)")
+    # heavy: torch, transformers (imported when the command runs, not at CLI start-up)
     from .config import TrainConfig
     from .loop import Interrupted, train
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import ImageLoadError, load_image, open_guarded
 from ..model.constants import IGNORE_INDEX, IMAGE_TOKEN
 from ..model.processing import EncodedConversation, MoAIProcessor
+from ..perception import Perceiver, PerceptionCache, PerceptionConfig, panoptic_map, verbalize_perception
 from .config import DataSource
 
 
@@ -113,9 +115,10 @@ def _records(path: Path) -> list[tuple[int, Any]]:
 
 def check_image(path: Path) -> str | None:
     """Why ``path`` is not a decodable image, or None; cheap: PNG chunks are CRC-checked without inflating
-    the pixels, JPEG is decoded at 1/8 scale, other formats are decoded in full."""
+    the pixels, JPEG is decoded at 1/8 scale, other formats are decoded in full. The header is opened under
+    ``moai.io``'s decompression-bomb guard, the limit `_open_rgb` (``moai.io.load_image``) applies later."""
     try:
-        with Image.open(path) as im:
+        with open_guarded(path, str(path)) as im:
             if im.width < 1 or im.height < 1:
                 return f"bad image: {path} is {im.width}x{im.height}"
             if im.format == "PNG":
@@ -123,16 +126,17 @@ def check_image(path: Path) -> str | None:
             else:
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return _bad_image(path, err)
+    except ImageLoadError as err:
+        return _bad_image(path, err.reason)
+    except (OSError, SyntaxError, ValueError) as err:
+        return _bad_image(path, str(err).replace(str(path), "").strip(" '") or type(err).__name__)
     return None
 
 
-def _bad_image(path: Path, err: Exception) -> str:
-    """``bad image: PATH: reason``, the reason without PIL's repeat of the path."""
+def _bad_image(path: Path, reason: str) -> str:
+    """``bad image: PATH: reason``, or ``...: empty file`` for a zero-byte file whatever the decoder said."""
     empty = path.is_file() and path.stat().st_size == 0
-    reason = "empty file" if empty else str(err).replace(str(path), "").strip(" '")
-    return f"bad image: {path}: {reason or type(err).__name__}"
+    return f"bad image: {path}: {'empty file' if empty else reason}"
 
 
 def validate_record(
@@ -324,11 +328,10 @@ class AuxResolver:
     """
 
     def __init__(self, mode: str, cache_dir: str | None, preset: str | None, verbalizer: str, map_style: str):
-        from ..perception import PerceptionCache, PerceptionConfig
-
         self.mode, self.verbalizer, self.map_style = mode, verbalizer, map_style
         self.config = PerceptionConfig.from_preset(preset) if preset else None
         self.cache = None
+        self.perceiver: Perceiver | None = None
         if mode == "cache":
             if not cache_dir:
                 raise ValueError(
@@ -339,12 +342,12 @@ class AuxResolver:
             raise ValueError("aux: perceive needs perception_preset")
 
     def resolve(self, examples: list[Example]) -> tuple[list[Example], list[Problem]]:
-        from ..perception import panoptic_map, perceive, verbalize_perception
-
         if self.mode == "cache":
             found = [self.cache.get(e.image) for e in examples]
         else:
-            found = perceive([str(e.image) for e in examples], self.config)
+            if self.perceiver is None:  # the models load on first use and stay with this resolver
+                self.perceiver = Perceiver(self.config)
+            found = self.perceiver([str(e.image) for e in examples])
         out, problems = [], []
         for example, perception in zip(examples, found):
             if perception is None:
@@ -359,9 +362,10 @@ class AuxResolver:
 
 
 def _open_rgb(path: Path, example: Example) -> Image.Image:
-    """The image as RGB; one that became unreadable after the check is a `DataError` naming its record."""
+    """The image through ``moai.io.load_image`` (EXIF orientation, mode conversion, decompression-bomb guard,
+    as the processor and perception load it); one that became unreadable after the check is a `DataError`
+    naming its record."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{example.source}:{example.line}: {_bad_image(path, err)}") from None
+        return load_image(path)
+    except ImageLoadError as err:
+        raise DataError(f"{example.source}:{example.line}: {_bad_image(path, err.reason)}") from None

@@ -13,13 +13,14 @@ defaults are the official values.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from ..io import read_json
 
 # --- official constants (docs/verbalization.md §1) ----------------------------------------------------------
 
@@ -46,32 +47,17 @@ AUX_SEPARATOR = " "
 
 Canvas = int | tuple[int, int]
 
-_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
-# --- vocabularies (package data, docs/verbalization.md §1) ---------------------------------------------------
+# --- vocabulary (package data, docs/verbalization.md §1) -----------------------------------------------------
 
 
 @cache
-def load_vocab(name: str) -> tuple[str, ...]:
-    """Load a shipped vocabulary list ``moai/data/<name>.json`` (e.g. ``coco_panoptic_133``)."""
-    with open(_DATA_DIR / f"{name}.json", encoding="utf-8") as fh:
-        return tuple(json.load(fh))
-
-
-def coco_panoptic_classes() -> tuple[str, ...]:
-    """The 133 COCO-panoptic names (Mask2Former id2label order; PSGTR labels are this index + 1)."""
-    return load_vocab("coco_panoptic_133")
-
-
 def psg_predicates() -> tuple[str, ...]:
-    """The 56 PSG predicates; index 0 corresponds to column 1 of PSGTR's ``rel_dists``."""
-    return load_vocab("psg_predicates_56")
-
-
-def owlv2_queries() -> tuple[str, ...]:
-    """The 1847 OWLv2 text queries (ADE20K-847 then ImageNet-1k names; names repeat, indices do not)."""
-    return load_vocab("owlv2_queries_1847")
+    """The 56 PSG predicates (``moai/verbalize/data/psg_predicates_56.json``); index 0 corresponds to column
+    1 of PSGTR's ``rel_dists``. The label vocabularies of the perception models are in ``moai.perception.vocab``."""
+    return tuple(read_json(_DATA_DIR / "psg_predicates_56.json", "a JSON list of predicate names"))
 
 
 # --- small building blocks ------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
-"""``v2`` verbalizer: a cleaner aux string for newly trained models (not for MoAI-7B).
+"""``v2`` verbalizer: a cleaner aux string for newly trained models (not for MoAI-7B), from a ``Perception``.
 
-The official strings (``official.py``, docs/verbalization.md) have quirks a new model need
+It lives here, not in ``moai.verbalize``, because it reads ``Perception`` objects and ``moai.verbalize`` sits
+below perception (docs/architecture.md); its sentence pieces are ``moai.verbalize.official``'s.
+
+The official strings (``moai/verbalize/official.py``, docs/verbalization.md) have quirks a new model need
 not learn: OWLv2 boxes that repeat the PS segments, orders that follow model query ids or numpy's
 ``argpartition``, a scene-graph sentence that silently disappears when there are fewer relations than
 objects, and extra spaces for empty parts. ``v2``:
@@ -23,8 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..perception.types import Box, Perception
-from .official import (
+from ..verbalize.official import (
     ITEM_SEPARATOR,
     OCR_CONFIDENCE_THRESHOLD,
     OD_SCORE_THRESHOLD,
@@ -36,6 +38,7 @@ from .official import (
     strip_label_suffixes,
     verbalize_ocr,
 )
+from .types import Box, Perception, box_iou
 
 OBJECT_PREFIX = "The image includes objects and their bounding box coordinates: "
 GROUP_SEPARATOR = "; "
@@ -58,14 +61,6 @@ class V2Options:
     """Keep OCR lines with at least this confidence."""
 
 
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def v2_objects(p: Perception, options: V2Options = V2Options()) -> list[tuple[str, Box]]:
     """``(label, pixel box)`` of the segments and the non-duplicate confident detections."""
     objects = [(strip_label_suffixes(s.label), s.box) for s in p.segments]
@@ -73,7 +68,7 @@ def v2_objects(p: Perception, options: V2Options = V2Options()) -> list[tuple[st
     for det in p.detections:
         if det.score < options.od_threshold:
             continue
-        if any(_iou(det.box, box) >= options.dedupe_iou for box in segment_boxes):
+        if any(box_iou(det.box, box) >= options.dedupe_iou for box in segment_boxes):
             continue
         objects.append((det.label, det.box))
     return objects
