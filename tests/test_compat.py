@@ -183,6 +183,31 @@ def test_parity_fails_without_the_expert_residual(monkeypatch):
     assert not report["logits_eval_b1 (end to end)"]["ok"]
 
 
+def test_parity_fails_with_the_mixer_output_in_the_residual_stream(monkeypatch):
+    """The mixer rewrites only the states that feed q/k/v; the decoder's residual stream keeps the un-mixed
+    input (docs/model.md §6). Adding the mixer's change to the residual stream must be caught."""
+    from moai.model import modeling
+
+    original = modeling.MoAIDecoderLayer.forward
+
+    def leaky(self, hidden_states, *args, mixer_inputs=None, **kwargs):
+        out, gates = original(self, hidden_states, *args, mixer_inputs=mixer_inputs, **kwargs)
+        if self.mixer is None or mixer_inputs is None:
+            return out, gates
+        normed = self.input_layernorm(hidden_states)
+        choice = mixer_inputs.choices.get(self.layer_idx)
+        mixed, _ = self.mixer(
+            normed, mixer_inputs.streams, mixer_inputs.aux, settings=mixer_inputs.settings, choice=choice
+        )
+        return out + (mixed - normed), gates
+
+    monkeypatch.setattr(modeling.MoAIDecoderLayer, "forward", leaky)
+    code, report = _parity_report()
+    assert code == 1
+    assert not report["logits_eval_b1 (gates teacher-forced)"]["ok"]
+    assert not report["logits_eval_b1 (end to end)"]["ok"]
+
+
 def test_compat_verbalize_public(capsys):
     assert main(["compat", "verbalize", str(FIXTURES / "verbalize_public.jsonl")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
