@@ -308,3 +308,23 @@ def test_custom_4d_attention_mask(batch2):
         reference = model(input_ids=ids, **sample).logits
         custom = model(input_ids=ids, attention_mask=mask4d, **sample).logits
     torch.testing.assert_close(custom, reference, atol=1e-5, rtol=0)
+
+
+def test_assisted_decoding_matches_greedy(batch2):
+    """transformers runs the assistant without the images (and its candidates have no stream ids): the
+    assistant sees plain tokens, the model verifies, and the result is greedy decoding's."""
+    model, assistant = tiny_model(seed=0), tiny_model(seed=1)
+    one = {k: v[:1] for k, v in batch2.items()}  # assisted decoding takes one sample
+    with torch.no_grad():
+        greedy = model.generate(**one, max_new_tokens=6, do_sample=False)
+        assisted = model.generate(**one, max_new_tokens=6, do_sample=False, assistant_model=assistant)
+    assert torch.equal(assisted, greedy)
+
+
+def test_resize_pads_to_a_multiple():
+    model = tiny_model()
+    model.resize_token_embeddings(300, pad_to_multiple_of=64)
+    assert model.vocab_size == model.config.text_config.vocab_size == 320
+    assert model.get_input_embeddings().weight.shape[0] == 321
+    with pytest.raises(ValueError, match="multiple of `1.3`"):
+        model.resize_token_embeddings(300, pad_to_multiple_of=1.3)

@@ -641,6 +641,11 @@ class MoAIModel(MoAIPreTrainedModel):
                 input_ids, inputs_embeds, self.config.image_token_id, attention_mask, None, past_length
             )
 
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if (
+            mm_token_type_ids.shape[1] != seq
+        ):  # e.g. assisted decoding's candidates: newer tokens are stream 0
+            mm_token_type_ids = fit_streams(mm_token_type_ids, seq)
         if pixel_values is None and aux_input_ids is None and aux_embeds is None:
             # neither an image nor aux knowledge: the plain LLM (decode steps, a continued cache, text only,
             # or <image> tokens without their inputs, as an assistant model in assisted decoding sees them)
@@ -699,6 +704,14 @@ class MoAIModel(MoAIPreTrainedModel):
         return outputs
 
 
+def fit_streams(streams: torch.Tensor, length: int) -> torch.Tensor:
+    """Stream ids [B, S'] fitted to a chunk of ``length`` tokens: the last ``length`` ids, or padded on the
+    right with ``STREAM_NONE`` (tokens newer than the ids, e.g. assisted decoding's candidates)."""
+    if streams.shape[1] >= length:
+        return streams[:, streams.shape[1] - length :]
+    return F.pad(streams, (0, length - streams.shape[1]), value=STREAM_NONE)  # [B, length]
+
+
 def stream_ids(
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
@@ -733,7 +746,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
     def __init__(self, config: MoAIConfig) -> None:
         super().__init__(config)
         self.model = MoAIModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.vocab_size = config.text_config.vocab_size  # what the LM head predicts
+        self.lm_head = nn.Linear(config.text_config.hidden_size, self.vocab_size, bias=False)
         self.post_init()
 
     # -- components and accessors ------------------------------------------------------------------
@@ -1017,9 +1031,16 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         values and new rows are initialised as transformers does (docs/model.md §12).
         """
         embed = self.get_input_embeddings()
-        if new_num_tokens is None:
+        if new_num_tokens is None and pad_to_multiple_of is None:
             return embed
+        if new_num_tokens is None:
+            new_num_tokens = self.config.text_config.vocab_size
         if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int):  # transformers' own message
+                raise ValueError(
+                    f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is not "
+                    "and integer. Please make sure to pass an integer"
+                )
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         new_embed = self._get_resized_embeddings(embed, new_num_tokens + 1, mean_resizing=mean_resizing)
         if self.config.image_token_id > new_num_tokens:  # its row is gone: the last row becomes <image>
@@ -1027,7 +1048,7 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         self.set_input_embeddings(new_embed)
         self.lm_head = self._get_resized_lm_head(self.lm_head, new_num_tokens, mean_resizing=mean_resizing)
         self.config.text_config.vocab_size = new_num_tokens
-        self.language_model.vocab_size = new_num_tokens
+        self.language_model.vocab_size = self.vocab_size = new_num_tokens
         return new_embed
 
 
