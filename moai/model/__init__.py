@@ -1,0 +1,1 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT

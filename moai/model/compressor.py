@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """MoAI-Compressor (paper §3, MoAI-Compressor; docs/model.md §5): a Perceiver resampler over the aux embeddings.
 
 Input: aux embeddings = [word embeddings of the verbalized CV outputs ; projected panoptic-map tokens],

@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """MoAI configuration: one `MoAIConfig` with nested sub-configs, and named presets.
 
 Presets (`MoAIConfig.from_preset`):

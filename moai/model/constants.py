@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """The token, stream and expert names shared by the processor, the model and the trainer, defined once.
 
 Pure constants (no torch import), so that tokenizer conversion and data validation can use them cheaply.

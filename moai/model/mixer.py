@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """MoAI-Mixer (paper §3, MoAI-Mixer; docs/model.md §6): six attention experts and two gates per mixer layer.
 
 The mixer rewrites the *normalised* hidden states of the image tokens and of the language tokens just

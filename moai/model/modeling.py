@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper arXiv 2403.07508 §3, Fig. 3;
 docs/model.md §1).
 
@@ -882,8 +883,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def component_parameter_counts(self) -> dict[str, int]:
-        """Parameter count per group (PLoRA counted apart from the LLM it belongs to)."""
-        return {group: sum(p.numel() for _, p in params) for group, params in self.parameter_groups().items()}
+        """Parameter count per group (PLoRA counted apart from the LLM it belongs to), in `PARAM_GROUPS` order."""
+        groups = self.parameter_groups()
+        return {group: sum(p.numel() for _, p in groups[group]) for group in PARAM_GROUPS if group in groups}
 
     # -- forward ---------------------------------------------------------------------------------
     @can_return_tuple

@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """Partial LoRA (PLoRA, from InternLM-XComposer2; docs/model.md §7): low-rank deltas at image tokens only.
 
 Every linear of a decoder layer computes ``y = W x + b`` and, on the rows whose token is an image token,

@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """MoAIProcessor: image + question (+ aux text, + panoptic map) -> batch-first tensors for the model.
 
 The one contract between text and model: the prompt template, ``<image>`` placement and

@@ -1,3 +1,4 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
 """Image path: CLIP vision tower at the target resolution + the mlp2x_gelu projector (docs/model.md §2).
 
 Shapes: B batch, N image patch tokens (CLS dropped), C vision width, D LLM hidden size.
