@@ -156,6 +156,8 @@ class MoAIConfig(PreTrainedConfig):
     """Per-channel std for pixel normalisation (CLIP's by default)."""
     tie_word_embeddings: bool = False
     """The LM head is separate from the input embeddings (they even differ in size)."""
+    use_cache: bool = True
+    """``generate`` keeps a KV cache (transformers' generation reads it here, as for a causal LM)."""
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

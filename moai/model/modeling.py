@@ -17,8 +17,6 @@ Shapes: B batch, S text sequence (image tokens expanded), N image tokens, T aux 
 tokens, D hidden, V vocabulary, H heads, E head width, n image tokens in the batch.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Unpack
