@@ -43,6 +43,19 @@ def test_hidden_states_attentions_and_tuple_output(batch2):
     # the last hidden state is the one the head reads
     torch.testing.assert_close(model.lm_head(out.hidden_states[-1]), out.logits, atol=0, rtol=0)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.logits)
+    with torch.no_grad():
+        gen = model.generate(
+            **batch2,
+            max_new_tokens=3,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_attentions=True,
+            output_hidden_states=True,
+        )
+    assert len(gen.attentions) == len(gen.hidden_states) == 3  # one entry per generated token
+    assert all(len(step) == n_layers for step in gen.attentions)
+    assert gen.attentions[0][0].shape == (batch, heads, seq, seq)  # the prefill
+    assert gen.attentions[1][0].shape == (batch, heads, 1, seq + 1)  # a cached decode step
 
 
 def test_eager_and_sdpa_agree(batch2):
