@@ -299,7 +299,7 @@ def test_score_strict_and_malformed_question_lines(tmp_path, capsys):
     assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[-1] == "overall          1      1   100.0%"
-    assert f"{questions}:3: no category, answer" in err
+    assert f"{questions}:3: no answer" in err
     assert f"{questions}:4: not a JSON object" in err
     assert f"{questions}:5: duplicate question_id 'q1'" in err
     assert f"{answers}:2: not an object" in err
@@ -307,7 +307,7 @@ def test_score_strict_and_malformed_question_lines(tmp_path, capsys):
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.strip().splitlines() == [
-        f"moai worlds score: error: {questions}:3: no category, answer "
+        f"moai worlds score: error: {questions}:3: no answer "
         "(a non-empty string is needed for scoring) (--strict)"
     ]
 
@@ -356,3 +356,17 @@ def test_bad_input_of_both_commands(tmp_path, capsys):
     assert (
         out.splitlines()[-1] == "overall          0      5     0.0%" and "5 question(s) have no answer" in err
     )
+
+
+def test_score_integer_ids_and_answers_and_no_category(tmp_path, capsys):
+    """LLaVA ``model_vqa`` files use integer ids; ``category`` is optional in the question file."""
+    questions = write_lines(tmp_path / "q.jsonl", [{"question_id": 7, "answer": 3}, QUESTIONS[2]])
+    answers = write_lines(
+        tmp_path / "a.jsonl", [{"question_id": 7, "text": "3."}, {"question_id": "q3", "text": 3}]
+    )
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "count            1      1   100.0%",
+        "(none)           1      1   100.0%",
+        "overall          2      2   100.0%",
+    ]

@@ -93,8 +93,16 @@ def _json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
             yield number, Problem(str(path), number, f"malformed JSON ({err.msg})")
 
 
+#: Category of questions whose line has none (the question file may leave it out; docs/shapesworld.md).
+NO_CATEGORY = "(none)"
+
+
 def _string_field(row: object, key: str) -> str | None:
+    """A non-empty string value, or an integer written as a string (LLaVA's ``model_vqa`` files use
+    integer question ids and answers such as ``3``); None otherwise."""
     value = row.get(key) if isinstance(row, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return value if isinstance(value, str) and value.strip() else None
 
 
@@ -105,7 +113,8 @@ def _check(problem: Problem, problems: list[Problem], strict: bool) -> None:
 
 
 def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestion], list[Problem]]:
-    """Questions with a ``question_id``, a ``category`` and an ``answer``; the other lines are problems."""
+    """Questions with a ``question_id`` and an ``answer`` (``category`` defaults to ``NO_CATEGORY``);
+    the other lines are problems."""
     questions: list[ScoredQuestion] = []
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -116,19 +125,19 @@ def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestio
         if not isinstance(row, dict):
             _check(Problem(str(path), number, "not a JSON object"), problems, strict)
             continue
-        missing = [k for k in ("question_id", "category", "answer") if _string_field(row, k) is None]
+        qid, answer = _string_field(row, "question_id"), _string_field(row, "answer")
+        missing = [k for k, v in (("question_id", qid), ("answer", answer)) if v is None]
         if missing:
-            reason = f"no {', '.join(missing)} (a non-empty string is needed for scoring)"
+            reason = f"no {' and no '.join(missing)} (a non-empty string is needed for scoring)"
             _check(Problem(str(path), number, reason), problems, strict)
             continue
-        qid = row["question_id"]
         if qid in seen:
             _check(Problem(str(path), number, f"duplicate question_id {qid!r}"), problems, strict)
             continue
         seen.add(qid)
-        questions.append(ScoredQuestion(qid, row["category"], row["answer"]))
+        questions.append(ScoredQuestion(qid, _string_field(row, "category") or NO_CATEGORY, answer))
     if not questions:
-        raise ValueError(f"{path}: no usable question (expected JSONL with question_id, category, answer)")
+        raise ValueError(f"{path}: no usable question (expected JSONL lines with question_id and answer)")
     return questions, problems
 
 
@@ -142,8 +151,10 @@ def read_answers(path: Path, strict: bool = False) -> tuple[dict[str, str], list
             continue
         qid = _string_field(row, "question_id")
         text = row.get("text") if isinstance(row, dict) else None
+        if isinstance(text, int) and not isinstance(text, bool):
+            text = str(text)
         if qid is None or not isinstance(text, str):
-            reason = "not an object with a string question_id and a string text"
+            reason = "not an object with a question_id and a string text"
             _check(Problem(str(path), number, reason), problems, strict)
             continue
         if qid in answers:
