@@ -72,8 +72,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "conversations, every question of a scene in one record) and DIR/questions.jsonl (question file). "
         "The same seed gives the same files; scene i depends only on (seed, i).",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    p.add_argument("--scenes", required=True, type=positive_int, metavar="N", help="number of scenes, >= 1")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, created if missing (required, no default)",
+    )
+    p.add_argument(
+        "--scenes",
+        required=True,
+        type=positive_int,
+        metavar="N",
+        help="number of scenes, >= 1 (required, no default)",
+    )
     p.add_argument(
         "--seed",
         type=seed_int,
@@ -96,8 +107,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "A malformed line is reported with its line number and skipped; a question without an answer "
         "counts as wrong.",
     )
-    p.add_argument("--questions", required=True, metavar="FILE", help="question file (JSONL) with answers")
-    p.add_argument("--answers", required=True, metavar="FILE", help="answer file (JSONL)")
+    p.add_argument(
+        "--questions",
+        required=True,
+        metavar="FILE",
+        help="question file (JSONL) with answers (required, no default)",
+    )
+    p.add_argument(
+        "--answers", required=True, metavar="FILE", help="answer file (JSONL) (required, no default)"
+    )
     p.add_argument(
         "--strict",
         action="store_true",
