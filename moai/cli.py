@@ -21,6 +21,7 @@ from .args import positive_int, seed_int
 from .compat.cli import register as register_compat
 from .perception.cli import register as register_perceive
 from .train.cli import register as register_train
+from .worlds.cli import register as register_worlds
 
 #: Exit codes: a bad input or usage (as argparse), a bug, Ctrl-C (128 + SIGINT).
 EXIT_BAD_INPUT = 2
@@ -131,6 +132,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_train,
     register_compat,
     register_perceive,
+    register_worlds,
 ]
 
 

@@ -24,6 +24,7 @@ LAYERS = {
     "moai.io": 0,
     "moai.args": 0,
     "moai.model": 1,
+    "moai.worlds": 1,
     "moai.verbalize": 2,
     "moai.perception": 3,
     "moai.compat": 4,

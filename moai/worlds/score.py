@@ -1,0 +1,204 @@
+"""Scoring answers against a ShapesWorld question file (docs/shapesworld.md, Scoring and Files).
+
+An answer is right when it equals the question's ``answer`` ignoring case, after both are stripped of
+surrounding whitespace and one trailing period. Accuracy is per category and overall; a question without
+an answer counts as wrong. A malformed line of either file is a ``Problem`` (file, line, reason) that the
+caller reports and skips, or, with ``strict``, a ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .shapes import CATEGORIES
+
+
+def normalize_answer(text: str) -> str:
+    """``" Yes. "`` -> ``"yes"``: strip whitespace, drop one trailing period, strip again, lower-case."""
+    text = text.strip()
+    if text.endswith("."):
+        text = text[:-1].strip()
+    return text.lower()
+
+
+def is_correct(answer: str, truth: str) -> bool:
+    return normalize_answer(answer) == normalize_answer(truth)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ScoredQuestion:
+    question_id: str
+    category: str
+    answer: str
+
+
+@dataclass
+class Tally:
+    correct: int = 0
+    total: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@dataclass
+class Score:
+    per_category: dict[str, Tally]
+    overall: Tally
+    missing: list[str] = field(default_factory=list)
+    """Question ids without an answer (counted wrong)."""
+    unknown: list[str] = field(default_factory=list)
+    """Answer ids of no question (ignored)."""
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        def row(t: Tally) -> dict:
+            return {"correct": t.correct, "total": t.total, "accuracy": t.accuracy}
+
+        return {
+            "categories": {c: row(t) for c, t in self.per_category.items()},
+            "overall": row(self.overall),
+            "missing": self.missing,
+            "unknown": self.unknown,
+            "problems": [str(p) for p in self.problems],
+        }
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
+    """``(line number, parsed object or Problem)`` for every non-blank line of a UTF-8 JSONL file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file (expected JSONL)") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, Problem(str(path), number, f"malformed JSON ({err.msg})")
+
+
+#: Category of questions whose line has none (the question file may leave it out; docs/shapesworld.md).
+NO_CATEGORY = "(none)"
+
+
+def _string_field(row: object, key: str) -> str | None:
+    """A non-empty string value, or an integer written as a string (LLaVA's ``model_vqa`` files use
+    integer question ids and answers such as ``3``); None otherwise."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _check(problem: Problem, problems: list[Problem], strict: bool) -> None:
+    if strict:
+        raise ValueError(f"{problem} (--strict)")
+    problems.append(problem)
+
+
+def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestion], list[Problem]]:
+    """Questions with a ``question_id`` and an ``answer`` (``category`` defaults to ``NO_CATEGORY``);
+    the other lines are problems."""
+    questions: list[ScoredQuestion] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for number, row in _json_lines(path):
+        if isinstance(row, Problem):
+            _check(row, problems, strict)
+            continue
+        if not isinstance(row, dict):
+            _check(Problem(str(path), number, "not a JSON object"), problems, strict)
+            continue
+        qid, answer = _string_field(row, "question_id"), _string_field(row, "answer")
+        missing = [k for k, v in (("question_id", qid), ("answer", answer)) if v is None]
+        if missing:
+            reason = f"no {' and no '.join(missing)} (a non-empty string is needed for scoring)"
+            _check(Problem(str(path), number, reason), problems, strict)
+            continue
+        if qid in seen:
+            _check(Problem(str(path), number, f"duplicate question_id {qid!r}"), problems, strict)
+            continue
+        seen.add(qid)
+        questions.append(ScoredQuestion(qid, _string_field(row, "category") or NO_CATEGORY, answer))
+    if not questions:
+        raise ValueError(f"{path}: no usable question (expected JSONL lines with question_id and answer)")
+    return questions, problems
+
+
+def read_answers(path: Path, strict: bool = False) -> tuple[dict[str, str], list[Problem]]:
+    """``question_id -> text``; lines without both strings, and repeated ids, are problems."""
+    answers: dict[str, str] = {}
+    problems: list[Problem] = []
+    for number, row in _json_lines(path):
+        if isinstance(row, Problem):
+            _check(row, problems, strict)
+            continue
+        qid = _string_field(row, "question_id")
+        text = row.get("text") if isinstance(row, dict) else None
+        if isinstance(text, int) and not isinstance(text, bool):
+            text = str(text)
+        if qid is None or not isinstance(text, str):
+            reason = "not an object with a question_id and a string text"
+            _check(Problem(str(path), number, reason), problems, strict)
+            continue
+        if qid in answers:
+            _check(Problem(str(path), number, f"duplicate answer for {qid!r}"), problems, strict)
+            continue
+        answers[qid] = text
+    return answers, problems
+
+
+def score(questions: list[ScoredQuestion], answers: dict[str, str]) -> Score:
+    """Accuracy per category (the world's categories first, in their order, then any others) and overall."""
+    names = [c for c in CATEGORIES if any(q.category == c for q in questions)]
+    names += sorted({q.category for q in questions} - set(CATEGORIES))
+    per_category = {c: Tally() for c in names}
+    overall = Tally()
+    missing = []
+    for q in questions:
+        given = answers.get(q.question_id)
+        if given is None:
+            missing.append(q.question_id)
+        right = given is not None and is_correct(given, q.answer)
+        for tally in (per_category[q.category], overall):
+            tally.total += 1
+            tally.correct += right
+    asked = {q.question_id for q in questions}
+    unknown = [qid for qid in answers if qid not in asked]
+    return Score(per_category, overall, missing, unknown)
+
+
+def score_files(questions_path: Path, answers_path: Path, strict: bool = False) -> Score:
+    """Read both files and score; a missing file is an ``OSError``, ``strict`` turns problems into errors."""
+    for path in (questions_path, answers_path):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a JSONL file")
+    questions, q_problems = read_questions(questions_path, strict)
+    answers, a_problems = read_answers(answers_path, strict)
+    result = score(questions, answers)
+    result.problems = q_problems + a_problems
+    return result
+
+
+def format_table(result: Score) -> str:
+    """The accuracy table printed by ``moai worlds score``."""
+    lines = [f"{'category':<10} {'correct':>7} {'total':>6} {'accuracy':>8}"]
+    for name, tally in [*result.per_category.items(), ("overall", result.overall)]:
+        lines.append(f"{name:<10} {tally.correct:>7} {tally.total:>6} {100 * tally.accuracy:>7.1f}%")
+    return "\n".join(lines)

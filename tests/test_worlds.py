@@ -1,0 +1,372 @@
+"""ShapesWorld (docs/shapesworld.md): every rule of the generator checked against numbers computed here,
+determinism per seed, the file formats, the scorer on hand-made answers, and bad input of both commands."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFont
+
+from moai.cli import main
+from moai.worlds.score import normalize_answer
+from moai.worlds.shapes import Scene, generate, render, write_world
+
+BASE = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+KINDS = {"circle", "square", "triangle"}
+C = "(red|green|blue|yellow)"
+K = "(circle|square|triangle)"
+TEMPLATES = {
+    "existence": [rf"Is there a {C} {K} in the image\?"],
+    "count": [r"How many (circles|squares|triangles) are there\?", rf"How many {C} objects are there\?"],
+    "colour": [rf"What color is the {K}\?"],
+    "shape": [rf"What shape is the {C} object\?"],
+    "position": [rf"Is the {C} {K} to the left of the {C} {K}\?", rf"Is the {C} {K} above the {C} {K}\?"],
+    "ocr": [r"What word is written on the sign\?", r"Is the word ([A-Z]{3,6}) written in the image\?"],
+}
+#: Scenes whose rules are checked (no rendering: fast); a few are rendered.
+N_RULES = 1500
+SEED = 11
+
+
+@pytest.fixture(scope="module")
+def world() -> list[tuple[Scene, list]]:
+    return [generate(SEED, i) for i in range(N_RULES)]
+
+
+def gap(a, b) -> int:
+    return max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3])
+
+
+# --- scenes ---------------------------------------------------------------------------------------------------
+
+
+def test_scene_items_follow_the_rules(world):
+    font = ImageFont.load_default(size=18)
+    for scene, _ in world:
+        assert all(225 <= c <= 255 for c in scene.background)
+        assert 1 <= len(scene.shapes) <= 6 and len(scene.signs) <= 2
+        for s in scene.shapes:
+            assert s.kind in KINDS and s.colour in BASE
+            assert all(abs(v - b) <= 15 or v in (0, 255) for v, b in zip(s.rgb, BASE[s.colour]))
+            assert all(0 <= v <= 255 for v in s.rgb)
+            x0, y0, x1, y1 = s.box
+            assert x1 - x0 == y1 - y0 and 22 <= x1 - x0 <= 48
+        for sign in scene.signs:
+            assert re.fullmatch("[A-Z]{3,6}", sign.word)
+            left, top, right, bottom = font.getbbox(sign.word)
+            x0, y0, x1, y1 = sign.box
+            assert (x1 - x0, y1 - y0) == (right - left + 12, bottom - top + 12)  # 2 px border + 4 px padding
+        boxes = [i.box for i in (*scene.shapes, *scene.signs)]
+        assert all(b[0] >= 2 and b[1] >= 2 and b[2] <= 222 and b[3] <= 222 for b in boxes)
+        assert all(gap(a, b) >= 4 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_scene_distributions(world):
+    n = len(world)
+    shapes = Counter(len(s.shapes) for s, _ in world)
+    signs = Counter(len(s.signs) for s, _ in world)
+    assert set(shapes) == set(range(1, 7)) and all(abs(v / n - 1 / 6) < 0.04 for v in shapes.values())
+    assert all(abs(signs[m] / n - p) < 0.04 for m, p in [(0, 0.4), (1, 0.4), (2, 0.2)])
+    items = [s for scene, _ in world for s in scene.shapes]
+    sides = Counter(s.box[2] - s.box[0] for s in items)
+    assert set(sides) == set(range(22, 49))
+    assert all(abs(v / len(items) - 1 / 4) < 0.03 for v in Counter(s.colour for s in items).values())
+    assert all(abs(v / len(items) - 1 / 3) < 0.03 for v in Counter(s.kind for s in items).values())
+    lengths = Counter(len(s.word) for scene, _ in world for s in scene.signs)
+    assert set(lengths) == {3, 4, 5, 6}
+    jitter = {v - b for s in items for v, b in zip(s.rgb, BASE[s.colour]) if 0 < v < 255}
+    assert jitter == set(range(-15, 16))
+
+
+def test_rendered_pixels_match_the_ground_truth(world):
+    for scene, _ in world[:12]:
+        image = render(scene)
+        assert image.size == (224, 224) and image.mode == "RGB"
+        px = np.asarray(image).astype(int)
+        covered = np.zeros((224, 224), bool)
+        for item in (*scene.shapes, *scene.signs):
+            x0, y0, x1, y1 = item.box
+            covered[y0:y1, x0:x1] = True
+        assert (px[~covered] == scene.background).all()  # nothing drawn outside the boxes
+        for s in scene.shapes:
+            x0, y0, x1, y1 = s.box
+            region = px[y0:y1, x0:x1]
+            cx, cy = (x1 - x0) // 2, (y1 - y0) // 2
+            assert (region[cy, cx] == s.rgb).all()  # the centre is filled
+            filled = (region == s.rgb).all(-1)
+            assert filled.any(0).all() and filled.any(1).all()  # the box is tight: every row and column
+            corners = [region[0, 0], region[0, -1], region[-1, 0], region[-1, -1]]
+            if s.kind == "square":
+                assert (region == s.rgb).all()
+            elif s.kind == "circle":  # inscribed ellipse: corners empty, edge midpoints filled
+                assert all((c == scene.background).all() for c in corners)
+                assert all((region[i, j] == s.rgb).all() for i, j in [(0, cx), (-1, cx), (cy, 0), (cy, -1)])
+            else:  # base on the bottom edge, apex at the top centre
+                assert (region[-1] == s.rgb).all()
+                assert set(np.flatnonzero(filled[0])) <= {(x1 - x0 - 1) // 2, (x1 - x0) // 2}
+                assert (corners[0] == scene.background).all() and (corners[1] == scene.background).all()
+        for sign in scene.signs:
+            x0, y0, x1, y1 = sign.box
+            region = px[y0:y1, x0:x1]
+            ring = np.ones(region.shape[:2], bool)
+            ring[2:-2, 2:-2] = False
+            assert (region[ring] == 0).all()  # 2 px black border
+            inner = region[2:-2, 2:-2]
+            text = np.zeros(inner.shape[:2], bool)
+            text[4:-4, 4:-4] = True
+            assert (inner[~text] == 255).all()  # 4 px white padding
+            assert (inner[text] < 128).any()  # black text inside
+
+
+# --- questions ------------------------------------------------------------------------------------------------
+
+
+def expected_answer(scene: Scene, category: str, text: str) -> str:
+    """The answer computed from the ground truth here, with the referent and margin rules asserted."""
+    yes = {True: "yes", False: "no"}
+    pairs = [(s.colour, s.kind) for s in scene.shapes]
+    if category == "existence":
+        colour, kind = re.fullmatch(TEMPLATES["existence"][0], text).groups()
+        return yes[(colour, kind) in pairs]
+    if category == "count":
+        m = re.fullmatch(TEMPLATES["count"][0], text)
+        if m:
+            return str(sum(s.kind + "s" == m.group(1) for s in scene.shapes))
+        colour = re.fullmatch(TEMPLATES["count"][1], text).group(1)
+        return str(sum(s.colour == colour for s in scene.shapes))
+    if category == "colour":
+        kind = re.fullmatch(TEMPLATES["colour"][0], text).group(1)
+        (match,) = [s for s in scene.shapes if s.kind == kind]
+        return match.colour
+    if category == "shape":
+        colour = re.fullmatch(TEMPLATES["shape"][0], text).group(1)
+        (match,) = [s for s in scene.shapes if s.colour == colour]
+        return match.kind
+    if category == "position":
+        m = re.fullmatch(TEMPLATES["position"][0], text) or re.fullmatch(TEMPLATES["position"][1], text)
+        c1, k1, c2, k2 = m.groups()
+        assert (c1, k1) != (c2, k2) and pairs.count((c1, k1)) == 1 and pairs.count((c2, k2)) == 1
+        (a,) = [s for s in scene.shapes if (s.colour, s.kind) == (c1, k1)]
+        (b,) = [s for s in scene.shapes if (s.colour, s.kind) == (c2, k2)]
+        axis = 0 if "left" in text else 1
+        ca, cb = (a.box[axis] + a.box[axis + 2]) / 2, (b.box[axis] + b.box[axis + 2]) / 2
+        assert abs(ca - cb) >= 8
+        return yes[ca < cb]
+    assert category == "ocr"
+    if text == "What word is written on the sign?":
+        (sign,) = scene.signs
+        return sign.word
+    word = re.fullmatch(TEMPLATES["ocr"][1], text).group(1)
+    return yes[word in {s.word for s in scene.signs}]
+
+
+def test_questions_follow_the_templates_and_the_ground_truth(world):
+    seen = Counter()
+    for scene, questions in world:
+        assert len({q.category for q in questions}) == len(questions)  # one per category
+        assert {"existence", "count", "ocr"} <= {q.category for q in questions}
+        for q in questions:
+            assert any(re.fullmatch(t, q.text) for t in TEMPLATES[q.category]), q.text
+            assert q.answer == expected_answer(scene, q.category, q.text), (scene.id, q)
+            assert q.image == f"images/{scene.id}.png"
+            seen[q.category, q.answer if q.answer in ("yes", "no") else "other"] += 1
+        kinds = Counter(s.kind for s in scene.shapes)
+        colours = Counter(s.colour for s in scene.shapes)
+        has = {q.category for q in questions}
+        assert ("colour" in has) == (1 in kinds.values())  # asked whenever the rules allow
+        assert ("shape" in has) == (1 in colours.values())
+    for category in ("existence", "position", "ocr"):
+        assert seen[category, "yes"] > 100 and seen[category, "no"] > 100
+
+
+def test_negative_ocr_words_are_absent_and_sign_question_needs_one_sign(world):
+    for scene, questions in world:
+        for q in questions:
+            if q.text == "What word is written on the sign?":
+                assert len(scene.signs) == 1
+            elif q.category == "ocr" and q.answer == "no":
+                word = q.text.split()[3]
+                assert 3 <= len(word) <= 6 and word not in {s.word for s in scene.signs}
+
+
+# --- determinism and files ---------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_scenes_other_seed_other_scenes():
+    assert [generate(3, i) for i in range(20)] == [generate(3, i) for i in range(20)]
+    assert [generate(3, i)[0].shapes for i in range(20)] != [generate(4, i)[0].shapes for i in range(20)]
+
+
+def read_world(directory: Path) -> dict[str, object]:
+    files = {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        name: np.asarray(Image.open(p)).tolist() if name.endswith(".png") else p.read_text()
+        for name, p in files.items()
+    }
+
+
+def test_written_world_is_reproducible_and_well_formed(tmp_path):
+    assert main(["worlds", "shapes", "--out", str(tmp_path / "a"), "--scenes", "6", "--seed", "5"]) == 0
+    write_world(tmp_path / "b", 6, 5)
+    write_world(tmp_path / "c", 4, 5)
+    a, b, c = (read_world(tmp_path / d) for d in "abc")
+    assert a == b
+    assert all(a[f"images/5-{i:06d}.png"] == c[f"images/5-{i:06d}.png"] for i in range(4))  # prefix
+    questions = [json.loads(line) for line in a["questions.jsonl"].splitlines()]
+    assert all(list(q) == ["question_id", "image", "text", "category", "answer"] for q in questions)
+    assert len({q["question_id"] for q in questions}) == len(questions)
+    assert all((tmp_path / "a" / q["image"]).is_file() for q in questions)
+    scenes = [Scene.from_dict(json.loads(line)) for line in a["scenes.jsonl"].splitlines()]
+    assert scenes == [generate(5, i)[0] for i in range(6)]  # the ground truth round-trips
+    records = json.loads(a["train.json"])
+    assert [r["id"] for r in records] == [s.id for s in scenes]
+    for record in records:
+        turns = record["conversations"]
+        asked = [q for q in questions if q["image"] == record["image"]]
+        assert len(turns) == 2 * len(asked) >= 6  # several questions per image
+        assert [t["from"] for t in turns] == ["human", "gpt"] * len(asked)
+        assert turns[0]["value"] == "<image>\n" + asked[0]["text"]
+        assert [t["value"] for t in turns[1:]] == [v for q in asked for v in (q["text"], q["answer"])][1:]
+
+
+# --- scoring ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(" Yes. ", "yes"), ("yes..", "yes."), ("GZAC", "gzac"), ("3 .", "3"), ("\tno\n", "no"), (".", "")],
+)
+def test_normalize_answer(given, expected):
+    assert normalize_answer(given) == expected
+
+
+QUESTIONS = [
+    {"question_id": "q1", "image": "i.png", "text": "?", "category": "existence", "answer": "yes"},
+    {"question_id": "q2", "image": "i.png", "text": "?", "category": "existence", "answer": "no"},
+    {"question_id": "q3", "image": "i.png", "text": "?", "category": "count", "answer": "3"},
+    {"question_id": "q4", "image": "i.png", "text": "?", "category": "ocr", "answer": "GZAC"},
+    {"question_id": "q5", "image": "i.png", "text": "?", "category": "colour", "answer": "red"},
+]
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def test_score_hand_made_answers(tmp_path, capsys):
+    questions = write_lines(tmp_path / "q.jsonl", QUESTIONS)
+    answers = write_lines(
+        tmp_path / "a.jsonl",
+        [
+            {"question_id": "q1", "text": " Yes."},  # right
+            {"question_id": "q2", "text": "yes"},  # wrong
+            "{not json",  # line 3: malformed, skipped
+            {"question_id": "q4", "text": "gzac"},  # right
+            {"question_id": "q5", "text": "Red."},  # right
+            {"question_id": "zz", "text": "no"},  # no such question
+        ],
+    )  # q3: no answer -> wrong
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "category   correct  total accuracy",
+        "existence        1      2    50.0%",
+        "count            0      1     0.0%",
+        "colour           1      1   100.0%",
+        "ocr              1      1   100.0%",
+        "overall          3      5    60.0%",
+    ]
+    assert f"{answers}:3: malformed JSON" in err
+    assert "1 question(s) have no answer, counted wrong: q3" in err
+    assert "1 answer(s) for no question, ignored: zz" in err
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overall"] == {"correct": 3, "total": 5, "accuracy": 0.6}
+    assert report["categories"]["existence"]["accuracy"] == 0.5 and report["missing"] == ["q3"]
+
+
+def test_score_strict_and_malformed_question_lines(tmp_path, capsys):
+    questions = write_lines(
+        tmp_path / "q.jsonl", [QUESTIONS[0], "", {"question_id": "q9", "text": "?"}, [1], QUESTIONS[0]]
+    )
+    answers = write_lines(tmp_path / "a.jsonl", [{"question_id": "q1", "text": "yes"}, {"text": "no"}])
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "overall          1      1   100.0%"
+    assert f"{questions}:3: no answer" in err
+    assert f"{questions}:4: not a JSON object" in err
+    assert f"{questions}:5: duplicate question_id 'q1'" in err
+    assert f"{answers}:2: not an object" in err
+    argv = ["worlds", "score", "--questions", str(questions), "--answers", str(answers), "--strict"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        f"moai worlds score: error: {questions}:3: no answer "
+        "(a non-empty string is needed for scoring) (--strict)"
+    ]
+
+
+def one_line_error(capsys, argv: list[str], needle: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2  # argparse: usage + error; ours: one line
+
+
+def test_bad_input_of_both_commands(tmp_path, capsys):
+    out = str(tmp_path / "w")
+    for bad in ("0", "-3", "many"):
+        one_line_error(capsys, ["worlds", "shapes", "--out", out, "--scenes", bad], "--scenes")
+    one_line_error(capsys, ["worlds", "shapes", "--out", out, "--scenes", "1", "--seed", "-1"], "--seed")
+    one_line_error(capsys, ["worlds", "shapes", "--scenes", "1"], "--out")
+    (tmp_path / "file").write_text("x")
+    one_line_error(
+        capsys, ["worlds", "shapes", "--out", str(tmp_path / "file"), "--scenes", "1"], "not a dir"
+    )
+    one_line_error(capsys, ["worlds", "shapes", "--out", str(tmp_path), "--scenes", "1"], "--overwrite")
+    assert main(["worlds", "shapes", "--out", str(tmp_path), "--scenes", "1", "--overwrite"]) == 0
+    capsys.readouterr()
+
+    good = write_lines(tmp_path / "q.jsonl", QUESTIONS)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00")
+    useless = write_lines(tmp_path / "useless.jsonl", [{"question_id": "q1", "text": "?"}])
+    cases = [
+        (tmp_path / "missing.jsonl", good, "No such file"),
+        (good, tmp_path / "missing.jsonl", "No such file"),
+        (tmp_path, good, "is a directory"),
+        (binary, good, "not a UTF-8"),
+        (empty, good, "no usable question"),
+        (useless, good, "no usable question"),
+    ]
+    for questions, answers, needle in cases:
+        argv = ["worlds", "score", "--questions", str(questions), "--answers", str(answers)]
+        one_line_error(capsys, argv, needle)
+    # an empty answer file is not an error: every question is missing, so wrong
+    assert main(["worlds", "score", "--questions", str(good), "--answers", str(empty)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        out.splitlines()[-1] == "overall          0      5     0.0%" and "5 question(s) have no answer" in err
+    )
+
+
+def test_score_integer_ids_and_answers_and_no_category(tmp_path, capsys):
+    """LLaVA ``model_vqa`` files use integer ids; ``category`` is optional in the question file."""
+    questions = write_lines(tmp_path / "q.jsonl", [{"question_id": 7, "answer": 3}, QUESTIONS[2]])
+    answers = write_lines(
+        tmp_path / "a.jsonl", [{"question_id": 7, "text": "3."}, {"question_id": "q3", "text": 3}]
+    )
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "count            1      1   100.0%",
+        "(none)           1      1   100.0%",
+        "overall          2      2   100.0%",
+    ]
