@@ -9,7 +9,7 @@ optimizer step, on one process with the loop's own accelerate ``Accelerator`` (C
 no_sync and autocast are no-ops): count the label tokens, forward with ``num_items_in_batch``, backward,
 gate statistics, clip the gradient norm, AdamW step, LR-schedule step, ``zero_grad``. Models come from
 ``moai.train.loop.build_model`` (step2: gated mixers), trainable sets from the model's ``set_trainable``,
-batches from ``moai.train.data.Collator`` over a small LLaVA data set (``tests/train_data.py``'s
+batches from ``moai.train.data.Collator`` over a small LLaVA data set (``moai.train.sample``'s
 ``write_dataset``) validated by ``load_examples``. Collation is timed apart.
 
 Configurations per preset (the same model object serves both MoAI policies, re-flagged before each step):
@@ -59,6 +59,7 @@ from moai.model.constants import IGNORE_INDEX
 from moai.train.config import DataSource, TrainConfig
 from moai.train.data import Collator, load_examples
 from moai.train.loop import build_model, lr_lambda, make_accelerator, train_step
+from moai.train.sample import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
@@ -85,15 +86,6 @@ WARMUP_B8_BELOW_S = 1.0  # warm up at batch 8 too when the slowest batch-1 warm-
 # ---------------------------------------------------------------------------------------------------------
 # Set-up and one training step (moai.train.loop.train_step on one process)
 # ---------------------------------------------------------------------------------------------------------
-def write_data(root: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from train_data import write_dataset
-    finally:
-        sys.path.pop(0)
-    return write_dataset(root, n=N_EXAMPLES)
-
-
 def train_config(preset: str, step: str, trainable: str, data: Path) -> TrainConfig:
     return TrainConfig(
         model=preset, step=step, trainable=trainable, data=[DataSource(str(data))], progress=False
@@ -469,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = {}
     with tempfile.TemporaryDirectory(prefix="moai-bench-train-") as tmp:
-        data = write_data(Path(tmp))
+        data = write_dataset(Path(tmp), n=N_EXAMPLES)
         for preset in presets:
             min_reps = 1 if args.quick else min(reps, MIN_ROUNDS.get(preset, MIN_ROUNDS_DEFAULT))
             budget_s = 0.0 if args.quick else BUDGET_S.get(preset, BUDGET_S_DEFAULT)
@@ -518,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                     BASELINE: "no mixers (no compressor, no aux-map vision pass), trainable PLoRA "
                     "(compressor frozen: it never runs); timed at the preset's context batch sizes only",
                 },
-                "data": f"tests/train_data.py write_dataset(n={N_EXAMPLES}) (64 px images upscaled, one short "
+                "data": f"moai.train.sample write_dataset(n={N_EXAMPLES}) (64 px images upscaled, one short "
                 "QA turn, aux_text), load_examples + Collator(max_length 2048, aux map when mixers); "
                 "batch 1 = the first example, batch 8 = all",
                 "order": "all configurations interleaved per round (order reversed every other round); "
