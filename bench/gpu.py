@@ -1,9 +1,9 @@
 """GPU parity and moai-7b timing (run by bench/gpu.sh on a machine with CUDA).
 
 Parity: ``run_parity`` on CUDA in fp32 with TF32 off (docs/model.md §9; thresholds apply) and in
-bf16 (max |Δ| reported, no threshold). Speed: a random moai-7b built on the meta device and materialised on
-the GPU in bf16, prefill of one 1,285-token prompt + 32 greedy decode tokens, against the same model with
-the mixers and compressor removed (ratios measured in the same process).
+bf16 (max |Δ| reported, no threshold). Speed: a random moai-7b built on the GPU in bf16,
+prefill of one 1,285-token prompt + 32 greedy decode tokens, against the same model with the mixers and
+compressor removed (ratios measured in the same process).
 """
 
 from __future__ import annotations
@@ -35,18 +35,17 @@ def parity(fixture: str) -> dict:
     return results
 
 
-def build_7b(with_moai: bool) -> torch.nn.Module:
+def build_7b(with_moai: bool, preset: str = "moai-7b", device: str = "cuda") -> torch.nn.Module:
+    """A random model built directly on ``device`` in bf16 (the model's own initialisation; not on the meta
+    device: ``to_empty`` would leave non-persistent buffers such as position ids and RoPE frequencies as
+    garbage)."""
     from moai import MoAIConfig, MoAIForConditionalGeneration
 
-    config = MoAIConfig.from_preset("moai-7b")
+    config = MoAIConfig.from_preset(preset)
     if not with_moai:
         config.mixer_config.layers = []
-    with torch.device("meta"):
-        model = MoAIForConditionalGeneration(config)
-    model = model.to_empty(device="cuda").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
+    with torch.device(device):
+        model = MoAIForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     return model.eval()
 
 
