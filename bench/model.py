@@ -6,10 +6,14 @@ against what, and how to read it: bench/README.md.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,34 +281,28 @@ class Session:
 
 
 class ComponentTimer:
-    """Wall time of the vision tower, projector, compressor and mixer calls during a prefill.
-
-    Forward hooks (a few microseconds per call) stay on both models during the timed prefills, so the
-    component split costs no extra runs; decode steps call none of these modules.
-    """
+    """Wall time of the vision tower, projector, compressor and mixer calls during a prefill, by forward hooks
+    (a few microseconds per call) that stay on during the timed prefills; decode steps call none of these."""
 
     def __init__(self, model: MoAIForConditionalGeneration) -> None:
         self.times: dict[str, list[float]] = {}
-        self._start: list[float] = []
-        self.handles = []
-        named: list[tuple[str, torch.nn.Module]] = [
+        starts: list[float] = []
+        named = [
             ("vision", model.vision_tower),
             ("projector", model.projector),
             ("compressor", model.compressor),
         ]
         named += [("mixers", m) for m in model.modules() if isinstance(m, MoAIMixer)]
+        self.handles = []
         for name, module in named:
-            self.handles.append(module.register_forward_pre_hook(self._pre))
-            self.handles.append(module.register_forward_hook(self._post(name)))
-
-    def _pre(self, module: torch.nn.Module, args: tuple) -> None:
-        self._start.append(time.perf_counter())
-
-    def _post(self, name: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            self.times.setdefault(name, []).append(time.perf_counter() - self._start.pop())
-
-        return hook
+            self.handles.append(
+                module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+            )
+            self.handles.append(
+                module.register_forward_hook(
+                    lambda *_, n=name: self.times.setdefault(n, []).append(time.perf_counter() - starts.pop())
+                )
+            )
 
     def take(self, total: float) -> dict[str, float]:
         """Split one prefill of ``total`` seconds and reset. Vision = tower + projector; the image is encoded

@@ -7,9 +7,14 @@ timed, and on what: bench/README.md.
 
 from __future__ import annotations
 
+import os
+
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-# spinning OpenMP threads collapse when other processes hold the cores (bench/threads.py); set before torch
-# loads, unless the environment says otherwise
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
@@ -408,7 +408,6 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     info = machine(
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         load_average=[round(x, 2) for x in os.getloadavg()],
         dtype="float32",
         device="cpu",
