@@ -1,8 +1,7 @@
 """GPU parity and moai-7b timing (run by bench/gpu.sh on a machine with CUDA).
 
 Parity: ``run_parity`` on CUDA in fp32 with TF32 off (docs/model.md §9; thresholds apply) and in
-bf16 (max |Δ| reported, no threshold). Speed: a random moai-7b built on the meta device and materialised on
-the GPU in bf16, prefill of one 1,285-token prompt + 32 greedy decode tokens, against the same model with
+bf16 (max |Δ| reported, no threshold). Speed: a random moai-7b built on the GPU in bf16, prefill of one 1,285-token prompt + 32 greedy decode tokens, against the same model with
 the mixers and compressor removed (ratios measured in the same process).
 """
 
@@ -12,10 +11,10 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import interleave
 
 
 def parity(fixture: str) -> dict:
@@ -35,52 +34,49 @@ def parity(fixture: str) -> dict:
     return results
 
 
-def build_7b(with_moai: bool) -> torch.nn.Module:
+def build_7b(with_moai: bool, preset: str = "moai-7b", device: str = "cuda") -> torch.nn.Module:
+    """A random model built directly on ``device`` in bf16 (the model's own initialisation; not on the meta
+    device: ``to_empty`` would leave non-persistent buffers such as position ids and RoPE frequencies as
+    garbage)."""
     from moai import MoAIConfig, MoAIForConditionalGeneration
 
-    config = MoAIConfig.from_preset("moai-7b")
+    config = MoAIConfig.from_preset(preset)
     if not with_moai:
         config.mixer_config.layers = []
-    with torch.device("meta"):
-        model = MoAIForConditionalGeneration(config)
-    model = model.to_empty(device="cuda").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
+    with torch.device(device):
+        model = MoAIForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     return model.eval()
 
 
 def time_generation(model: torch.nn.Module, reps: int = 5, new_tokens: int = 32) -> dict:
-    config = model.config
-    n_img, n_text, n_aux = config.num_image_tokens, 60, 275
-    ids = torch.randint(3, 1000, (1, n_img + n_text), device="cuda")
+    config, device = model.config, model.device
+    n_img, n_text, n_aux, size = config.num_image_tokens, 60, 275, config.image_size
+    high = min(1000, config.text_config.vocab_size)
+    ids = torch.randint(3, high, (1, n_img + n_text), device=device)
     ids[0, 10 : 10 + n_img] = config.image_token_id
     inputs = dict(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
-        pixel_values=torch.randn(
-            1, 3, config.image_size, config.image_size, device="cuda", dtype=torch.bfloat16
-        ),
-        aux_input_ids=torch.randint(3, 1000, (1, n_aux), device="cuda"),
-        aux_pixel_values=torch.randn(
-            1, 3, config.image_size, config.image_size, device="cuda", dtype=torch.bfloat16
-        ),
+        pixel_values=torch.randn(1, 3, size, size, device=device, dtype=torch.bfloat16),
+        aux_input_ids=torch.randint(3, high, (1, n_aux), device=device),
+        aux_pixel_values=torch.randn(1, 3, size, size, device=device, dtype=torch.bfloat16),
     )
-    prefill, total = [], []
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    def synced(fn):
+        return lambda: (sync(), fn(), sync())
+
+    calls = {
+        "prefill": synced(lambda: model(**inputs, logits_to_keep=1)),
+        "generate": synced(
+            lambda: model.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
+        ),
+    }
     with torch.no_grad():
-        for _ in range(reps + 1):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(**inputs, logits_to_keep=1)
-            torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            torch.cuda.synchronize()
-            t2 = time.perf_counter()
-            prefill.append(t1 - t0)
-            total.append(t2 - t1)
-    prefill, total = prefill[1:], total[1:]  # drop the warm-up
-    p, g = statistics.median(prefill), statistics.median(total)
+        times = interleave(calls, reps, warmup=1)
+    p, g = statistics.median(times["prefill"]), statistics.median(times["generate"])
     return {"prefill_s": p, "generate_32_s": g, "decode_s_per_token": (g - p) / new_tokens}
 
 

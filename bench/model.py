@@ -1,34 +1,25 @@
-"""MoAI vs bare backbone: prefill and per-token decode time on CPU, plus an analytic FLOP breakdown.
+"""MoAI vs the bare backbone: prefill and per-token decode time on CPU, and an analytic FLOP breakdown.
 
-Run with ``make bench`` (= ``.venv/bin/python bench/model.py``); ``--quick`` for a fast smoke run,
-``--presets tiny,mid`` to choose presets. See ``bench/README.md`` for how to read the output.
-
-* MoAI     = ``MoAIConfig.from_preset(p)`` as is.
-* baseline = the same config with ``mixer_config.layers = []``: no mixers, hence no compressor and no second
-  vision pass over the panoptic map (modeling.py only builds the aux input when mixer layers exist). PLoRA
-  stays in both (it is part of the MoAI-7B backbone). The baseline is loaded with MoAI's backbone weights,
-  so with the presets' identity-initialised mixers both models compute the same function.
-
-Every speed figure is a ratio against the baseline measured in the same process, with the repetitions
-interleaved (A B, B A, A B, ...) and medians taken, because the machine is small and noisy.
+``make bench`` (writes bench/results/model.json), ``--quick`` for a smoke run that prints only. What is timed
+against what, and how to read it: bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import os
-import platform
-import statistics
+
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import transformers
+from timing import clock, in_turn, machine, median_ms, now, paired_ratio, ratio, rounds, write
 
 from moai.model.configuration import MoAIConfig
 from moai.model.mixer import MoAIMixer
@@ -51,7 +42,8 @@ AUX_TEXT = (
 AUX_CHARS = 275  # byte-level tokenizer: 275 characters = 275 tokens (+ BOS)
 
 # Token counts assumed for one MoAI-7B sample (490 px, patch 14 -> 35 x 35 = 1225 image tokens; docs/model.md §2).
-MOAI_7B_SAMPLE = {"text_prompt_tokens": 60, "verbalization_tokens": 275}
+MOAI_7B_SAMPLE = {"text_tokens": 60, "verbalization_tokens": 275}
+FLOP_TERMS = ("vision", "vision_aux_map", "compressor", "mixers", "llm_prefill", "per_decoded_token")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,27 +217,6 @@ def flop_breakdown(config: MoAIConfig, text_tokens: int, verbalization_tokens: i
     }
 
 
-FLOP_NOTES = {
-    "counting": "2 * MACs of every matmul (linears, conv patch embedding, attention q.k^T and p.v); norms, "
-    "activations, softmax, RoPE and embedding look-ups are not counted. Batch 1.",
-    "vision": "CLIP tower over CLS + image tokens, all layers, plus the mlp2x projector on the image tokens.",
-    "vision_aux_map": "the same tower + projector again, over the panoptic colour map (MoAI only).",
-    "compressor": "Perceiver resampler: num_latents latents attend to [verbalization + map tokens ; latents], "
-    "then a feed-forward, depth blocks (MoAI only).",
-    "mixers": "all mixer layers in gated mode: six low-rank expert attentions (image stream = image tokens, "
-    "language stream = prompt text tokens, aux = compressed latents) and two gates (MoAI only).",
-    "llm_prefill": "decoder layers over image + text prompt tokens (causal attention pairs), PLoRA on the "
-    "image tokens (in both models), LM head on the last position (as generate asks).",
-    "per_decoded_token": "one generated token against the prompt's cache plus the LM head; identical for both "
-    "models (no mixer, compressor or PLoRA on generated tokens), so the analytic decode ratio is 1.",
-    "backbone_prefill": "vision + llm_prefill (what the bare backbone runs before the first token).",
-    "moai_overhead_fraction_of_prefill": "(vision_aux_map + compressor + mixers) / backbone_prefill; "
-    "predicted_prefill_ratio = 1 + that fraction.",
-    "not_included": "the external CV models that produce the verbalization and the panoptic map (run "
-    "before MoAI, outside the model).",
-}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------------
@@ -288,9 +259,7 @@ class Session:
 
     @torch.no_grad()
     def prefill(self) -> float:
-        start = time.perf_counter()
-        out = self.model(**self.inputs, use_cache=True, logits_to_keep=1)
-        elapsed = time.perf_counter() - start
+        elapsed, out = clock(self.model, **self.inputs, use_cache=True, logits_to_keep=1)
         self.cache, self.mask = out.cache, self.inputs["attention_mask"]
         self.token = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
         return elapsed
@@ -298,8 +267,8 @@ class Session:
     @torch.no_grad()
     def step(self) -> float:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        start = time.perf_counter()
-        out = self.model(
+        elapsed, out = clock(
+            self.model,
             input_ids=self.token,
             attention_mask=self.mask,
             mm_token_type_ids=torch.zeros_like(self.token),  # generated tokens: stream 0
@@ -307,40 +276,33 @@ class Session:
             use_cache=True,
             logits_to_keep=1,
         )
-        elapsed = time.perf_counter() - start
         self.token = out.logits[:, -1].argmax(-1, keepdim=True)
         return elapsed
 
 
 class ComponentTimer:
-    """Wall time of the vision tower, projector, compressor and mixer calls during a prefill.
-
-    Forward hooks (a few microseconds per call) stay on both models during the timed prefills, so the
-    component split costs no extra runs; decode steps call none of these modules.
-    """
+    """Wall time of the vision tower, projector, compressor and mixer calls during a prefill, by forward hooks
+    (a few microseconds per call) that stay on during the timed prefills; decode steps call none of these."""
 
     def __init__(self, model: MoAIForConditionalGeneration) -> None:
         self.times: dict[str, list[float]] = {}
-        self._start: list[float] = []
-        self.handles = []
-        named: list[tuple[str, torch.nn.Module]] = [
+        starts: list[float] = []
+        named = [
             ("vision", model.vision_tower),
             ("projector", model.projector),
             ("compressor", model.compressor),
         ]
         named += [("mixers", m) for m in model.modules() if isinstance(m, MoAIMixer)]
+        self.handles = []
         for name, module in named:
-            self.handles.append(module.register_forward_pre_hook(self._pre))
-            self.handles.append(module.register_forward_hook(self._post(name)))
-
-    def _pre(self, module: torch.nn.Module, args: tuple) -> None:
-        self._start.append(time.perf_counter())
-
-    def _post(self, name: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            self.times.setdefault(name, []).append(time.perf_counter() - self._start.pop())
-
-        return hook
+            self.handles.append(
+                module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+            )
+            self.handles.append(
+                module.register_forward_hook(
+                    lambda *_, n=name: self.times.setdefault(n, []).append(time.perf_counter() - starts.pop())
+                )
+            )
 
     def take(self, total: float) -> dict[str, float]:
         """Split one prefill of ``total`` seconds and reset. Vision = tower + projector; the image is encoded
@@ -383,52 +345,34 @@ def bench_preset(
             for _ in range(min(4, decode_tokens)):
                 session.step()
 
-    timers = {name: ComponentTimer(m) for name, m in models.items()}
-    for timer in timers.values():
-        timer.times = {}  # drop the warm-up calls
+    timers = {name: ComponentTimer(m) for name, m in models.items()}  # after the warm-up
     prefill: dict[str, list[float]] = {k: [] for k in models}
     decode: dict[str, list[float]] = {k: [] for k in models}
     parts: dict[str, dict[str, list[float]]] = {k: {} for k in models}
-    paired: dict[str, list[float]] = {"prefill": [], "decode": []}
-    loop_start = time.perf_counter()
-    done = 0
-    while done < reps and (done < min_reps or time.perf_counter() - loop_start < budget_s):
-        order = ("moai", "baseline") if done % 2 == 0 else ("baseline", "moai")  # A B, B A, ...
+    for rep in rounds(reps, min_reps, budget_s):
+        order = in_turn(list(models), rep)  # A B, B A, ...
         sessions = {name: Session(models[name], inputs) for name in order}
-        this = {name: sessions[name].prefill() for name in order}
         for name in order:
-            prefill[name].append(this[name])
-            for k, v in timers[name].take(this[name]).items():
+            prefill[name].append(sessions[name].prefill())
+            for k, v in timers[name].take(prefill[name][-1]).items():
                 parts[name].setdefault(k, []).append(v)
-        paired["prefill"].append(this["moai"] / this["baseline"])
         for step in range(decode_tokens):  # decode steps interleaved too, each model on its own cache
-            this = {name: sessions[name].step() for name in (order if step % 2 == 0 else order[::-1])}
-            for name in order:
-                decode[name].append(this[name])
-            paired["decode"].append(this["moai"] / this["baseline"])
+            for name in in_turn(order, step):
+                decode[name].append(sessions[name].step())
         del sessions
-        done += 1
     for timer in timers.values():
         timer.remove()
-    components = {
-        name: {k: round(1e3 * statistics.median(v), 2) for k, v in p.items()} for name, p in parts.items()
-    }
+    components = {name: {k: round(median_ms(v), 2) for k, v in p.items()} for name, p in parts.items()}
     # MoAI's extra prefill time per term, as a fraction of the baseline prefill (cf. flops_analytic)
     base_ms, extra = components["baseline"]["total"], components["moai"]
     measured_terms = {k: extra[k] / base_ms for k in ("vision_aux_map", "compressor", "mixers")}
     measured_terms["rest"] = (extra["total"] - base_ms) / base_ms - sum(measured_terms.values())
 
     med = {
-        name: {
-            "prefill_ms": 1e3 * statistics.median(prefill[name]),
-            "decode_ms_per_token": 1e3 * statistics.median(decode[name]),
-        }
+        name: {"prefill_ms": median_ms(prefill[name]), "decode_ms_per_token": median_ms(decode[name])}
         for name in models
     }
-    ratios = {
-        "prefill": med["moai"]["prefill_ms"] / med["baseline"]["prefill_ms"],
-        "decode": med["moai"]["decode_ms_per_token"] / med["baseline"]["decode_ms_per_token"],
-    }
+    ratios = {k: ratio(t["moai"], t["baseline"]) for k, t in (("prefill", prefill), ("decode", decode))}
     t_timing = time.perf_counter() - t0 - t_build
     n_text = int((inputs["input_ids"] != config.image_token_id).sum())
     n_verb = int(inputs["aux_attention_mask"].sum())
@@ -446,23 +390,21 @@ def bench_preset(
             "decode_steps_per_rep": decode_tokens,
         },
         "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
-        "reps": done,
+        "reps": len(prefill["moai"]),
         "moai": {k: round(v, 3) for k, v in med["moai"].items()},
         "baseline": {k: round(v, 3) for k, v in med["baseline"].items()},
         "ratio": {k: round(v, 4) for k, v in ratios.items()},
-        "ratio_paired_median": {k: round(statistics.median(v), 4) for k, v in paired.items()},
+        "ratio_paired_median": {
+            k: round(paired_ratio(t["moai"], t["baseline"]), 4)
+            for k, t in (("prefill", prefill), ("decode", decode))
+        },
         "targets": dict(TARGETS),
         "targets_apply": judged,
         "met": {k: ratios[k] <= TARGETS[k] for k in TARGETS},
         "prefill_components_ms": components,
         "prefill_overhead_fraction_by_term_measured": {k: round(v, 4) for k, v in measured_terms.items()},
-        "flops_analytic": {
-            "vision": flops["vision"],
-            "vision_aux_map": flops["vision_aux_map"],
-            "compressor": flops["compressor"],
-            "mixers": flops["mixers"],
-            "llm_prefill": flops["llm_prefill"],
-            "per_decoded_token": flops["per_decoded_token"],
+        "flops_analytic": {k: flops[k] for k in FLOP_TERMS}
+        | {
             "moai_overhead_fraction_of_prefill": round(flops["moai_overhead_fraction_of_prefill"], 4),
             "overhead_fraction_by_term": {
                 k: round(v, 4) for k, v in flops["overhead_fraction_by_term"].items()
@@ -476,28 +418,6 @@ def bench_preset(
             "timing": round(t_timing, 1),
             "total": round(time.perf_counter() - t0, 1),
         },
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "dtype": "float32",
-        "device": "cpu",
     }
 
 
@@ -540,7 +460,7 @@ def print_report(results: dict[str, Any], flops_7b: dict[str, Any]) -> None:
     print()
     g = 1e9
     print("moai-7b analytic GFLOPs per sample:")
-    for key in ("vision", "vision_aux_map", "compressor", "mixers", "llm_prefill", "per_decoded_token"):
+    for key in FLOP_TERMS:
         print(f"  {key:<18} {flops_7b[key] / g:>10.1f}")
     fr = flops_7b["overhead_fraction_by_term"]
     print(
@@ -574,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     start = time.perf_counter()
-    info = machine_info()
+    info = machine(dtype="float32", device="cpu")
     print(
         f"torch {info['torch']}, {info['torch_threads']} threads, {info['cpu']}; reps {min_reps}..{reps} "
         f"(timing budget {budget_s:.0f} s/preset), decode steps/rep {decode_tokens}"
@@ -586,52 +506,25 @@ def main(argv: list[str] | None = None) -> int:
         r = results[preset]
         print(f"[{preset}] {r['reps']} reps, done in {r['seconds']['total']} s", flush=True)
 
-    flops_7b_config = MoAIConfig.from_preset("moai-7b")
-    flops_7b = flop_breakdown(
-        flops_7b_config, MOAI_7B_SAMPLE["text_prompt_tokens"], MOAI_7B_SAMPLE["verbalization_tokens"]
-    )
+    flops_7b = flop_breakdown(MoAIConfig.from_preset("moai-7b"), **MOAI_7B_SAMPLE)
     print_report(results, flops_7b)
     elapsed = time.perf_counter() - start
     print(f"\ntotal {elapsed:.0f} s")
 
     if out is not None:
+        settings = {"quick": args.quick, "max_reps": reps, "min_reps": min_reps}
+        settings |= {"timing_budget_s_per_preset": budget_s, "decode_steps_per_rep": decode_tokens}
         payload = {
-            "benchmark": "bench/model.py: MoAI vs bare backbone (mixer_config.layers=[]), CPU, float32, batch 1",
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "benchmark": "bench/model.py, read with bench/README.md",
+            "date": now(),
             "machine": info,
-            "method": {
-                "prefill": "model(**inputs, use_cache=True, logits_to_keep=1), i.e. generate's first step",
-                "decode": "cached greedy forward steps of one token each (stream 0), median ms per step",
-                "order": "interleaved: per repetition the two prefills (A B, then B A next time), then the "
-                "decode steps alternating step by step, each model on its own cache; "
-                "ratio = MoAI median / baseline median",
-                "ratio_paired_median": "median of the MoAI/baseline ratio of adjacent calls (per repetition "
-                "for prefill, per step for decode); a drift-robust cross-check of ratio",
-                "prefill_components_ms": "median wall time per component from forward hooks during the "
-                "timed prefills: vision_image / vision_aux_map = tower + projector on the image / panoptic "
-                "map, compressor, mixers (all layers), rest_llm = the remainder (decoder with PLoRA, head)",
-                "baseline": "same preset, mixer_config.layers=[]: no mixers, no compressor, no aux-map vision "
-                "pass; PLoRA kept; backbone weights copied from the MoAI model",
-                "check_last_logits_max_abs_diff": "MoAI vs baseline logits (identity-initialised mixers: ~0)",
-                "prefill_overhead_fraction_by_term_measured": "component ms of MoAI / baseline prefill ms, per "
-                "extra term; rest = the remaining difference (stream gathers, aux embeddings, noise)",
-                "parameters": "all parameters held; the baseline still holds the (never run) compressor",
-                "quick": args.quick,
-                "max_reps": reps,
-                "min_reps": min_reps,
-                "timing_budget_s_per_preset": budget_s,
-                "decode_steps_per_rep": decode_tokens,
-                "warmup_runs": warmup,
-            },
+            "method": settings | {"warmup_runs": warmup},
             "target_preset": TARGET_PRESET,
             "presets": results,
             "flops_moai_7b": flops_7b,
-            "flops_moai_7b_notes": FLOP_NOTES,
             "total_seconds": round(elapsed, 1),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}")
+        write(out, payload)
     return 0
 
 

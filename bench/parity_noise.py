@@ -6,7 +6,7 @@ difference to the official logits, the 1-ulp spread the check measured on that r
 The largest ratio seen is what the constant ``NOISE_K`` of ``moai/compat/parity.py`` must exceed with
 a margin (docs/official.md, "Portable parity").
 
-    python bench/parity_noise.py [FIXTURE_DIR] [--trials N] [--out bench/results/parity_noise.json]
+    python bench/parity_noise.py [FIXTURE_DIR] [--trials N] [--quick] [--out bench/results/parity_noise.json]
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from timing import write
+
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "parity_noise.json"
 CAPABILITIES = ("default", "avx2", "avx512")
 
 CHILD = """
@@ -46,12 +49,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixture", nargs="?", default=str(REPO / "tests/fixtures/official_tiny"))
     parser.add_argument("--trials", type=int, default=8, help="1-ulp runs per check (default: 8)")
-    parser.add_argument("--out", default=str(REPO / "bench/results/parity_noise.json"))
+    parser.add_argument(
+        "--quick", action="store_true", help="2 trials, default kernels; writes only with --out"
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS})")
     args = parser.parse_args()
+    if args.quick:
+        args.trials = 2
 
     rows, worst = [], 0.0
     print(f"{'kernels':<8} {'check':<32} {'|Δ| vs official':>16} {'1-ulp spread':>13} {'ratio':>6}")
-    for capability in CAPABILITIES:
+    for capability in CAPABILITIES[:1] if args.quick else CAPABILITIES:
         result = run_one(Path(args.fixture), capability, args.trials)
         for name, check in result["report"].items():
             spread = check["spread"]
@@ -67,10 +75,9 @@ def main() -> None:
             )
         print(f"{result['capability']:<8} parity exit code {result['code']}")
     print(f"largest ratio |Δ| / spread: {worst:.2f}")
-    Path(args.out).write_text(
-        json.dumps({"trials": args.trials, "rows": rows, "largest_ratio": worst}, indent=1) + "\n"
-    )
-    print(f"wrote {args.out}")
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None:
+        write(out, {"trials": args.trials, "rows": rows, "largest_ratio": worst})
 
 
 if __name__ == "__main__":

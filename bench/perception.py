@@ -1,32 +1,21 @@
 """Perception speed on CPU: per-backend latency and images/s, the OWLv2 query-embedding cache, end to end.
 
-Run with ``.venv/bin/python bench/perception.py`` (writes ``bench/results/perception.json``); ``--quick``
-for a smoke run that prints only; ``--full-owlv2`` adds OWLv2 at its real architecture size
-(``google/owlv2-base-patch16-ensemble``: ViT-B/16 at 960 px, 12-layer text tower; random weights, since
-nothing can be downloaded here — the arithmetic, hence the time, is that of the real model).
-
-What is timed (every backend on 490 × 490 canvases, the official input; medians over repetitions):
-
-* ``rapidocr``: the real PP-OCRv4 models, on canvases with 10 rendered words each, and on a blank canvas;
-* ``geometric``: the geometric scene graph on 20 segments + 30 detections (50 objects, 2,450 pairs);
-* ``mask2former`` / ``owlv2``: tiny random models (``moai.perception.tiny``): plumbing + post-processing
-  cost, not the real models' compute;
-* OWLv2 with and without the query cache, both with the 1,847 official queries: without it (the official
-  code) every image re-encodes all queries; with it only the image tower and the heads run per image;
-* end to end: ``Perceiver`` with the ``default`` preset's backends (tiny Mask2Former / OWLv2, geometric,
-  rapidocr) from an encoded image file (decode, resize, four roles).
+Third line of ``make bench`` (writes bench/results/perception.json); ``--quick`` for a smoke run that prints
+only; ``--full-owlv2`` adds OWLv2 at its real architecture size with random weights (minutes). What is
+timed, and on what: bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import os
-import platform
-import statistics
+
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from timing import clock, interleave, machine, now, summary_ms, write
 
 from moai.perception import Perceiver, PerceptionConfig, build_backend
 from moai.perception.registry import package_version
@@ -48,21 +38,19 @@ FULL_QUERY_CHARS = 14
 WORDS = "coffee station Market garden window yellow bridge Museum river ticket".split()
 
 
-def timed(fn: Callable[[], Any], reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median / min wall time in ms of ``fn`` over ``reps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2), "reps": reps}
-
-
-def per_image(stats: dict[str, float], batch: int) -> dict[str, float]:
-    ms = stats["median_ms"] / batch
-    return {**stats, "batch": batch, "ms_per_image": round(ms, 2), "images_per_s": round(1e3 / ms, 2)}
+def timed(calls: dict[str, Callable[[], Any]], reps: int, batch: int = 1) -> dict[str, dict[str, Any]]:
+    """Each of ``calls`` over ``reps`` interleaved rounds: median / min ms per call, ms and images/s per image."""
+    out = {}
+    for name, times in interleave(calls, reps).items():
+        stats = summary_ms(times)
+        ms = stats["median_ms"] / batch
+        out[name] = {
+            **stats,
+            "batch": batch,
+            "ms_per_image": round(ms, 2),
+            "images_per_s": round(1e3 / ms, 2),
+        }
+    return out
 
 
 def canvases(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -111,17 +99,17 @@ def owlv2_cache_speedup(
         options["queries"] = [q[:query_chars] for q in owlv2_queries()]
     detector = build_backend("owod", "owlv2", options, device="cpu")
     images = canvases(batch, seed=1)
-    start = time.perf_counter()
-    detector.query_embeddings()  # the one-time cost of the cache
-    fill_ms = (time.perf_counter() - start) * 1e3
-    cached = per_image(timed(lambda: detector(images, cache_queries=True), reps), batch)
-    plain = per_image(timed(lambda: detector(images, cache_queries=False), reps), batch)
+    fill_s, _ = clock(detector.query_embeddings)  # the one-time cost of the cache
+    calls = {
+        "cached": lambda: detector(images, cache_queries=True),
+        "plain_official": lambda: detector(images, cache_queries=False),
+    }
+    both = timed(calls, reps, batch)
     return {
         "queries": len(detector.queries),
-        "cache_fill_ms": round(fill_ms, 1),
-        "cached": cached,
-        "plain_official": plain,
-        "speedup": round(plain["median_ms"] / cached["median_ms"], 2),
+        "cache_fill_ms": round(1e3 * fill_s, 1),
+        **both,
+        "speedup": round(both["plain_official"]["median_ms"] / both["cached"]["median_ms"], 2),
     }
 
 
@@ -166,24 +154,12 @@ def full_size_owlv2(directory: Path) -> str:
     return str(directory)
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": package_version("torch"),
-        "transformers": package_version("transformers"),
-        "onnxruntime": package_version("onnxruntime"),
-        "rapidocr-onnxruntime": package_version("rapidocr-onnxruntime"),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
-
-
 def run(reps: int, full_owlv2: bool) -> dict[str, Any]:
+    versions = {k: package_version(k) for k in ("onnxruntime", "rapidocr-onnxruntime")}
+    load = round(os.getloadavg()[0], 2)
     results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "date": now(),
+        "machine": machine(**versions, load_average_1m=load),
     }
     backends: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,28 +167,22 @@ def run(reps: int, full_owlv2: bool) -> dict[str, Any]:
         owl = str(save_tiny_owlv2(Path(tmp) / "owl"))
 
         ocr = build_backend("ocr", "rapidocr", {})
-        text = [text_canvas(WORDS)]
-        backends["rapidocr_10_words"] = per_image(timed(lambda: ocr(text), reps), 1)
-        blank = [np.full((CANVAS, CANVAS, 3), 255, np.uint8)]
-        backends["rapidocr_blank"] = per_image(timed(lambda: ocr(blank), reps), 1)
+        text, blank = [text_canvas(WORDS)], [np.full((CANVAS, CANVAS, 3), 255, np.uint8)]
+        backends |= timed(
+            {"rapidocr_10_words": lambda: ocr(text), "rapidocr_blank": lambda: ocr(blank)}, reps
+        )
 
         sgg = build_backend("sgg", "geometric", {})
         segments, detections = scene_objects()
         graph_input = (canvases(1), [segments], [detections])
-        backends["geometric_50_objects"] = per_image(timed(lambda: sgg(*graph_input), reps), 1)
+        backends |= timed({"geometric_50_objects": lambda: sgg(*graph_input)}, reps)
 
         ps = build_backend("ps", "mask2former", {"checkpoint": m2f}, device="cpu")
-        for batch in (1, 4):
-            images = canvases(batch)
-            backends[f"mask2former_tiny_b{batch}"] = per_image(
-                timed(lambda images=images: ps(images), reps), batch
-            )
         od = build_backend("owod", "owlv2", {"checkpoint": owl}, device="cpu")
-        for batch in (1, 4):
-            images = canvases(batch)
-            backends[f"owlv2_tiny_cached_b{batch}"] = per_image(
-                timed(lambda images=images: od(images), reps), batch
-            )
+        for name, backend in (("mask2former_tiny", ps), ("owlv2_tiny_cached", od)):
+            for batch in (1, 4):
+                images = canvases(batch)
+                backends |= timed({f"{name}_b{batch}": lambda b=backend, i=images: b(i)}, reps, batch)
         results["backends"] = backends
         results["owlv2_query_cache"] = {"tiny": owlv2_cache_speedup(owl, reps)}
         if full_owlv2:
@@ -229,18 +199,12 @@ def run(reps: int, full_owlv2: bool) -> dict[str, Any]:
         perceiver = Perceiver(config)
         photo = Path(tmp) / "photo.jpg"
         Image.fromarray(text_canvas(WORDS)).resize((640, 480)).save(photo, quality=90)
-        end_to_end = per_image(timed(lambda: perceiver([str(photo)]), reps), 1)
-        roles = {}
         canvas = [text_canvas(WORDS)]
-        for role in ("ps", "owod", "ocr"):
-            backend = perceiver.backends[role]
-            roles[role] = timed(lambda backend=backend: backend(canvas), reps)["median_ms"]
-        results["end_to_end_default_tiny"] = {**end_to_end, "role_median_ms": roles}
-    results["notes"] = (
-        "Tiny Mask2Former/OWLv2 are random toy-width models: their times are plumbing + post-processing, not the "
-        "real models. rapidocr is the real PP-OCRv4. full_size_random is OWLv2 at the real base-patch16 size "
-        "with random weights (same arithmetic as the checkpoint). CPU only; medians."
-    )
+        calls = {"end_to_end": lambda: perceiver([str(photo)])}  # and each role alone, interleaved with it
+        calls |= {role: lambda b=perceiver.backends[role]: b(canvas) for role in ("ps", "owod", "ocr")}
+        t = timed(calls, reps)
+        roles = {role: t[role]["median_ms"] for role in ("ps", "owod", "ocr")}
+        results["end_to_end_default_tiny"] = {**t["end_to_end"], "role_median_ms": roles}
     return results
 
 
@@ -254,12 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS})")
     args = parser.parse_args(argv)
     results = run(reps=3 if args.quick else args.reps, full_owlv2=args.full_owlv2)
-    text = json.dumps(results, indent=2) + "\n"
-    print(text, end="")
+    print(json.dumps(results, indent=2))
     if not args.quick or args.out:
-        out = args.out or RESULTS
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write(args.out or RESULTS, results)
     return 0
 
 

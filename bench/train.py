@@ -1,47 +1,23 @@
 """Training-step throughput and memory on CPU: batch 8 vs batch 1 (the official MoAI code trains at batch 1).
 
-Run with ``.venv/bin/python bench/train.py`` (second line of ``make bench``); ``--quick`` for a smoke run
-(one round, memory for tiny only), ``--presets tiny,mid`` to choose presets, ``--no-memory`` to skip the
-memory processes. See ``bench/README.md`` for how to read the output.
-
-One training step = ``moai.train.loop.train_step``, the function ``moai.train.loop.train`` runs per
-optimizer step, on one process with the loop's own accelerate ``Accelerator`` (CPU, fp32: its reduce,
-no_sync and autocast are no-ops): count the label tokens, forward with ``num_items_in_batch``, backward,
-gate statistics, clip the gradient norm, AdamW step, LR-schedule step, ``zero_grad``. Models come from
-``moai.train.loop.build_model`` (step2: gated mixers), trainable sets from the model's ``set_trainable``,
-batches from ``moai.train.data.Collator`` over a small LLaVA data set (``tests/train_data.py``'s
-``write_dataset``) validated by ``load_examples``. Collation is timed apart.
-
-Configurations per preset (the same model object serves both MoAI policies, re-flagged before each step):
-
-* ``moai``: step2, compressor + mixers trainable (the official recipe);
-* ``moai+plora``: step2, PLoRA trainable too;
-* ``backbone+plora`` (context): ``build_model`` with step ``base`` (no mixers, hence no compressor and no
-  aux-map vision pass), PLoRA trainable; the same-backbone reference for ``moai+plora``.
-
-Every speed figure is a ratio against a baseline measured in the same process with the configurations
-interleaved (order reversed every other round) and medians taken: batch 8 vs batch 1 samples/s per
-configuration, and MoAI vs the backbone step time at equal batch size. Peak memory is measured per
-configuration in a fresh subprocess: peak RSS over one training step (``/proc/self/clear_refs`` resets the
-high-water mark after set-up) minus the RSS after imports, model build and collation.
+Second line of ``make bench`` (writes bench/results/train.json); ``--quick`` for a smoke run that prints only
+(one round, memory for tiny only). One step is ``moai.train.loop.train_step``. What is timed against what,
+and how to read it: bench/README.md.
 """
 
 from __future__ import annotations
 
 import os
 
-# libgomp's default (spin-waiting) threads collapse when the 2 cores are oversubscribed by other processes:
-# measured here at load ~8, a tiny-preset step took 6.8 s with 2 spinning threads and 0.06 s with PASSIVE.
-# Set before torch loads OpenMP; an explicit OMP_WAIT_POLICY in the environment wins (and is recorded).
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+# (bench/threads.py); set before torch loads, unless the environment says otherwise
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import contextlib
 import ctypes
-import datetime as dt
 import gc
 import json
-import platform
 import re
 import resource
 import statistics
@@ -54,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timing import clock, interleave, machine, now, paired_ratio, ratio, write
 
 from moai.model.constants import IGNORE_INDEX
 from moai.train.config import DataSource, TrainConfig
 from moai.train.data import Collator, load_examples
 from moai.train.loop import build_model, lr_lambda, make_accelerator, train_step
+from moai.train.sample import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
@@ -85,15 +63,6 @@ WARMUP_B8_BELOW_S = 1.0  # warm up at batch 8 too when the slowest batch-1 warm-
 # ---------------------------------------------------------------------------------------------------------
 # Set-up and one training step (moai.train.loop.train_step on one process)
 # ---------------------------------------------------------------------------------------------------------
-def write_data(root: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from train_data import write_dataset
-    finally:
-        sys.path.pop(0)
-    return write_dataset(root, n=N_EXAMPLES)
-
-
 def train_config(preset: str, step: str, trainable: str, data: Path) -> TrainConfig:
     return TrainConfig(
         model=preset, step=step, trainable=trainable, data=[DataSource(str(data))], progress=False
@@ -114,9 +83,7 @@ class Model:
         self.batches: dict[int, dict[str, torch.Tensor]] = {}
         self.collate_s: dict[int, float] = {}
         for bs in BATCHES:
-            start = time.perf_counter()
-            self.batches[bs] = collator(examples[:bs])
-            self.collate_s[bs] = time.perf_counter() - start
+            self.collate_s[bs], self.batches[bs] = clock(collator, examples[:bs])
 
 
 def _trainable(model: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
@@ -150,8 +117,8 @@ class Trainer:
     def step(self, bs: int) -> float:
         model, batch, c = self.holder.model, self.holder.batches[bs], self.config
         _trainable(model, self.name)  # the two MoAI policies share one model object
-        start = time.perf_counter()
-        train_step(
+        seconds, _ = clock(
+            train_step,
             model,
             [batch],
             self.optimizer,
@@ -162,7 +129,7 @@ class Trainer:
             max_grad_norm=c.max_grad_norm,
         )
         self.steps += 1
-        return time.perf_counter() - start
+        return seconds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,13 +224,16 @@ def bench_preset(
         for name, bs in configs:
             if bs != 1:
                 trainers[name].step(bs)
-    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
-    loop_start, done = time.perf_counter(), 0
-    while done < reps and (done < min_reps or time.perf_counter() - loop_start < budget_s):
-        for name, bs in configs if done % 2 == 0 else configs[::-1]:
-            times[(name, bs)].append(trainers[name].step(bs))
-        done += 1
-        print(f"  [{preset}] round {done}: {time.perf_counter() - loop_start:.0f} s", flush=True)
+    times = interleave(
+        {(n, bs): lambda t=trainers[n], bs=bs: t.step(bs) for n, bs in configs},
+        reps,
+        min_reps,
+        budget_s,
+        warmup=0,
+        self_timed=True,  # the step leaves re-flagging the trainable set out
+        progress=lambda done, s: print(f"  [{preset}] round {done}: {s:.0f} s", flush=True),
+    )
+    done = len(times[configs[0]])
     t_timing = time.perf_counter() - t0 - t_build
     load_end = os.getloadavg()[0]
 
@@ -285,17 +255,13 @@ def bench_preset(
         if (name, 8) in times:
             b1, b8 = times[(name, 1)], times[(name, 8)]
             entry["ratio_b8_over_b1"] = {
-                "samples_per_s": round(
-                    entry["batch8"]["samples_per_s"] / entry["batch1"]["samples_per_s"], 3
-                ),
-                # per round: 8 * t(b1) / t(b8) of the same round, then the median (drift-robust)
-                "samples_per_s_paired_median": round(statistics.median(8 * a / b for a, b in zip(b1, b8)), 3),
+                "samples_per_s": round(8 * ratio(b1, b8), 3),
+                "samples_per_s_paired_median": round(8 * paired_ratio(b1, b8), 3),
             }
         out[name] = entry
     context = {
         name: {
-            f"batch{bs}": round(out[name][f"batch{bs}"]["step_s"] / out[BASELINE][f"batch{bs}"]["step_s"], 3)
-            for bs in context_batches
+            f"batch{bs}": round(ratio(times[(name, bs)], times[(BASELINE, bs)]), 3) for bs in context_batches
         }
         for name in POLICIES
         if name != BASELINE
@@ -357,27 +323,6 @@ def bench_preset(
     }
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "dtype": "float32",
-        "device": "cpu",
-    }
-
-
 def print_report(results: dict[str, Any]) -> None:
     print()
     head = f"{'preset':<6} {'config':<15} {'batch':>5} {'step s':>8} {'samples/s':>10}"
@@ -398,19 +343,19 @@ def print_report(results: dict[str, Any]) -> None:
     print("ratios; memory = ratio of step working sets):")
     for preset, r in results.items():
         for name, entry in r["configs"].items():
-            ratio = entry.get("ratio_b8_over_b1")
-            if ratio is None:
+            r8 = entry.get("ratio_b8_over_b1")
+            if r8 is None:
                 continue
-            mem = f", memory {ratio['step_working_set_mb']:.2f}x" if "step_working_set_mb" in ratio else ""
+            mem = f", memory {r8['step_working_set_mb']:.2f}x" if "step_working_set_mb" in r8 else ""
             print(
-                f"  {preset:<6} {name:<15} {ratio['samples_per_s']:.2f}x "
-                f"(paired {ratio['samples_per_s_paired_median']:.2f}x){mem}"
+                f"  {preset:<6} {name:<15} {r8['samples_per_s']:.2f}x "
+                f"(paired {r8['samples_per_s_paired_median']:.2f}x){mem}"
             )
     print()
     print(f"context: step time of MoAI step2 / {BASELINE} (no mixers, compressor, aux-map pass), same batch:")
     for preset, r in results.items():
-        for name, ratio in r["step_time_ratio_moai_over_backbone_plora"].items():
-            print(f"  {preset:<6} {name:<15} " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+        for name, rc in r["step_time_ratio_moai_over_backbone_plora"].items():
+            print(f"  {preset:<6} {name:<15} " + ", ".join(f"{k} {v:.2f}x" for k, v in rc.items()))
     print()
     for preset, r in results.items():
         la = r["load_average_1m"]
@@ -462,14 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else (None if args.quick else RESULTS)
 
     start = time.perf_counter()
-    info = machine_info()
+    info = machine(
+        load_average=[round(x, 2) for x in os.getloadavg()],
+        dtype="float32",
+        device="cpu",
+    )
     print(
         f"torch {info['torch']}, {info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}, "
         f"load average {info['load_average']}; at most {reps} rounds per preset"
     )
     results = {}
     with tempfile.TemporaryDirectory(prefix="moai-bench-train-") as tmp:
-        data = write_data(Path(tmp))
+        data = write_dataset(Path(tmp), n=N_EXAMPLES)
         for preset in presets:
             min_reps = 1 if args.quick else min(reps, MIN_ROUNDS.get(preset, MIN_ROUNDS_DEFAULT))
             budget_s = 0.0 if args.quick else BUDGET_S.get(preset, BUDGET_S_DEFAULT)
@@ -500,38 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         payload = {
-            "benchmark": "bench/train.py: training step (fwd + bwd + clip + AdamW), batch 8 vs batch 1, CPU, fp32",
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "benchmark": "bench/train.py, read with bench/README.md",
+            "date": now(),
             "machine": info,
             "method": {
-                "step": "moai.train.loop.train_step (what moai.train.loop.train runs per optimizer step) on "
-                "one process with the loop's Accelerator (CPU, fp32): label count, model(**batch, "
-                "num_items_in_batch=count), backward, gate statistics, clip_grad_norm_(max_grad_norm 10), "
-                "AdamW (lr 2e-5, betas 0.9/0.999, wd 0), LambdaLR step, zero_grad(set_to_none); collation "
-                "excluded (collate_ms); AdamW moments created before timing with a zero gradient, so no "
-                "timed step is AdamW's first",
-                "models": "moai.train.loop.build_model (seeded preset; step2 = gated mixers; base = "
-                "mixer_config.layers=[]), the model's set_trainable; both MoAI policies share one model object",
-                "configs": {
-                    "moai": "step2, trainable compressor + mixers (official recipe)",
-                    "moai+plora": "step2, trainable compressor + mixers + PLoRA",
-                    BASELINE: "no mixers (no compressor, no aux-map vision pass), trainable PLoRA "
-                    "(compressor frozen: it never runs); timed at the preset's context batch sizes only",
-                },
-                "data": f"tests/train_data.py write_dataset(n={N_EXAMPLES}) (64 px images upscaled, one short "
-                "QA turn, aux_text), load_examples + Collator(max_length 2048, aux map when mixers); "
-                "batch 1 = the first example, batch 8 = all",
-                "order": "all configurations interleaved per round (order reversed every other round); "
-                "warm-up: one step per configuration at batch 1, and at batch 8 when the slowest batch-1 "
-                f"warm-up step is under {WARMUP_B8_BELOW_S} s; medians over rounds; "
-                "ratio_b8_over_b1.samples_per_s = ratio of the medians' samples/s, "
-                "samples_per_s_paired_median = median over rounds of 8*t(b1)/t(b8)",
-                "memory": "fresh subprocess per configuration: build + collate, malloc_trim, RSS = "
-                "rss_after_setup; reset the RSS high-water mark (clear_refs 5); AdamW moments + one step; "
-                "step_working_set = VmHWM - rss_after_setup (grads, AdamW moments, activations, logits, "
-                "temporaries); analytic_memory = lower bounds of some terms",
-                "omp_wait_policy": "PASSIVE by default (set by the script unless the environment sets it): "
-                "spinning OpenMP threads are 10-100x slower when other processes hold the cores",
                 "quick": args.quick,
                 "max_rounds": reps,
                 "min_rounds": 1 if args.quick else MIN_ROUNDS | {"default": MIN_ROUNDS_DEFAULT},
@@ -544,9 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             "presets": results,
             "total_seconds": round(elapsed, 1),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}")
+        write(out, payload)
     return 0
 
 
