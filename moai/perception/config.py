@@ -11,7 +11,8 @@ Presets (``PerceptionConfig.from_preset``; docs/perception.md, Presets and The o
   and ``rapidocr`` (the PaddleOCR PP-OCRv4 detector + recogniser shipped inside the rapidocr-onnxruntime
   wheel; lines with confidence >= 0.85). Installable everywhere; docs/perception.md lists the differences.
 * ``shapesworld``: the ShapesWorld backends (``moai/perception/shapes.py``: classic image processing, pixels
-  only) for PS, OWOD and SGG, and ``rapidocr``, on the world's 224 × 224 canvas (docs/shapesworld.md).
+  only) for PS, OWOD and SGG, and ``rapidocr`` restricted to the signs found (OCR ``shapes``), on the
+  world's 224 × 224 canvas (docs/shapesworld.md).
 
 The verbalization thresholds (OWOD 0.5, SGG top-10 and 0.8, OCR 0.85) are the verbalizer's, not the
 backends' (``moai.verbalize.official``).
@@ -78,7 +79,7 @@ PRESETS: dict[str, dict[str, BackendConfig]] = {
         "ps": BackendConfig("shapes"),
         "owod": BackendConfig("shapes"),
         "sgg": BackendConfig("shapes"),
-        "ocr": BackendConfig("rapidocr"),
+        "ocr": BackendConfig("shapes"),
     },
 }
 #: Fields other than the backends that a preset sets (ShapesWorld's backends run on its 224 × 224 canvas).

@@ -29,7 +29,9 @@ Backends (each role's ``shapes``):
   ``above`` / ``below`` likewise in y; score 0.9 + 0.1 × min(1, offset / 100), so the official verbalizer's
   top-k prefers the clearest relations and its 0.8 threshold keeps them all.
 
-OCR is the project's ``rapidocr`` backend on the whole canvas (docs/shapesworld.md measures it).
+* OCR ``shapes``: the project's ``rapidocr`` backend on the whole canvas, keeping the lines inside the signs
+  found from the pixels (a filled square is otherwise now and then read as ``■``).
+
 All scores are 1.0 for PS and OWOD: the rules either find an item or not.
 """
 
@@ -42,9 +44,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..worlds.shapes import COLOURS, KINDS, POSITION_MIN_OFFSET
+from .ocr import RapidOcrReader
 from .registry import package_version, register_backend
 from .scene_graph import DIRECTIONAL_PREDICATES
-from .types import Box, Detection, Relation, SceneGraph, Segment
+from .types import Box, Detection, Relation, SceneGraph, Segment, TextLine
 
 #: PS vocabulary (label ids are indices).
 PS_CLASSES: tuple[str, ...] = (*KINDS, "sign")
@@ -268,3 +271,59 @@ class ShapesSceneGraph:
         detections: Sequence[Sequence[Detection]],
     ) -> list[SceneGraph]:
         return [self.graph(dets) for dets in detections]
+
+
+@register_backend("ocr", "shapes")
+class ShapesOcrReader(RapidOcrReader):
+    """ShapesWorld OCR: the project's ``rapidocr`` backend (the real PP-OCRv4 models) on the whole canvas,
+    keeping only the lines whose box centre lies inside a sign found from the pixels (``find_items``):
+    without it a filled square is sometimes read as ``■`` (docs/shapesworld.md, Perception).
+
+    Args: those of ``RapidOcrReader`` (official values), plus
+        signs_only: drop lines outside the signs (False: plain ``rapidocr``).
+        dark_level / min_sign_side: the sign finder's options (``find_items``).
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        min_score: float = 0.85,
+        use_angle_cls: bool = True,
+        text_score: float = 0.5,
+        box_thresh: float = 0.5,
+        unclip_ratio: float = 1.6,
+        bgr: bool = True,
+        signs_only: bool = True,
+        dark_level: int = 110,
+        min_sign_side: int = 16,
+    ) -> None:
+        super().__init__(
+            device=device,
+            min_score=min_score,
+            use_angle_cls=use_angle_cls,
+            text_score=text_score,
+            box_thresh=box_thresh,
+            unclip_ratio=unclip_ratio,
+            bgr=bgr,
+        )
+        self.signs_only = signs_only
+        self.sign_options = {"dark_level": dark_level, "min_sign_side": min_sign_side}
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {**RapidOcrReader.versions(), "scipy": package_version("scipy")}
+
+    def read(self, image: np.ndarray) -> list[TextLine]:
+        return self.keep_on_signs(image, super().read(image))
+
+    def keep_on_signs(self, image: np.ndarray, lines: list[TextLine]) -> list[TextLine]:
+        """The lines whose box centre lies inside a sign found in ``image`` (all of them when not ``signs_only``)."""
+        if not self.signs_only or not lines:
+            return lines
+        signs = [item.box for item in find_items(image, **self.sign_options) if item.kind == "sign"]
+        return [line for line in lines if any(_inside(_centre(line.box), box) for box in signs)]
+
+
+def _inside(point: tuple[float, float], box: tuple[int, int, int, int]) -> bool:
+    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
