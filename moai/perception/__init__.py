@@ -30,7 +30,8 @@ by training::
     cache.config                                    # the PerceptionConfig it was written with
 
 Backends register per role in ``registry.py`` (``register_backend``); built in: ``mask2former`` (PS),
-``owlv2`` (OWOD), ``geometric`` / ``psgtr`` (SGG), ``rapidocr`` / ``paddleocr`` (OCR).
+``owlv2`` (OWOD), ``geometric`` / ``psgtr`` (SGG), ``rapidocr`` / ``paddleocr`` (OCR), and ``shapes`` (PS, OWOD,
+SGG; ShapesWorld, ``moai/perception/shapes.py``).
 """
 
 from ..io import ImageLoadError, load_image

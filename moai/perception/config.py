@@ -10,6 +10,9 @@ Presets (``PerceptionConfig.from_preset``; docs/perception.md, Presets and The o
   PS/OWOD masks and boxes instead of PSGTR, which needs an mmdet/mmcv stack current torch cannot install)
   and ``rapidocr`` (the PaddleOCR PP-OCRv4 detector + recogniser shipped inside the rapidocr-onnxruntime
   wheel; lines with confidence >= 0.85). Installable everywhere; docs/perception.md lists the differences.
+* ``shapesworld``: the ShapesWorld backends (``moai/perception/shapes.py``: classic image processing, pixels
+  only) for PS, OWOD and SGG, and ``rapidocr`` restricted to the signs found (OCR ``shapes``), on the
+  world's 224 × 224 canvas (docs/shapesworld.md).
 
 The verbalization thresholds (OWOD 0.5, SGG top-10 and 0.8, OCR 0.85) are the verbalizer's, not the
 backends' (``moai.verbalize.official``).
@@ -72,7 +75,15 @@ PRESETS: dict[str, dict[str, BackendConfig]] = {
         "sgg": BackendConfig("geometric"),
         "ocr": BackendConfig("rapidocr"),
     },
+    "shapesworld": {
+        "ps": BackendConfig("shapes"),
+        "owod": BackendConfig("shapes"),
+        "sgg": BackendConfig("shapes"),
+        "ocr": BackendConfig("shapes"),
+    },
 }
+#: Fields other than the backends that a preset sets (ShapesWorld's backends run on its 224 × 224 canvas).
+PRESET_FIELDS: dict[str, dict[str, Any]] = {"shapesworld": {"canvas": (224, 224)}}
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,10 @@ class PerceptionConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> PerceptionConfig:
-        """``official`` or ``default`` (module docstring), with field overrides."""
+        """``official``, ``default`` or ``shapesworld`` (module docstring), with field overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown perception preset {name!r} (available: {', '.join(PRESETS)})")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        return cls(**{**PRESETS[name], **PRESET_FIELDS.get(name, {}), "preset": name, **overrides})
 
     def only(self, roles: Iterable[str]) -> PerceptionConfig:
         """Keep only these roles (aliases ``seg``/``od`` accepted); the others are set to None."""

@@ -19,7 +19,7 @@ Calling conventions (batched; a single image is a batch of one):
 versions that can change its output; part of the cache key) and ``check_dependencies()`` (raises
 ``MissingExtraError`` without loading anything, so a preset fails before its first model loads).
 
-Backends of the ShapesWorld world register here the same way (later issue).
+The ShapesWorld backends (``moai/perception/shapes.py``, each role's ``shapes``) register here the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "moai.perception.detection",
     "moai.perception.scene_graph",
     "moai.perception.ocr",
+    "moai.perception.shapes",
 )
 
 _REGISTRY: dict[str, dict[str, type]] = {role: {} for role in ROLES}
