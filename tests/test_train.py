@@ -717,9 +717,9 @@ def test_moai_modules_alone_overfit_16_samples(tmp_path):
     assert result["moai_final_loss"] < 0.05 and result["passed"]
     base = load_file(str(tmp_path / "base" / "final" / "model.safetensors"))
     moai = load_file(str(tmp_path / "moai" / "final" / "model.safetensors"))
-    frozen = [k for k in base if not k.startswith("compressor.")]
+    frozen = [k for k in base if not k.startswith("model.compressor.")]
     assert frozen and all(torch.equal(base[k], moai[k]) for k in frozen)  # LLM, vision, projector untouched
-    assert any(not torch.equal(base[k], moai[k]) for k in base if k.startswith("compressor."))
+    assert any(not torch.equal(base[k], moai[k]) for k in base if k.startswith("model.compressor."))
     assert any(".moai_mixer." in k for k in set(moai) - set(base))
 
 
@@ -816,7 +816,7 @@ def test_peft_lora_trains_with_moai_and_merges_into_final(tmp_path):
     trained = load_file(str(run / "checkpoints" / "step-0000003" / "trainable.safetensors"))
     lora = [k for k in trained if ".lora_A." in k or ".lora_B." in k]
     assert len(lora) == 2 * 7 * 4  # A and B of 7 projections in 4 decoder layers
-    assert all(k in lora or k.startswith("compressor.") or ".moai_mixer." in k for k in trained)
+    assert all(k in lora or k.startswith("model.compressor.") or ".moai_mixer." in k for k in trained)
     assert not any(".moai_mixer." in k and ".lora_" in k for k in trained)  # experts are not targeted
 
     # the unmerged model (rebuilt, adapters injected, trained weights loaded) == the merged final/
@@ -834,7 +834,7 @@ def test_peft_lora_trains_with_moai_and_merges_into_final(tmp_path):
         a, b = unmerged.eval()(**batch).logits, final.eval()(**batch).logits
     assert (a - b).abs().max() < 1e-4
     base = build_model(cfg)[0].state_dict()
-    key = "language_model.layers.0.self_attn.q_proj.weight"
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(base[key], final.state_dict()[key])  # the adapters were merged in
 
 
@@ -845,8 +845,8 @@ def test_base_stage_with_lora(tmp_path):
     )
     summary = train(cfg, **QUIET)
     trained = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors"))
-    assert {k.split(".")[0] for k in trained} == {"projector", "language_model"}
-    assert all(k.startswith("projector.") or ".lora_" in k for k in trained)
+    assert {tuple(k.split(".")[:2]) for k in trained} == {("model", "projector"), ("model", "language_model")}
+    assert all(k.startswith("model.projector.") or ".lora_" in k for k in trained)
     assert summary["trainable_params"] == sum(t.numel() for t in trained.values())
     with pytest.raises(ValueError, match="matched no projection"):
         bad = TrainConfig.load(write_config(tmp_path, data, trainable="moai+lora", lora_targets=["nope"]))
