@@ -120,7 +120,7 @@ class MixerSettings:
 
 @dataclass(frozen=True)
 class MixerInputs:
-    """What every mixer layer receives in one forward (built by `MoAIForConditionalGeneration.forward`)."""
+    """What every mixer layer receives in one forward (built by `MoAIModel.forward`)."""
 
     streams: torch.Tensor
     """[B, S] stream id per token of this forward's chunk (moai.model.constants)."""

@@ -1,6 +1,9 @@
 # Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
-"""MoAIForConditionalGeneration: the whole forward pass, top to bottom (paper arXiv 2403.07508 §3, Fig. 3;
-docs/model.md §1).
+"""MoAI: the whole forward pass, top to bottom (paper arXiv 2403.07508 §3, Fig. 3; docs/model.md §1).
+
+`MoAIModel` runs everything up to the last hidden state (vision tower, projector, MoAI-Compressor, the LLM
+decoder with the MoAI-Mixers); `MoAIForConditionalGeneration` adds the LM head, the loss and generation
+(the transformers layout of llava: ``model.*`` + ``lm_head``; docs/model.md §12).
 
     pixel_values ─► vision tower ─► projector ─► image features ──┐ (replace the <image> tokens)
     input_ids ─► word embeddings ──────────────────────────────────┴─► MoAITextModel ─► lm_head ─► logits
