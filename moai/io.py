@@ -30,6 +30,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # --- JSON ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A bad record of an input file, reported (and skipped, or fatal under ``--strict``) by its line."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
 
 
 def read_text(path: Path, what: str) -> str:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..verbalize.colormap import PANOPTIC_NUM_COLORS, pascal_colormap
 from ..verbalize.official import OD_SCORE_THRESHOLD, SGG_SCORE_THRESHOLD, SGG_TOP_K
-from .types import Box, Perception
+from .types import Perception, box_centre
 
 MASK_ALPHA = 0.45
 OD_COLOR = (255, 140, 0)
@@ -41,10 +41,6 @@ def _label(
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
     draw.text(xy, text, fill=TEXT_COLOR, font=font)
-
-
-def _centre(box: Box) -> tuple[float, float]:
-    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
 
 
 def _arrow(
@@ -100,7 +96,7 @@ def draw_perception(
         )
     relations = sorted((r for r in p.relations if r.score >= sgg_threshold), key=lambda r: -r.score)
     for rel in relations[:max_relations]:
-        start, end = _centre(p.objects[rel.subject].box), _centre(p.objects[rel.object].box)
+        start, end = box_centre(p.objects[rel.subject].box), box_centre(p.objects[rel.object].box)
         _arrow(draw, start, end, line)
         # label a third of the way from the subject, so that a pair's two directions do not overlap
         at = (start[0] + (end[0] - start[0]) * LABEL_AT, start[1] + (end[1] - start[1]) * LABEL_AT)

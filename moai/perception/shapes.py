@@ -47,7 +47,7 @@ from ..worlds.shapes import COLOURS, KINDS, POSITION_MIN_OFFSET
 from .ocr import RapidOcrReader
 from .registry import package_version, register_backend
 from .scene_graph import DIRECTIONAL_PREDICATES
-from .types import Box, Detection, Relation, SceneGraph, Segment, TextLine
+from .types import Detection, Relation, SceneGraph, Segment, TextLine, box_centre
 
 #: PS vocabulary (label ids are indices).
 PS_CLASSES: tuple[str, ...] = (*KINDS, "sign")
@@ -226,10 +226,6 @@ class ShapesDetector(_Finder):
         return out
 
 
-def _centre(box: Box) -> tuple[float, float]:
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-
-
 @register_backend("sgg", "shapes")
 class ShapesSceneGraph:
     """ShapesWorld SGG: left of / right of / above / below between the OWOD objects (module docstring).
@@ -252,11 +248,11 @@ class ShapesSceneGraph:
         objects = tuple(d for d in detections if d.score >= self.min_object_score)
         relations = []
         for i, subj in enumerate(objects):
-            (sx, sy) = _centre(subj.box)
+            (sx, sy) = box_centre(subj.box)
             for j, obj in enumerate(objects):
                 if i == j:
                     continue
-                (ox, oy) = _centre(obj.box)
+                (ox, oy) = box_centre(obj.box)
                 for offset, before, after in ((sx - ox, "left of", "right of"), (sy - oy, "above", "below")):
                     if abs(offset) >= self.min_offset:
                         score = 0.9 + 0.1 * min(1.0, abs(offset) / 100)
@@ -322,7 +318,7 @@ class ShapesOcrReader(RapidOcrReader):
         if not self.signs_only or not lines:
             return lines
         signs = [item.box for item in find_items(image, **self.sign_options) if item.kind == "sign"]
-        return [line for line in lines if any(_inside(_centre(line.box), box) for box in signs)]
+        return [line for line in lines if any(_inside(box_centre(line.box), box) for box in signs)]
 
 
 def _inside(point: tuple[float, float], box: tuple[int, int, int, int]) -> bool:

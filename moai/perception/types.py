@@ -87,6 +87,11 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def box_centre(box: Box) -> tuple[float, float]:
+    """Centre of an ``(x1, y1, x2, y2)`` box."""
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
 def box_area(box: Box) -> float:
     """Area of an ``(x1, y1, x2, y2)`` box (0 when degenerate)."""
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import ImageLoadError, load_image, open_guarded
+from ..io import ImageLoadError, Problem, load_image, open_guarded
 from ..model.constants import IGNORE_INDEX, IMAGE_TOKEN
 from ..model.processing import EncodedConversation, MoAIProcessor
 from ..perception import Perceiver, PerceptionCache, PerceptionConfig, panoptic_map, verbalize_perception
@@ -49,16 +49,6 @@ class Example:
     """A panoptic colour-map image file, or the map computed from perception (H, W, 3), or None."""
     source: str
     line: int
-
-
-@dataclass
-class Problem:
-    file: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import Problem
 from .shapes import CATEGORIES
 
 
@@ -26,16 +27,6 @@ def normalize_answer(text: str) -> str:
 
 def is_correct(answer: str, truth: str) -> bool:
     return normalize_answer(answer) == normalize_answer(truth)
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True)
