@@ -20,6 +20,7 @@ from . import __version__
 from .args import positive_int, seed_int
 from .compat.cli import register as register_compat
 from .perception.cli import register as register_perceive
+from .predict import register as register_predict
 from .train.cli import register as register_train
 from .worlds.cli import register as register_worlds
 
@@ -69,10 +70,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Image + question -> processor -> generate, on the embedded default (the random tiny preset for now)."""
-    from .demo import run_demo  # heavy: torch, transformers (imported when the command runs)
+    """Fresh ShapesWorld scenes answered by the bundled model (or ``--model``), one question per category."""
+    from .demo import run_demo
 
-    return run_demo(seed=args.seed, max_new_tokens=args.max_new_tokens)
+    return run_demo(seed=args.seed, out=args.out, model=args.model, max_new_tokens=args.max_new_tokens)
 
 
 def _package_version() -> str:
@@ -96,12 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="answer a question about a rendered image end to end")
+    p = sub.add_parser("demo", help="answer one question of each ShapesWorld category on fresh scenes")
     p.add_argument(
         "--seed",
         type=seed_int,
         default=0,
-        help="seed of the random tiny model's weights; the same seed gives the same answer (default: %(default)s)",
+        help="which fresh scenes: the same seed gives the same scenes and answers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="directory the scenes are written to (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
     p.add_argument(
         "--max-new-tokens",
@@ -133,6 +140,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_compat,
     register_perceive,
     register_worlds,
+    register_predict,
 ]
 
 

@@ -1,97 +1,84 @@
-"""``moai demo``: the main job end to end on the embedded default.
+"""``moai demo``: fresh ShapesWorld scenes answered by the bundled model, one question per category.
 
-The bundled ShapesWorld model is not trained yet (README), so the demo runs the ``tiny`` preset with
-*random weights* (seeded by ``--seed``): it shows the whole path (image + question + aux text ->
-processor -> generate; arXiv 2403.07508 §3, docs/model.md §1) and says plainly that the answer is noise.
+Renders scenes the model never saw (world seed ``DEMO_SEED_BASE + --seed``), runs the perception preset the
+model was trained with, and answers through the engine (`moai.engine.Engine`: perception -> verbalization ->
+processor -> generate; arXiv 2403.07508 §3). Prints, per category, the image path, the question, the aux
+text, the answer and the ground truth.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
+from .worlds.score import is_correct
+from .worlds.shapes import CATEGORIES, Question, generate, image_path, render
 
-from .model.configuration import MoAIConfig
-from .model.modeling import MoAIForConditionalGeneration
-from .model.processing import MoAIProcessor
-
-QUESTION = "Is the red circle to the left of the blue square?"
+DEMO_SEED_BASE = 900_000
+"""World seeds of demo scenes start here: far from the seeds the bundled model was trained and tested on."""
 
 
 @dataclass(frozen=True)
-class DemoResult:
-    """What one demo run produced (printed by `print_demo`)."""
+class DemoItem:
+    """One answered demo question."""
 
-    n_params: int
-    image_tokens: int
-    prompt_tokens: int
-    aux_tokens: int
-    generated_ids: tuple[int, ...]
+    image: Path
+    category: str
+    question: str
+    aux_text: str
     answer: str
-    seconds: float
+    truth: str
 
 
-def render_scene(size: int = 224) -> tuple[Image.Image, str]:
-    """A small scene (a red circle left of a blue square) and a hand-written verbalization of it."""
-    image = Image.new("RGB", (size, size), (240, 240, 240))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((30, 80, 80, 130), fill=(220, 40, 40))
-    draw.rectangle((130, 90, 175, 135), fill=(40, 80, 220))
-    aux = (
-        "The image includes bounding box coordinates and their objects: [0.13, 0.36, 0.36, 0.58] circle, "
-        "and [0.58, 0.40, 0.78, 0.60] square. The image includes relationships between objects: "
-        "circle is left of square. "
-    )
-    return image, aux
+def demo_questions(seed: int, out: Path) -> list[tuple[Path, Question]]:
+    """One question of each category from fresh scenes (rendered to ``out``), in category order."""
+    found: dict[str, tuple[Path, Question]] = {}
+    world_seed = DEMO_SEED_BASE + seed
+    index = 0
+    while len(found) < len(CATEGORIES):
+        scene, questions = generate(world_seed, index)
+        index += 1
+        new = [q for q in questions if q.category not in found]
+        if not new:
+            continue
+        path = out / image_path(scene)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render(scene).save(path)
+        for q in new:
+            found.setdefault(q.category, (path, q))
+    return [found[c] for c in CATEGORIES]
 
 
-def demo_inputs(processor: MoAIProcessor, config: MoAIConfig) -> dict[str, torch.Tensor]:
-    """The processor's tensors for the rendered scene, the question and its aux text (blank colour map)."""
-    image, aux = render_scene()
-    colour_map = np.zeros((config.image_size, config.image_size, 3), dtype=np.uint8)
-    return processor(images=[image], text=[QUESTION], aux_text=[aux], aux_images=[colour_map])
+def run_demo(
+    seed: int = 0, out: str | Path = "runs/demo", model: str | Path | None = None, max_new_tokens: int = 12
+) -> int:
+    from .engine import DEFAULT_MODEL, Engine  # heavy: torch, transformers
 
-
-def answer_demo(seed: int = 0, max_new_tokens: int = 12) -> DemoResult:
-    """Build the seeded random tiny model and answer the demo question greedily."""
-    torch.manual_seed(seed)
-    config = MoAIConfig.from_preset("tiny")
-    model = MoAIForConditionalGeneration(config).eval()
-    processor = MoAIProcessor.from_config(config)
-    inputs = demo_inputs(processor, config)
-    start = time.perf_counter()
-    with torch.no_grad():
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    elapsed = time.perf_counter() - start
-    new = ids[:, inputs["input_ids"].shape[1] :]
-    return DemoResult(
-        n_params=sum(p.numel() for p in model.parameters()),
-        image_tokens=config.num_image_tokens,
-        prompt_tokens=inputs["input_ids"].shape[1],
-        aux_tokens=inputs["aux_input_ids"].shape[1],
-        generated_ids=tuple(new[0].tolist()),
-        answer=processor.batch_decode(new, skip_special_tokens=True)[0],
-        seconds=elapsed,
-    )
-
-
-def print_demo(result: DemoResult) -> None:
-    _, aux = render_scene()
-    print("NOTE: the bundled ShapesWorld model is not trained yet; this demo runs the `tiny` preset with")
-    print("      RANDOM weights, so the answer below is noise. It shows the pipeline end to end.")
-    print(f"model      tiny preset, {result.n_params:,} parameters, {result.image_tokens} image tokens")
-    print(f"question   {QUESTION}")
-    print(f"aux text   {aux.strip()[:90]}...")
-    print(f"prompt     {result.prompt_tokens} tokens, aux {result.aux_tokens} tokens")
-    print(f"answer     {result.answer!r}")
-    print(f"generated  {len(result.generated_ids)} tokens in {result.seconds:.2f} s (greedy, KV cache)")
-
-
-def run_demo(seed: int = 0, max_new_tokens: int = 12) -> int:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    print_demo(answer_demo(seed, max_new_tokens))
+    out = Path(out)
+    items = demo_questions(seed, out)
+    start = time.perf_counter()
+    engine = Engine.load(model)
+    loaded = time.perf_counter()
+    answers = engine.answer(
+        [path for path, _ in items], [q.text for _, q in items], max_new_tokens=max_new_tokens
+    )
+    elapsed = time.perf_counter() - loaded
+    n_params = sum(p.numel() for p in engine.model.parameters())
+    print(f"model    {model or DEFAULT_MODEL} ({n_params:,} parameters), loaded in {loaded - start:.1f} s")
+    right = 0
+    for (path, q), a in zip(items, answers):
+        ok = is_correct(a.text, q.answer)
+        right += ok
+        print()
+        print(f"image    {path}")
+        print(f"category {q.category}")
+        print(f"question {q.text}")
+        print(f"aux      {a.aux_text}")
+        print(f"answer   {a.text}")
+        print(f"truth    {q.answer}  ({'right' if ok else 'wrong'})")
+    print()
+    print(f"{right}/{len(items)} right; perception + answers in {elapsed:.1f} s")
     return 0

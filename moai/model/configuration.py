@@ -3,6 +3,9 @@
 
 Presets (`MoAIConfig.from_preset`):
   * ``tiny``     random, 112 px images (64 image tokens), 4 decoder layers, one mixer layer; for tests.
+  * ``shapes``   random, the bundled ShapesWorld model's architecture (docs/shapesworld.md): 112 px images
+                 (64 image tokens), a 128-wide 4-layer LLM over a word-level vocabulary, mixers in layers 1
+                 and 3 with causal scope, a 64-latent compressor with aux positions.
   * ``mid``      random, ~100M-parameter LLM, ViT-B/16-class tower at 224 px, mixers every 4th layer; benchmarks.
   * ``moai-7b``  exactly the published MoAI-7B (docs/model.md), official compatibility options on.
 
@@ -292,6 +295,47 @@ def _mid() -> dict[str, Any]:
     )
 
 
+def _shapes() -> dict[str, Any]:
+    return dict(
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=112,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+        ),
+        text_config=dict(
+            vocab_size=320,  # the word tokenizer's rows plus reserved ones (moai/train/vocab.py)
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+        ),
+        compressor_config=dict(
+            depth=2,
+            num_heads=4,
+            head_dim=32,
+            num_latents=64,
+            ff_mult=1.0,
+            aux_position_embeddings=True,
+            max_aux_positions=1024,
+        ),
+        mixer_config=dict(layers=[1, 3], num_heads=4, rank=32, scope="causal"),
+        plora_config=dict(r=16, alpha=16.0),
+    )
+
+
 def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> dict[str, Any]:
     """Field values that reproduce the official numerics (docs/official.md §4)."""
     return dict(
@@ -351,4 +395,4 @@ def _moai_7b() -> dict[str, Any]:
     )
 
 
-PRESETS = {"tiny": _tiny, "mid": _mid, "moai-7b": _moai_7b}
+PRESETS = {"tiny": _tiny, "shapes": _shapes, "mid": _mid, "moai-7b": _moai_7b}

@@ -311,13 +311,19 @@ class ShapesOcrReader(RapidOcrReader):
         return {**RapidOcrReader.versions(), "scipy": package_version("scipy")}
 
     def read(self, image: np.ndarray) -> list[TextLine]:
+        if self.signs_only and not self.signs(image):  # nothing could be kept: skip the OCR models
+            return []
         return self.keep_on_signs(image, super().read(image))
+
+    def signs(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Boxes of the signs found in ``image`` from the pixels (``find_items``)."""
+        return [item.box for item in find_items(image, **self.sign_options) if item.kind == "sign"]
 
     def keep_on_signs(self, image: np.ndarray, lines: list[TextLine]) -> list[TextLine]:
         """The lines whose box centre lies inside a sign found in ``image`` (all of them when not ``signs_only``)."""
         if not self.signs_only or not lines:
             return lines
-        signs = [item.box for item in find_items(image, **self.sign_options) if item.kind == "sign"]
+        signs = self.signs(image)
         return [line for line in lines if any(_inside(box_centre(line.box), box) for box in signs)]
 
 

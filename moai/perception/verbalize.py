@@ -13,6 +13,9 @@ default anywhere until the ShapesWorld ablation measures it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 import numpy as np
 
 from ..verbalize.colormap import corrected_panoptic_map, official_panoptic_map
@@ -72,3 +75,27 @@ def panoptic_map(p: Perception, style: str = "official") -> np.ndarray:
     if style == "corrected":
         return corrected_panoptic_map(p.segment_id_map())
     raise ValueError(f"unknown panoptic map style {style!r} (expected 'official' or 'corrected')")
+
+
+MODULES: tuple[str, ...] = ("ps", "owod", "sgg", "ocr")
+"""The four external CV modules whose verbalized outputs make the aux text (paper §3, Fig. 2)."""
+
+
+def without_modules(p: Perception, modules: Iterable[str]) -> Perception:
+    """``p`` with the outputs of ``modules`` (a subset of `MODULES`) removed: their sentences vanish from
+    the aux text, and without ``ps`` the panoptic map is black. The removed-module ablation of the paper
+    (Table 4) and module dropout in training use it."""
+    drop = set(modules)
+    unknown = drop - set(MODULES)
+    if unknown:
+        raise ValueError(f"unknown module(s) {sorted(unknown)}; choose from {', '.join(MODULES)}")
+    changes: dict[str, tuple] = {}
+    if "ps" in drop:
+        changes["segments"] = ()
+    if "owod" in drop:
+        changes["detections"] = ()
+    if "sgg" in drop:
+        changes.update(objects=(), relations=())
+    if "ocr" in drop:
+        changes["text_lines"] = ()
+    return replace(p, **changes) if changes else p

@@ -83,7 +83,11 @@ class TrainConfig:
     """Perception preset (``default`` | ``official``) run for ``aux: perceive``; with ``aux: cache`` it is
     checked against the cache's config when given."""
     verbalizer: Literal["official", "v2"] = "official"
-    """How perception becomes the aux text (``v2`` is for new models, see moai/verbalize/v2.py)."""
+    """How perception becomes the aux text (``v2`` is for new models, see moai/perception/verbalize_v2.py)."""
+    module_dropout: float = 0.0
+    """Probability that one CV module's (PS, OWOD, SGG, OCR) outputs are removed from a sample's aux text
+    and map, each module independently, drawn per sample and seeded by (seed, global position); needs
+    ``aux: cache`` or ``perceive``. Trains a model that answers from whichever modules are left."""
     max_length: int = 2048
     """Maximum tokens per sample (image tokens included); longer samples are truncated at the end."""
     batch_size: int = 4
@@ -204,6 +208,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("lora_r", 1, None),
     ("lora_alpha", 0, None),
     ("lora_dropout", 0, 1),
+    ("module_dropout", 0, 1),
     ("max_length", 1, None),
     ("batch_size", 1, None),
     ("grad_accum", 1, None),

@@ -30,6 +30,8 @@ from ..io import ImageLoadError, Problem, load_image, open_guarded
 from ..model.constants import IGNORE_INDEX, IMAGE_TOKEN
 from ..model.processing import EncodedConversation, MoAIProcessor
 from ..perception import Perceiver, PerceptionCache, PerceptionConfig, panoptic_map, verbalize_perception
+from ..perception.types import Perception
+from ..perception.verbalize import MODULES, without_modules
 from .config import DataSource
 
 
@@ -49,6 +51,8 @@ class Example:
     """A panoptic colour-map image file, or the map computed from perception (H, W, 3), or None."""
     source: str
     line: int
+    perception: Perception | None = None
+    """What perception found (``aux: cache`` / ``perceive``), kept for module dropout; None otherwise."""
 
 
 @dataclass
@@ -271,13 +275,56 @@ class Mixture:
         return self._epoch(position // self.epoch_len)[position % self.epoch_len]
 
 
+@dataclass(frozen=True)
+class ModuleDropout:
+    """Remove each CV module's aux part from a sample with probability ``p`` (docs/shapesworld.md, Ablation).
+
+    The draw for the sample at global mixture position ``position`` is seeded by ``(seed, position)``, so a
+    resumed run or another process count draws the same modules for the same sample.
+    """
+
+    p: float
+    """Probability that one module's outputs are removed from one sample (each module independently)."""
+    seed: int
+    """Seed of the draws (the run's seed)."""
+    verbalizer: str
+    """Verbalization style of the remaining perception."""
+    map_style: str
+    """Panoptic colour-map style of the remaining perception."""
+
+    def dropped(self, position: int) -> tuple[str, ...]:
+        rng = random.Random(f"{self.seed}-module-dropout-{position}")
+        return tuple(m for m in MODULES if rng.random() < self.p)
+
+    def apply(self, example: Example, position: int) -> Example:
+        """``example`` with the drawn modules removed from its aux text and map (unchanged when none is)."""
+        drop = self.dropped(position)
+        if not drop or example.perception is None:
+            return example
+        kept = without_modules(example.perception, drop)
+        return Example(
+            **{
+                **example.__dict__,
+                "aux_text": verbalize_perception(kept, style=self.verbalizer),
+                "aux_map": panoptic_map(kept, style=self.map_style),
+            }
+        )
+
+
 class Collator:
     """Encode, truncate and batch a list of examples through the processor (`MoAIProcessor.build_batch`)."""
 
-    def __init__(self, processor: MoAIProcessor, max_length: int, use_aux_map: bool) -> None:
+    def __init__(
+        self,
+        processor: MoAIProcessor,
+        max_length: int,
+        use_aux_map: bool,
+        dropout: ModuleDropout | None = None,
+    ) -> None:
         self.processor = processor
         self.max_length = max_length
         self.use_aux_map = use_aux_map
+        self.dropout = dropout
 
     def encode(self, example: Example) -> EncodedConversation:
         return self.processor.encode_turns(example.turns).truncated(self.max_length)
@@ -292,7 +339,14 @@ class Collator:
             return f"fully masked: no answer token left after truncation to {self.max_length} tokens"
         return None
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, examples: Sequence[Example], positions: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """A training batch; ``positions`` (the examples' global mixture positions) seed module dropout."""
+        if self.dropout is not None and self.dropout.p > 0:
+            if positions is None or len(positions) != len(examples):
+                raise ValueError("module dropout needs the global position of every example")
+            examples = [self.dropout.apply(e, p) for e, p in zip(examples, positions)]
         batch = self.processor.build_batch(
             [self.encode(e) for e in examples],
             [_open_rgb(e.image, e) for e in examples],
@@ -347,7 +401,11 @@ class AuxResolver:
                 continue
             aux_text = verbalize_perception(perception, style=self.verbalizer)
             aux_map = panoptic_map(perception, style=self.map_style)
-            out.append(Example(**{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map}))
+            out.append(
+                Example(
+                    **{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map, "perception": perception}
+                )
+            )
         return out, problems
 
 

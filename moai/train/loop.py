@@ -44,9 +44,21 @@ from ..model.constants import (
 )
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
+from ..perception.settings import AuxSettings
 from .config import TrainConfig
-from .data import AuxResolver, Collator, DataError, DataReport, Example, Mixture, Problem, load_examples
+from .data import (
+    AuxResolver,
+    Collator,
+    DataError,
+    DataReport,
+    Example,
+    Mixture,
+    ModuleDropout,
+    Problem,
+    load_examples,
+)
 from .lora import add_lora, merge_lora
+from .vocab import PRESET_TOKENIZERS
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
 
@@ -92,7 +104,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
         _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
-        processor = MoAIProcessor.from_config(model_config)
+        tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
+        processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
     if config.step != "base" and not model.config.mixer_config.layers:
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
     # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
@@ -411,6 +424,23 @@ def make_accelerator(config: TrainConfig):
     )
 
 
+def aux_settings(config: TrainConfig, processor: MoAIProcessor) -> AuxSettings:
+    """How this run's aux text was made, for the saved model (``aux_config.json``): the run's perception
+    preset, or the one of the model it started from when the run names none."""
+    start = Path(config.model)
+    preset = config.perception_preset or (
+        AuxSettings.load(start).perception_preset if start.is_dir() else AuxSettings().perception_preset
+    )
+    return AuxSettings(
+        perception_preset=preset, verbalizer=config.verbalizer, map_style=_map_style(processor)
+    )
+
+
+def _map_style(processor: MoAIProcessor) -> str:
+    """The panoptic colour-map style the processor's aux-map mode expects."""
+    return "official" if processor.aux_map_mode == "official" else "corrected"
+
+
 def _load_mixture(
     config: TrainConfig, processor: MoAIProcessor, collator: Collator, report: DataReport, say: Callable
 ) -> Mixture:
@@ -418,9 +448,12 @@ def _load_mixture(
     truncation leaves unusable; under ``strict`` the first problem aborts with a `DataError`."""
     resolver = None
     if config.aux in ("cache", "perceive"):
-        map_style = "official" if processor.aux_map_mode == "official" else "corrected"
         resolver = AuxResolver(
-            config.aux, config.perception_cache, config.perception_preset, config.verbalizer, map_style
+            config.aux,
+            config.perception_cache,
+            config.perception_preset,
+            config.verbalizer,
+            _map_style(processor),
         )
     files = []
     for source in config.data:
@@ -586,8 +619,19 @@ def _train(
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     report = DataReport()
+    dropout = None
+    if config.module_dropout > 0:
+        if config.aux not in ("cache", "perceive"):
+            raise ValueError(
+                f"config.module_dropout needs the perception of each sample (aux: cache or perceive), "
+                f"not aux: {config.aux}"
+            )
+        dropout = ModuleDropout(config.module_dropout, config.seed, config.verbalizer, _map_style(processor))
     collator = Collator(
-        processor, config.max_length, model.config.use_aux_map and bool(model.config.mixer_config.layers)
+        processor,
+        config.max_length,
+        model.config.use_aux_map and bool(model.config.mixer_config.layers),
+        dropout,
     )
     mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
@@ -640,8 +684,10 @@ def _train(
             batches = []
             for micro in range(config.grad_accum):
                 base = (step * config.grad_accum + micro) * per_step + rank * config.batch_size
-                examples = [mixture[base + j] for j in range(config.batch_size)]
-                batches.append({k: v.to(accelerator.device) for k, v in collator(examples).items()})
+                positions = [base + j for j in range(config.batch_size)]
+                examples = [mixture[p] for p in positions]
+                batch = collator(examples, positions)
+                batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
             metrics = train_step(
                 model,
                 batches,
@@ -717,6 +763,7 @@ def _train(
             say(f"merged {merge_lora(unwrapped)} LoRA adapters into the LLM weights of final/")
         unwrapped.save_pretrained(run / "final")
         processor.save_pretrained(run / "final")
+        aux_settings(config, processor).save(run / "final")
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         say(f"done: {config.max_steps} steps, final loss {last_loss:.4f}; model in {run / 'final'}")
         say(f"summary: {summary['data']}")

@@ -69,7 +69,7 @@ class Score:
         }
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
+def json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
     """``(line number, parsed object or Problem)`` for every non-blank line of a UTF-8 JSONL file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -109,7 +109,7 @@ def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestio
     questions: list[ScoredQuestion] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         if isinstance(row, Problem):
             _check(row, problems, strict)
             continue
@@ -136,7 +136,7 @@ def read_answers(path: Path, strict: bool = False) -> tuple[dict[str, str], list
     """``question_id -> text``; lines without both strings, and repeated ids, are problems."""
     answers: dict[str, str] = {}
     problems: list[Problem] = []
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         if isinstance(row, Problem):
             _check(row, problems, strict)
             continue

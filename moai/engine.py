@@ -1,0 +1,189 @@
+"""The inference engine: image -> perception -> verbalization -> processor -> generate (paper §3, Fig. 2).
+
+``Engine.load(path)`` loads a saved MoAI directory with the perception preset and verbalizer it was trained
+with (``aux_config.json`` in the directory, written by ``moai train``); ``answer`` runs the whole
+pipeline batched. Perception results are kept per image content hash in a bounded LRU cache, so asking
+several questions about one image perceives it once. ``moai predict`` and ``moai demo`` use this class;
+nothing else re-implements the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .io import ImageSource, load_image
+from .model.modeling import MoAIForConditionalGeneration
+from .model.processing import MoAIProcessor
+from .perception.config import PerceptionConfig
+from .perception.run import Perceiver
+from .perception.settings import AuxSettings
+from .perception.types import Perception
+from .perception.verbalize import MODULES, panoptic_map, verbalize_perception, without_modules
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "moai-tiny-shapes"
+"""The bundled ShapesWorld model (docs/shapesworld.md), the default of every inference command."""
+
+
+def parse_aux(value: str) -> tuple[str, ...]:
+    """``--aux on|off|drop:ocr,sgg``: the modules whose aux is removed (``on``: none, ``off``: all four)."""
+    if value == "on":
+        return ()
+    if value == "off":
+        return MODULES
+    if value.startswith("drop:"):
+        names = tuple(n.strip() for n in value[5:].split(",") if n.strip())
+        bad = [n for n in names if n not in MODULES]
+        if bad or not names:
+            raise ValueError(f"--aux {value!r}: name modules from {', '.join(MODULES)} after drop:")
+        return names
+    raise ValueError(f"--aux {value!r}: expected on, off or drop:MODULE[,MODULE...]")
+
+
+@dataclass
+class Answer:
+    """One answer of `Engine.answer`."""
+
+    text: str
+    """The generated answer (special tokens removed, stripped)."""
+    aux_text: str
+    """The verbalized aux knowledge the model read."""
+    perception: Perception | None = field(default=None, repr=False)
+    """What the four CV modules found (before any ``drop``)."""
+
+
+class Engine:
+    """A loaded model, its processor and its perception models: ``answer`` runs the MoAI pipeline.
+
+    Args:
+        model: a MoAI model (eval mode is set).
+        processor: its processor.
+        perceiver: the perception models (None: built on first use from ``inference.perception_preset``).
+        aux_settings: perception preset, verbalizer and map style the model expects.
+        cache_size: perception results kept per image content hash (LRU).
+    """
+
+    def __init__(
+        self,
+        model: MoAIForConditionalGeneration,
+        processor: MoAIProcessor,
+        perceiver: Perceiver | None = None,
+        aux_settings: AuxSettings | None = None,
+        cache_size: int = 256,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.aux_settings = aux_settings or AuxSettings()
+        self._perceiver = perceiver
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Perception] = OrderedDict()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Engine:
+        """Load a ``save_pretrained`` MoAI directory (default: the bundled ShapesWorld model)."""
+        path = Path(path) if path is not None else DEFAULT_MODEL
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model {path}: not a saved MoAI directory (no config.json)")
+        from transformers.utils import logging as hf_logging
+
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = MoAIForConditionalGeneration.from_pretrained(path).to(device)
+        finally:
+            hf_logging.set_verbosity(previous)
+        processor = MoAIProcessor.from_pretrained(path)
+        return cls(model, processor, aux_settings=AuxSettings.load(path), **kwargs)
+
+    # -- perception ------------------------------------------------------------------------------
+    @property
+    def perceiver(self) -> Perceiver:
+        if self._perceiver is None:
+            self._perceiver = Perceiver(PerceptionConfig.from_preset(self.aux_settings.perception_preset))
+        return self._perceiver
+
+    def perceive(self, images: Sequence[Image.Image]) -> list[Perception]:
+        """Perception of each image, from the in-process cache (keyed by pixel content) when seen before."""
+        keys = [_pixel_hash(img) for img in images]
+        todo = {k: img for k, img in zip(keys, images) if k not in self._cache}
+        if todo:
+            found = self.perceiver.perceive_loaded(list(todo.values()))
+            for key, perception in zip(todo, found):
+                self._remember(key, perception)
+        out = []
+        for key in keys:
+            self._cache.move_to_end(key)
+            out.append(self._cache[key])
+        return out
+
+    def _remember(self, key: str, perception: Perception) -> None:
+        self._cache[key] = perception
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def aux_inputs(self, perception: Perception, drop: Iterable[str] = ()) -> tuple[str, np.ndarray]:
+        """The aux text and panoptic map of a perception with the modules in ``drop`` removed."""
+        kept = without_modules(perception, drop)
+        text = verbalize_perception(kept, style=self.aux_settings.verbalizer)
+        return text, panoptic_map(kept, style=self.aux_settings.map_style)
+
+    # -- answering -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer(
+        self,
+        images: Sequence[ImageSource | Image.Image],
+        questions: Sequence[str],
+        *,
+        drop: Iterable[str] = (),
+        history: Sequence[Sequence[tuple[str, str]]] | None = None,
+        max_new_tokens: int = 16,
+        **generation: Any,
+    ) -> list[Answer]:
+        """Answer ``questions[i]`` about ``images[i]`` in one batched ``generate`` (greedy by default).
+
+        Args:
+            images: files, bytes or PIL images (one per question).
+            questions: the questions.
+            drop: modules whose aux is removed (``MODULES``), the inference-time ablation.
+            history: earlier ``(question, answer)`` turns per sample (multi-turn), or None.
+            max_new_tokens / generation: passed to ``generate``.
+        """
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        if not questions:
+            return []
+        loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        perceptions = self.perceive(loaded)
+        aux = [self.aux_inputs(p, drop) for p in perceptions]
+        rows = [
+            self.processor.encode_turns([*(history[i] if history else ()), (q, None)])
+            for i, q in enumerate(questions)
+        ]
+        batch = self.processor.build_batch(
+            rows,
+            loaded,
+            aux_text=[text for text, _ in aux],
+            aux_images=[colour_map for _, colour_map in aux] if self.model.config.use_aux_map else None,
+            with_labels=False,
+        ).to(self.model.device)
+        generation.setdefault("do_sample", False)
+        pad = self.processor.tokenizer.pad_token_id
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
+        new = out[:, batch["input_ids"].shape[1] :]
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        return [Answer(t.strip(), a, p) for t, (a, _), p in zip(texts, aux, perceptions)]
+
+
+def _pixel_hash(image: Image.Image) -> str:
+    """sha256 of an image's mode, size and pixels: the same picture from any file format hits the cache."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
