@@ -143,6 +143,7 @@ class Engine:
         questions: Sequence[str],
         *,
         drop: Iterable[str] = (),
+        perceptions: Sequence[Perception] | None = None,
         history: Sequence[Sequence[tuple[str, str]]] | None = None,
         max_new_tokens: int = 16,
         **generation: Any,
@@ -153,6 +154,8 @@ class Engine:
             images: files, bytes or PIL images (one per question).
             questions: the questions.
             drop: modules whose aux is removed (``MODULES``), the inference-time ablation.
+            perceptions: use these instead of perceiving the images (precomputed, or another image's to
+                check that the answers follow the aux knowledge).
             history: earlier ``(question, answer)`` turns per sample (multi-turn), or None.
             max_new_tokens / generation: passed to ``generate``.
         """
@@ -161,7 +164,10 @@ class Engine:
         if not questions:
             return []
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
-        perceptions = self.perceive(loaded)
+        if perceptions is None:
+            perceptions = self.perceive(loaded)
+        elif len(perceptions) != len(loaded):
+            raise ValueError(f"{len(perceptions)} perceptions for {len(loaded)} images")
         aux = [self.aux_inputs(p, drop) for p in perceptions]
         rows = [
             self.processor.encode_turns([*(history[i] if history else ()), (q, None)])

@@ -33,6 +33,7 @@ def _template_texts() -> list[str]:
     for kind in shapes.KINDS:
         texts += [shapes.count_kind_question(kind), shapes.colour_question(kind), kind]
     texts += [shapes.sign_word_question(), shapes.word_present_question(""), "yes", "no"]
+    texts += ["system", "user", "assistant"]  # the chat template's roles
     return texts
 
 

@@ -404,9 +404,12 @@ def generate(seed: int, index: int) -> tuple[Scene, list[Question]]:
 
 
 def conversation(scene: Scene, questions: Sequence[Question]) -> dict[str, Any]:
-    """A LLaVA training record: every question of the scene as one multi-turn conversation."""
+    """A LLaVA training record: every question of the scene as one multi-turn conversation, in an order
+    shuffled per scene (seeded by the scene), so every category is also asked first, as at inference where a
+    question comes alone."""
+    order = np.random.default_rng([scene.seed, scene.index, 1]).permutation(len(questions))
     turns = []
-    for i, q in enumerate(questions):
+    for i, q in enumerate(questions[j] for j in order):
         turns.append({"from": "human", "value": f"<image>\n{q.text}" if i == 0 else q.text})
         turns.append({"from": "gpt", "value": q.answer})
     return {"id": scene.id, "image": image_path(scene), "conversations": turns}

@@ -1,0 +1,1 @@
+"""End-to-end recipes that chain the project's commands (docs/shapesworld.md)."""

@@ -1,0 +1,269 @@
+"""The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
+
+    world (train + check sets) -> perception cache -> base stage -> check -> MoAI step 1 -> step 2 -> check
+    -> model card + install
+
+Stages are ``moai train`` runs of the shipped configs ``moai/train/configs/shapesworld/{base,step1,step2}.yaml``
+(the paper's recipe in miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained from scratch without aux,
+then the MoAI modules trained on the frozen base in two steps). The checks between stages are measured on a
+check set (its own world seed, never trained on) and stop the recipe when a stage did not learn:
+
+* base: beats the majority-answer-per-template baseline on existence, colour and shape;
+* MoAI: answers follow the aux knowledge: with another scene's aux, at least ``MIN_SWAP_CHANGED`` of the
+  answers change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..perception.config import PerceptionConfig
+from ..perception.dataset import precompute
+from ..worlds.score import is_correct
+from ..worlds.shapes import COLOURS, KINDS, PLURALS, QUESTIONS_FILE, TRAIN_FILE, write_world
+
+CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
+"""The shipped stage configs."""
+STAGES = ("base", "step1", "step2")
+TRAIN_SEED = 1000
+"""World seed of the training scenes."""
+CHECK_SEED = 2000
+"""World seed of the check set used between stages (never trained on; not the ablation's held-out set)."""
+BASE_CHECKED = ("existence", "colour", "shape")
+"""Categories on which the base must beat the majority baseline before the MoAI stages start."""
+MIN_SWAP_CHANGED = 0.2
+"""Fraction of check-set answers that must change when the model is given another scene's aux."""
+
+
+class CheckFailed(RuntimeError):
+    """A stage did not learn what the next one needs; the message has the measurements."""
+
+
+@dataclass
+class RecipeOptions:
+    """Sizes of one recipe run (the defaults make the bundled model)."""
+
+    out: Path
+    """Run directory: world/, check/, cache/, base/, step1/, step2/, recipe.json."""
+    scenes: int = 3000
+    """Training scenes (about 5.4 questions each)."""
+    check_scenes: int = 150
+    """Scenes of the check set."""
+    steps: dict[str, int] = field(default_factory=dict)
+    """Override the optimizer steps of a stage (``{"base": 10}``); the configs' values otherwise."""
+    batch_size: int | None = None
+    """Override every stage's batch size."""
+    checks: bool = True
+    """Stop when a check fails (off: report and go on)."""
+
+
+def template_key(text: str) -> str:
+    """A question with its colour, kind and sign words replaced by placeholders: the question's template."""
+    words = "|".join(sorted([*COLOURS, *KINDS, *PLURALS.values()], key=len, reverse=True))
+    text = re.sub(rf"\b({words})\b", "{x}", text)
+    return re.sub(r"\b[A-Z]{3,6}\b", "{WORD}", text)
+
+
+def majority_answers(questions: Sequence[dict]) -> dict[str, str]:
+    """The most common answer of each template in ``questions`` (the baseline a model that ignores the
+    image and the aux reaches)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for q in questions:
+        counts[template_key(q["text"])][q["answer"]] += 1
+    return {key: c.most_common(1)[0][0] for key, c in counts.items()}
+
+
+def accuracy_by_category(questions: Sequence[dict], answers: Sequence[str]) -> dict[str, float]:
+    """Percent right per category and ``overall``."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for q, a in zip(questions, answers):
+        ok = is_correct(a, q["answer"])
+        right[q["category"]].append(ok)
+        right["overall"].append(ok)
+    return {c: 100.0 * sum(v) / len(v) for c, v in right.items()}
+
+
+def read_questions(world: Path) -> list[dict]:
+    return [json.loads(line) for line in (world / QUESTIONS_FILE).read_text().splitlines() if line.strip()]
+
+
+def answer_all(engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs) -> list[str]:
+    """The engine's answers to ``questions`` (images under ``world``), in order."""
+    out: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        extra = {k: v[start : start + batch_size] for k, v in kwargs.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
+        answers = engine.answer(
+            [world / q["image"] for q in chunk], [q["text"] for q in chunk], **extra, **fixed
+        )
+        out += [a.text for a in answers]
+    return out
+
+
+def check_base(engine, check: Path, train_questions: Sequence[dict], say: Callable[[str], None]) -> dict:
+    """Accuracy of the base on the check set next to the majority baseline; `CheckFailed` when the base
+    does not beat it on every category of ``BASE_CHECKED``."""
+    questions = read_questions(check)
+    majority = majority_answers(train_questions)
+    baseline = accuracy_by_category(questions, [majority.get(template_key(q["text"]), "") for q in questions])
+    model = accuracy_by_category(questions, answer_all(engine, check, questions))
+    say(_table({"majority baseline": baseline, "base": model}))
+    failed = [c for c in BASE_CHECKED if model.get(c, 0.0) <= baseline.get(c, 0.0)]
+    result = {"baseline": baseline, "base": model, "failed": failed}
+    if failed:
+        result["message"] = f"the base does not beat the majority baseline on {', '.join(failed)}"
+    return result
+
+
+def check_moai(engine, check: Path, say: Callable[[str], None]) -> dict:
+    """Accuracy of the MoAI model on the check set with its own aux, another scene's aux, and no aux;
+    `CheckFailed` when fewer than ``MIN_SWAP_CHANGED`` of the answers change with another scene's aux."""
+    questions = read_questions(check)
+    images = sorted({q["image"] for q in questions})
+    perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(check / i) for i in images])))
+    other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
+    own = answer_all(engine, check, questions)
+    swapped = answer_all(engine, check, questions, perceptions=[other[q["image"]] for q in questions])
+    no_aux = answer_all(engine, check, questions, drop=("ps", "owod", "sgg", "ocr"))
+    changed = sum(a != b for a, b in zip(own, swapped)) / len(own)
+    rows = {
+        "MoAI": accuracy_by_category(questions, own),
+        "MoAI, another scene's aux": accuracy_by_category(questions, swapped),
+        "MoAI, no aux": accuracy_by_category(questions, no_aux),
+    }
+    say(_table(rows))
+    say(f"answers changed by another scene's aux: {100 * changed:.1f}%")
+    result = {**rows, "changed_by_swapped_aux": changed, "failed": []}
+    if changed < MIN_SWAP_CHANGED:
+        result["failed"] = ["swap"]
+        result["message"] = (
+            f"only {100 * changed:.1f}% of the answers change with another scene's aux "
+            f"(needs {100 * MIN_SWAP_CHANGED:.0f}%): the MoAI stage does not read the aux"
+        )
+    return result
+
+
+def _table(rows: dict[str, dict[str, float]]) -> str:
+    cols = [c for c in ("existence", "count", "colour", "shape", "position", "ocr", "overall")]
+    width = max(len(n) for n in rows) + 2
+    lines = [" " * width + "".join(f"{c:>10}" for c in cols)]
+    for name, acc in rows.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{acc.get(c, float('nan')):>10.1f}" for c in cols))
+    return "\n".join(lines)
+
+
+def stage_config(stage: str, options: RecipeOptions, model: str):
+    """The shipped config of ``stage`` with this run's paths (and size overrides)."""
+    from ..train.config import TrainConfig
+
+    overrides = [
+        f"output_dir={options.out / stage}",
+        f"data=[{{path: {options.out / 'world' / TRAIN_FILE}}}]",
+        f"model={model}",
+        "progress=false",
+    ]
+    if stage != "base":
+        overrides.append(f"perception_cache={options.out / 'cache'}")
+    if stage in options.steps:
+        overrides.append(f"max_steps={options.steps[stage]}")
+        overrides.append(f"warmup_steps={min(options.steps[stage] // 10, 50)}")
+    if options.batch_size:
+        overrides.append(f"batch_size={options.batch_size}")
+    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
+
+
+def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> dict:
+    """Make the ShapesWorld model in ``options.out``; returns (and writes to recipe.json) the measurements."""
+    from ..engine import Engine
+    from ..train.loop import train
+    from ..train.plot import plot_run
+
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"options": {**asdict(options), "out": str(out)}, "seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report["seconds"][name] = round(now - clock, 1)
+        say(f"[recipe] {name} done in {now - clock:.0f} s")
+        clock = now
+
+    for name, seed, n in (("world", TRAIN_SEED, options.scenes), ("check", CHECK_SEED, options.check_scenes)):
+        if not (out / name / QUESTIONS_FILE).is_file():
+            shutil.rmtree(out / name, ignore_errors=True)
+            write_world(out / name, n, seed)
+    lap("worlds")
+    say(f"[recipe] perception of {options.scenes} training scenes (preset shapesworld)")
+    summary = precompute(
+        out / "world" / TRAIN_FILE, out / "cache", PerceptionConfig.from_preset("shapesworld"), progress=False
+    )
+    say(f"[recipe] {summary.line()}")
+    lap("perception")
+
+    model = "shapes"
+    for stage in STAGES:
+        config = stage_config(stage, options, model)
+        say(
+            f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
+        )
+        report[stage] = {"summary": train(config, log=lambda m: say(f"  {m}"))}
+        plot_run(config.output_dir)
+        model = str(Path(config.output_dir) / "final")
+        lap(stage)
+        if stage == "base":
+            result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
+        elif stage == "step2":
+            result = check_moai(Engine.load(model), out / "check", say)
+        else:
+            continue
+        report[stage]["check"] = result
+        lap(f"{stage} check")
+        _write(out, report)
+        if result["failed"]:
+            say(f"[recipe] check failed: {result['message']}")
+            if options.checks:
+                raise CheckFailed(result["message"])
+    report["model"] = model
+    _write(out, report)
+    return report
+
+
+def _write(out: Path, report: dict) -> None:
+    (out / "recipe.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m moai.recipes.shapesworld", description="make the bundled ShapesWorld model"
+    )
+    parser.add_argument("--out", default="runs/shapesworld", help="run directory (default: %(default)s)")
+    parser.add_argument("--scenes", type=int, default=3000, help="training scenes (default: %(default)s)")
+    parser.add_argument(
+        "--no-checks", dest="checks", action="store_false", help="report failed checks, go on"
+    )
+    args = parser.parse_args(argv)
+    options = RecipeOptions(out=Path(args.out).resolve(), scenes=args.scenes, checks=args.checks)
+    try:
+        report = run_recipe(options, say=lambda m: print(m, flush=True))
+    except CheckFailed as err:
+        print(f"shapesworld recipe: check failed: {err}", file=sys.stderr)
+        return 1
+    print(f"[recipe] model in {report['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
