@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # idle OpenMP workers sleep instead of spinning: a busy CPU does not collapse throughput (bench/threads.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean shapesworld-model
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/moai demo
+
+# The bundled model from nothing (docs/shapesworld.md): world, perception cache, three training stages,
+# checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about an hour on 2 cores).
+shapesworld-model: $(STAMP)
+	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --install checkpoints/moai-tiny-shapes
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

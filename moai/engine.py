@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .io import ImageSource, load_image
+from .model.mixer import gate_statistics
 from .model.modeling import MoAIForConditionalGeneration
 from .model.processing import MoAIProcessor
 from .perception.config import PerceptionConfig
@@ -58,6 +59,9 @@ class Answer:
     """The verbalized aux knowledge the model read."""
     perception: Perception | None = field(default=None, repr=False)
     """What the four CV modules found (before any ``drop``)."""
+    gate_weights: dict[str, dict[str, float]] | None = None
+    """On request (``gates=True``): the mean gate weight of each expert per mixer layer over the prompt's
+    image tokens (``I_*``) and language tokens (``L_*``), ``{"layer1": {"I_AUX": 0.2, ...}}``."""
 
 
 class Engine:
@@ -145,6 +149,7 @@ class Engine:
         drop: Iterable[str] = (),
         perceptions: Sequence[Perception] | None = None,
         history: Sequence[Sequence[tuple[str, str]]] | None = None,
+        gates: bool = False,
         max_new_tokens: int = 16,
         **generation: Any,
     ) -> list[Answer]:
@@ -157,6 +162,7 @@ class Engine:
             perceptions: use these instead of perceiving the images (precomputed, or another image's to
                 check that the answers follow the aux knowledge).
             history: earlier ``(question, answer)`` turns per sample (multi-turn), or None.
+            gates: also return the gate weights of the prompt (one extra forward pass).
             max_new_tokens / generation: passed to ``generate``.
         """
         if len(images) != len(questions):
@@ -185,7 +191,20 @@ class Engine:
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
         new = out[:, batch["input_ids"].shape[1] :]
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
-        return [Answer(t.strip(), a, p) for t, (a, _), p in zip(texts, aux, perceptions)]
+        weights = self.gate_weights(batch) if gates else [None] * len(texts)
+        return [Answer(t.strip(), a, p, w) for t, (a, _), p, w in zip(texts, aux, perceptions, weights)]
+
+    def gate_weights(self, batch: dict[str, torch.Tensor]) -> list[dict[str, dict[str, float]]]:
+        """Per sample: the mean gate weight of each expert per mixer layer over the prompt (`gate_statistics`)."""
+        out = self.model(**batch)
+        layers = self.model.language_model.mixer_layers
+        streams = batch["mm_token_type_ids"]
+        if not out.gate_weights:
+            return [{} for _ in range(streams.shape[0])]
+        return [
+            gate_statistics(tuple(w[i : i + 1] for w in out.gate_weights), streams[i : i + 1], layers)
+            for i in range(streams.shape[0])
+        ]
 
 
 def _pixel_hash(image: Image.Image) -> str:

@@ -82,6 +82,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not images_root.is_dir():
         raise NotADirectoryError(f"{images_root}: images root is not a directory")
     drop = parse_aux(args.aux)
+    if args.gate_bias:
+        parse_gate_bias(args.gate_bias)  # a bad value fails before the model loads
     if out.is_dir():
         raise IsADirectoryError(f"{out}: --out is a directory, not an answer file")
 
@@ -108,6 +110,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"moai predict: {len(answered)} question(s) already answered in {out}, skipped", file=sys.stderr
         )
     engine = Engine.load(model_path)
+    if args.gate_bias:
+        engine.model.set_mixer(gate_bias=parse_gate_bias(args.gate_bias))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as sink, _progress(len(todo), args.progress) as bar:
         for start in range(0, len(todo), args.batch_size):
@@ -135,6 +139,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.update(len(todo[start : start + args.batch_size]))
     print(f"wrote {len(todo) - len(skipped)} answers to {out} ({len(skipped)} skipped)")
     return EXIT_SKIPPED if skipped else 0
+
+
+def parse_gate_bias(text: str) -> tuple[float, ...]:
+    """``I_AUX=+1,L_AUX=0.5`` -> a ``MixerSettings.gate_bias`` (the experts not named get 0)."""
+    from .model.mixer import gate_bias_from
+
+    values = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--gate-bias {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]") from None
+        if not sep:
+            raise ValueError(f"--gate-bias {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]")
+    try:
+        return gate_bias_from(values)
+    except ValueError as err:
+        raise ValueError(f"--gate-bias {text!r}: {err}") from None
 
 
 def _report(problem: Problem, skipped: list[Problem], strict: bool) -> None:

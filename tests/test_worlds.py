@@ -232,7 +232,9 @@ def test_written_world_is_reproducible_and_well_formed(tmp_path):
         assert len(turns) == 2 * len(asked) >= 6  # several questions per image
         assert [t["from"] for t in turns] == ["human", "gpt"] * len(asked)
         pairs = [(h["value"].removeprefix("<image>\n"), a["value"]) for h, a in zip(turns[::2], turns[1::2])]
-        assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in turns[1:])
+        assert turns[0]["value"].startswith("<image>\n") and all(
+            "<image>" not in t["value"] for t in turns[1:]
+        )
         assert sorted(pairs) == sorted((q["text"], q["answer"]) for q in asked)  # every question, once
         first.append(next(q["category"] for q in asked if q["text"] == pairs[0][0]))
     assert len(set(first)) > 1  # the turn order is shuffled per scene: not always the same category first

@@ -19,6 +19,7 @@ tokens, D hidden, H heads, E = D / H head width, R low rank.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from .configuration import MoAIMixerConfig
 from .constants import (
+    EXPERT_NAMES,
     EXPERTS_PER_STREAM,
     IMAGE_EXPERTS,
     LANGUAGE_EXPERTS,
@@ -40,6 +42,16 @@ from .plora import zero_init
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCOPES = ("prompt", "causal")
+
+
+def gate_bias_from(values: dict[str, float]) -> tuple[float, ...]:
+    """A ``MixerSettings.gate_bias`` from ``{expert name: bias}`` (names of ``EXPERT_NAMES``; others 0)."""
+    unknown = sorted(set(values) - set(EXPERT_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown expert(s) {unknown} in the gate bias; choose from {', '.join(EXPERT_NAMES)}"
+        )
+    return tuple(float(values.get(name, 0.0)) for name in EXPERT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,10 @@ class MixerSettings:
     """k of ``topk`` mode (1 or 2)."""
     scope: str = "prompt"
     """Language tokens in the mixer: ``prompt`` (bidirectional) or ``causal`` (answers join, causally)."""
+    gate_bias: tuple[float, ...] | None = None
+    """Test-time gate steering: a bias added to the gate logits, one value per expert in ``EXPERT_NAMES``
+    order (image gate ``I_AUX, I_LANG, I_SELF``, then language gate ``L_AUX, L_IMG, L_SELF``); None adds
+    nothing. ``gate_bias_from({"I_AUX": 1.0})`` builds one."""
 
     def __post_init__(self) -> None:
         if self.mode not in MIXER_MODES:
@@ -81,6 +97,13 @@ class MixerSettings:
             raise ValueError(f"top_k must be 1 or 2, got {self.top_k}")
         if self.scope not in SCOPES:
             raise ValueError(f"mixer scope must be prompt or causal, got {self.scope!r}")
+        if self.gate_bias is not None:
+            bias = tuple(float(b) for b in self.gate_bias)
+            if len(bias) != len(EXPERT_NAMES) or not all(math.isfinite(b) for b in bias):
+                raise ValueError(
+                    f"gate_bias must be {len(EXPERT_NAMES)} finite numbers, got {self.gate_bias!r}"
+                )
+            object.__setattr__(self, "gate_bias", bias)
 
     @classmethod
     def from_config(cls, config: MoAIMixerConfig) -> MixerSettings:
@@ -276,8 +299,10 @@ class MoAIMixer(nn.Module):
             w_img = F.one_hot(torch.tensor(choice[0]), k).to(hidden.dtype).expand(*h_img.shape[:2], k)
             w_lang = F.one_hot(torch.tensor(choice[1]), k).to(hidden.dtype).expand(*h_lang.shape[:2], k)
         elif mode in ("gated", "topk"):
-            w_img = self._gate(self.gate_img, h_img, settings)
-            w_lang = self._gate(self.gate_lang, h_lang, settings)
+            bias = settings.gate_bias
+            k_img = None if bias is None else bias[:k]
+            w_img = self._gate(self.gate_img, h_img, settings, k_img)
+            w_lang = self._gate(self.gate_lang, h_lang, settings, None if bias is None else bias[k:])
             mix_img = self._combine(h_img, w_img, img_experts, img_inputs)
             mix_lang = self._combine(h_lang, w_lang, lang_experts, lang_inputs)
         else:
@@ -289,9 +314,14 @@ class MoAIMixer(nn.Module):
         return out, weights
 
     @staticmethod
-    def _gate(gate: nn.Linear, h: torch.Tensor, settings: MixerSettings) -> torch.Tensor:
-        """Softmax gate weights [B, N, 3] in the set dtype (official: fp16 eval / bf16 step 2)."""
+    def _gate(
+        gate: nn.Linear, h: torch.Tensor, settings: MixerSettings, bias: tuple[float, ...] | None = None
+    ) -> torch.Tensor:
+        """Softmax gate weights [B, N, 3] in the set dtype (official: fp16 eval / bf16 step 2); ``bias`` is
+        added to the logits (test-time steering)."""
         logits = gate(h)
+        if bias is not None:
+            logits = logits + torch.tensor(bias, dtype=logits.dtype, device=logits.device)
         weights = F.softmax(logits, dim=-1, dtype=_DTYPES[settings.gate_softmax_dtype]).to(h.dtype)
         if settings.mode == "topk":
             top = weights.topk(settings.top_k, dim=-1)
@@ -309,3 +339,26 @@ class MoAIMixer(nn.Module):
             term = w[..., i : i + 1] * expert(h, kv, keep)
             out = term if out is None else out + term
         return out
+
+
+def gate_statistics(
+    gate_weights: tuple[torch.Tensor, ...] | None, streams: torch.Tensor, layers: list[int]
+) -> dict:
+    """Average gate weight of each expert per mixer layer, over the tokens that layer mixed (image experts
+    over image tokens, language experts over the language tokens in the mixer scope: answer tokens outside
+    the ``prompt`` scope carry zero weights and are left out)."""
+    if not gate_weights:
+        return {}
+    out = {}
+    image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
+    k = EXPERTS_PER_STREAM
+    for layer, weights in zip(layers, gate_weights):
+        w = weights.detach().float()  # [B, S, k]
+        mixed = w.sum(dim=-1) > 0  # [B, S]
+        stats = {}
+        for names, mask in ((EXPERT_NAMES[:k], image & mixed), (EXPERT_NAMES[k:], lang & mixed)):
+            if bool(mask.any()):
+                mean = w[mask].mean(dim=0)
+                stats.update({n: float(v) for n, v in zip(names, mean)})
+        out[f"layer{layer}"] = stats
+    return out

@@ -33,15 +33,11 @@ import torch
 
 from ..model.configuration import MoAIConfig
 from ..model.constants import (
-    EXPERT_NAMES,
-    EXPERTS_PER_STREAM,
     IGNORE_INDEX,
     IMAGE_EXPERTS,
     LANGUAGE_EXPERTS,
-    STREAM_ANSWER,
-    STREAM_IMAGE,
-    STREAM_PROMPT,
 )
+from ..model.mixer import gate_statistics
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
@@ -281,29 +277,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def gate_statistics(
-    gate_weights: tuple[torch.Tensor, ...] | None, streams: torch.Tensor, layers: list[int]
-) -> dict:
-    """Average gate weight of each expert per mixer layer, over the tokens that layer mixed (image experts
-    over image tokens, language experts over the language tokens in the mixer scope: answer tokens outside
-    the ``prompt`` scope carry zero weights and are left out)."""
-    if not gate_weights:
-        return {}
-    out = {}
-    image, lang = streams == STREAM_IMAGE, (streams == STREAM_PROMPT) | (streams == STREAM_ANSWER)
-    k = EXPERTS_PER_STREAM
-    for layer, weights in zip(layers, gate_weights):
-        w = weights.detach().float()  # [B, S, k]
-        mixed = w.sum(dim=-1) > 0  # [B, S]
-        stats = {}
-        for names, mask in ((EXPERT_NAMES[:k], image & mixed), (EXPERT_NAMES[k:], lang & mixed)):
-            if bool(mask.any()):
-                mean = w[mask].mean(dim=0)
-                stats.update({n: float(v) for n, v in zip(names, mean)})
-        out[f"layer{layer}"] = stats
-    return out
-
-
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """The records of ``run/metrics.jsonl`` (one per logged step), or [] when the run logged none."""
     path = Path(run) / "metrics.jsonl"

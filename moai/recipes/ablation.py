@@ -1,0 +1,193 @@
+"""The removed-module ablation of the paper (arXiv 2403.07508, Table 4) in miniature, on ShapesWorld.
+
+    python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base/final \\
+        --out docs/figures/shapesworld [--dropout-model DIR] [--seed 7000] [--per-category 350]
+
+A held-out world (``--seed``, never used in training) gives a question set balanced over the categories
+(``--per-category`` questions each, the first ones of the world in order). Each variant answers all of them
+through the engine; perception runs once per image and is shared by every variant of a model. Writes
+``results.json``, ``table.md``, ``ablation.png`` (accuracy per category and variant) and ``gates.png``
+(mean gate weight per expert and category of the full model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..engine import Engine
+from ..model.constants import EXPERT_NAMES
+from ..model.mixer import gate_bias_from
+from ..perception.verbalize import MODULES
+from ..worlds.shapes import CATEGORIES, QUESTIONS_FILE, write_world
+from .shapesworld import accuracy_by_category, read_questions
+
+COLUMNS = (*CATEGORIES, "overall")
+
+
+def balanced_questions(world: Path, per_category: int) -> list[dict]:
+    """The first ``per_category`` questions of each category of the world (its file order)."""
+    picked: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
+    for q in read_questions(world):
+        if len(picked[q["category"]]) < per_category:
+            picked[q["category"]].append(q)
+    short = [c for c, qs in picked.items() if len(qs) < per_category]
+    if short:
+        raise ValueError(f"the world has fewer than {per_category} {', '.join(short)} questions: add scenes")
+    return [q for c in CATEGORIES for q in picked[c]]
+
+
+def run_variant(
+    engine: Engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs
+) -> list:
+    """The engine's answers (with gate weights) to ``questions``."""
+    out = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        out += engine.answer([world / q["image"] for q in chunk], [q["text"] for q in chunk], **kwargs)
+    return out
+
+
+def official_mode(engine: Engine) -> Engine:
+    """The same weights with the official model's run-time behaviour where a trained model allows it: RoPE
+    positions 0..S-1 under left padding, the compressor attending to padded aux tokens, float16 gate softmax
+    (docs/official.md §4). Architecture choices the model was trained with (aux positions, causal scope) stay."""
+    config = engine.model.config
+    config.position_ids_from_mask = False
+    config.compressor_config.key_padding_mask = False
+    engine.model.set_mixer(gate_softmax_dtype="float16")
+    return engine
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moai.recipes.ablation", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model", default=None, help="the MoAI model (default: the bundled one)")
+    parser.add_argument("--base", help="the base model trained without aux (the recipe's base/final)")
+    parser.add_argument("--dropout-model", help="the MoAI model trained with module dropout (optional)")
+    parser.add_argument("--out", required=True, help="directory for results.json, table.md and the figures")
+    parser.add_argument(
+        "--seed", type=int, default=7000, help="world seed of the held-out set (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--scenes", type=int, default=700, help="scenes of the held-out world (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--per-category", type=int, default=350, help="questions per category (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--gate-bias", default="I_AUX=1,L_AUX=1", help="steering variant (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    world = out / "world"
+    if not (world / QUESTIONS_FILE).is_file():
+        write_world(world, args.scenes, args.seed)
+    questions = balanced_questions(world, args.per_category)
+    print(
+        f"held-out set: {len(questions)} questions ({args.per_category} per category), world seed {args.seed}"
+    )
+
+    results: dict[str, dict[str, float]] = {}
+    gates: dict[str, dict[str, float]] = {}
+
+    def measure(name: str, engine: Engine, **kwargs) -> list:
+        start = time.perf_counter()
+        answers = run_variant(engine, world, questions, **kwargs)
+        results[name] = accuracy_by_category(questions, [a.text for a in answers])
+        print(
+            f"{name:<40} overall {results[name]['overall']:5.1f}  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        return answers
+
+    moai = Engine.load(args.model, cache_size=len(questions))
+    answers = measure("MoAI-tiny", moai, gates=True)
+    for module in MODULES:
+        measure(f"MoAI-tiny, {module.upper()} aux removed", moai, drop=(module,))
+    measure("MoAI-tiny, all aux removed", moai, drop=MODULES)
+    bias = dict(part.split("=") for part in args.gate_bias.split(","))
+    moai.model.set_mixer(gate_bias=gate_bias_from({k: float(v) for k, v in bias.items()}))
+    measure(f"MoAI-tiny, gate bias {args.gate_bias}", moai)
+    moai.model.set_mixer(gate_bias=None)
+    if args.dropout_model:
+        dropout = Engine.load(args.dropout_model, cache_size=len(questions))
+        dropout._cache = moai._cache  # the same images: share the perception
+        measure("MoAI-tiny + module dropout", dropout)
+        for module in MODULES:
+            measure(f"MoAI-tiny + module dropout, {module.upper()} aux removed", dropout, drop=(module,))
+    if args.base:
+        base = Engine.load(args.base, cache_size=len(questions))
+        base._cache = moai._cache
+        measure("base (no aux)", base)
+    measure(
+        "MoAI-tiny, official run-time mode",
+        official_mode(Engine.load(args.model, cache_size=1)),
+        batch_size=32,
+    )
+
+    for category in CATEGORIES:  # mean gate weights of the full model per category, over mixer layers
+        rows = [a.gate_weights for a, q in zip(answers, questions) if q["category"] == category]
+        gates[category] = {
+            name: sum(sum(layer[name] for layer in w.values()) / len(w) for w in rows) / len(rows)
+            for name in EXPERT_NAMES
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"seed": args.seed, "questions": len(questions), "accuracy": results, "gates": gates}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "table.md").write_text(markdown_table(results) + "\n")
+    plot(results, gates, out)
+    print(markdown_table(results))
+    return 0
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    lines = ["| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, acc in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{acc.get(c, float('nan')):.1f}" for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, float]], gates: dict[str, dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    x = np.arange(len(COLUMNS))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(13, 5))
+    for i, name in enumerate(names):
+        ax.bar(x + i * width, [results[name][c] for c in COLUMNS], width, label=name)
+    ax.set_xticks(x + 0.4 - width / 2, COLUMNS)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("ShapesWorld held-out set: accuracy per category")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(EXPERT_NAMES))
+    width = 0.8 / len(gates)
+    for i, (category, weights) in enumerate(gates.items()):
+        ax.bar(x + i * width, [weights[n] for n in EXPERT_NAMES], width, label=category)
+    ax.set_xticks(x + 0.4 - width / 2, EXPERT_NAMES)
+    ax.set_ylabel("mean gate weight")
+    ax.set_ylim(0, 1)
+    ax.set_title("MoAI-tiny: gate weight per expert (mean over mixer layers and prompt tokens)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "gates.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""The bundled model (checkpoints/moai-tiny-shapes) on fresh ShapesWorld scenes: it answers above chance, its
+answers follow the aux knowledge, and the demo, predict and score commands run on it end to end."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moai.cli import main
+from moai.engine import DEFAULT_MODEL, Engine
+from moai.recipes.shapesworld import MODEL_FILES
+from moai.worlds.score import is_correct
+from moai.worlds.shapes import CATEGORIES, COLOURS, KINDS, generate, write_world
+
+FRESH_SEED = 4242
+"""World seed of the scenes used here (not a training, check or ablation seed)."""
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.load()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fresh")
+    write_world(path, scenes=16, seed=FRESH_SEED)
+    return path
+
+
+def _questions(world: Path) -> list[dict]:
+    return [json.loads(line) for line in (world / "questions.jsonl").read_text().splitlines()]
+
+
+def chance_accuracy(question: dict) -> float:
+    """Expected accuracy of a uniformly random answer from the question's answer set."""
+    if question["category"] == "count":
+        return 1 / 7
+    if question["category"] == "colour":
+        return 1 / len(COLOURS)
+    if question["category"] == "shape":
+        return 1 / len(KINDS)
+    if question["text"].startswith("What word"):
+        return 0.0  # 26^3 + ... possible words
+    return 0.5
+
+
+def test_checkpoint_is_small_and_complete():
+    files = {p.name for p in DEFAULT_MODEL.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+        "aux_config.json",
+    } <= files
+    assert set(MODEL_FILES) & files == {f for f in MODEL_FILES if (DEFAULT_MODEL / f).exists()}
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir()) <= 30 * 2**20
+    card = (DEFAULT_MODEL / "README.md").read_text()
+    assert "## Scores" in card and "## Limits" in card and "ShapesWorld" in card
+
+
+def test_predict_then_score_beats_chance(world, tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    args = ["--questions", str(world / "questions.jsonl"), "--images-root", str(world), "--out", str(answers)]
+    assert main(["predict", "--no-progress", *args]) == 0
+    capsys.readouterr()
+    score = [
+        "worlds",
+        "score",
+        "--questions",
+        str(world / "questions.jsonl"),
+        "--answers",
+        str(answers),
+        "--json",
+    ]
+    assert main(score) == 0
+    scores = json.loads(capsys.readouterr().out)
+    questions = _questions(world)
+    chance = 100 * sum(chance_accuracy(q) for q in questions) / len(questions)
+    assert 100 * scores["overall"]["accuracy"] >= chance + 25, (scores, chance)
+
+
+def test_answers_follow_the_aux_knowledge(world, engine):
+    """Another scene's aux changes many answers; the sign word is read from the OCR aux."""
+    questions = _questions(world)
+    images = sorted({q["image"] for q in questions})
+    perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(world / i) for i in images])))
+    other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
+    paths, texts = [world / q["image"] for q in questions], [q["text"] for q in questions]
+    own = [a.text for a in engine.answer(paths, texts)]
+    swapped = [
+        a.text for a in engine.answer(paths, texts, perceptions=[other[q["image"]] for q in questions])
+    ]
+    changed = sum(a != b for a, b in zip(own, swapped)) / len(own)
+    assert changed >= 0.2, changed
+    words = [q for q in questions if q["text"].startswith("What word")]
+    assert words
+    read = engine.answer([world / q["image"] for q in words], [q["text"] for q in words])
+    for q, a in zip(words, read):
+        ocr = [t.text for t in perceptions[q["image"]].text_lines]
+        assert a.text.upper() in ocr or not is_correct(a.text, q["answer"]), (a.text, ocr)
+    right = sum(is_correct(a.text, q["answer"]) for q, a in zip(words, read))
+    blind = engine.answer([world / q["image"] for q in words], [q["text"] for q in words], drop=("ocr",))
+    assert right > sum(is_correct(a.text, q["answer"]) for q, a in zip(words, blind))
+
+
+def greedy_without_cache(engine: Engine, image: Path, question: str, steps: int) -> str:
+    """The answer by repeated full forward passes (no KV cache, no ``generate``): an independent decode."""
+    perception = engine.perceive([engine.perceiver.load(image)])[0]
+    aux, colour_map = engine.aux_inputs(perception)
+    inputs = dict(
+        engine.processor(
+            images=[Image.open(image).convert("RGB")],
+            text=[question],
+            aux_text=[aux],
+            aux_images=[colour_map],
+        )
+    )
+    ids = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = engine.model(**inputs).logits[:, -1].argmax(-1)
+            if int(token) == engine.processor.tokenizer.eos_token_id:
+                break
+            ids.append(int(token))
+            for key, value in (("input_ids", token), ("attention_mask", 1), ("mm_token_type_ids", 0)):
+                column = torch.zeros((1, 1), dtype=inputs[key].dtype) + value
+                inputs[key] = torch.cat([inputs[key], column.to(inputs[key].dtype)], dim=1)
+    return engine.processor.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_demo_prints_one_question_per_category(engine, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    blocks = re.findall(
+        r"image    (.+)\ncategory (.+)\nquestion (.+)\naux      (.*)\nanswer   (.*)\ntruth    (.+)  \((right|wrong)\)",
+        out,
+    )
+    assert [b[1] for b in blocks] == list(CATEGORIES)
+    for image, category, question, aux, answer, truth, verdict in blocks:
+        path = Path(image)
+        assert path.is_file()
+        seed, index = (int(x) for x in path.stem.split("-"))
+        scene, questions = generate(seed, index)
+        asked = next(q for q in questions if q.text == question)
+        assert asked.category == category and asked.answer == truth  # the generator's ground truth
+        assert aux.startswith("The image includes")
+        assert answer == greedy_without_cache(engine, path, question, steps=12)
+        assert (verdict == "right") == is_correct(answer, truth)
+
+
+def test_odd_inputs_get_answers(engine, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    outside = ["What is the meaning of this picture?", "Describe the scene in detail, please."]
+    answers = engine.answer([photo, photo], outside)
+    assert all(isinstance(a.text, str) for a in answers)
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question_id": "p", "image": "photo.png", "text": outside[0]}) + "\n")
+    assert (
+        main(
+            [
+                "predict",
+                "--no-progress",
+                "--questions",
+                str(q),
+                "--out",
+                str(tmp_path / "a.jsonl"),
+                "--verbose",
+            ]
+        )
+        == 0
+    )
+    assert "trained on ShapesWorld only" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""The ShapesWorld recipe (moai/recipes/shapesworld.py): its baseline and checks, and a miniature run end to end."""
+
+import json
+
+import pytest
+
+from moai.engine import Engine
+from moai.recipes.shapesworld import (
+    STAGES,
+    CheckFailed,
+    RecipeOptions,
+    accuracy_by_category,
+    install,
+    majority_answers,
+    run_recipe,
+    stage_config,
+    template_key,
+)
+from moai.train.config import TrainConfig
+
+
+def test_template_key_hides_the_filled_words():
+    assert template_key("Is there a red circle in the image?") == template_key(
+        "Is there a blue square in the image?"
+    )
+    assert template_key("How many triangles are there?") == "How many {x} are there?"
+    assert (
+        template_key("Is the word QUAKE written in the image?") == "Is the word {WORD} written in the image?"
+    )
+    assert template_key("What color is the square?") != template_key("What shape is the red object?")
+
+
+def test_majority_baseline_and_accuracy_by_hand():
+    train = [
+        {"text": "Is there a red circle in the image?", "answer": "no"},
+        {"text": "Is there a blue square in the image?", "answer": "no"},
+        {"text": "Is there a red square in the image?", "answer": "yes"},
+        {"text": "What color is the circle?", "answer": "red"},
+    ]
+    majority = majority_answers(train)
+    assert majority == {"Is there a {x} {x} in the image?": "no", "What color is the {x}?": "red"}
+    check = [
+        {"category": "existence", "answer": "no"},
+        {"category": "existence", "answer": "yes"},
+        {"category": "colour", "answer": "blue"},
+    ]
+    acc = accuracy_by_category(check, ["No.", "no", "Blue"])
+    assert acc == {"existence": 50.0, "colour": 100.0, "overall": pytest.approx(200 / 3)}
+
+
+def test_shipped_stage_configs_chain_base_step1_step2(tmp_path):
+    options = RecipeOptions(out=tmp_path)
+    configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
+    assert [c.step for c in configs.values()] == ["base", "step1", "step2"]
+    assert (
+        configs["base"].aux == "none"
+        and configs["base"].trainable == "all"
+        and configs["base"].model.endswith("prev")
+    )
+    for stage in ("step1", "step2"):  # the MoAI steps train the MoAI modules only, on the frozen base
+        assert configs[stage].trainable == "moai" and configs[stage].aux == "cache"
+        assert configs[stage].perception_cache == str(tmp_path / "cache")
+        assert configs[stage].perception_preset == "shapesworld"
+    assert configs["step1"].mixer_layers == [1, 3]
+    assert all(c.data[0].path == str(tmp_path / "world" / "train.json") for c in configs.values())
+    assert all(isinstance(c, TrainConfig) for c in configs.values())
+
+
+def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
+    """Every stage for two steps on a handful of scenes: the driver, the checks' measurements, the card."""
+    options = RecipeOptions(
+        out=tmp_path / "run",
+        scenes=6,
+        check_scenes=3,
+        steps={s: 2 for s in STAGES},
+        batch_size=2,
+        checks=False,
+    )
+    lines = []
+    report = run_recipe(options, say=lines.append)
+    assert [k for k in STAGES if k in report] == list(STAGES)
+    assert set(report["base"]["check"]) >= {"baseline", "base", "failed"}
+    assert 0.0 <= report["step2"]["check"]["changed_by_swapped_aux"] <= 1.0
+    for stage in STAGES:
+        assert (tmp_path / "run" / stage / "training.png").is_file()
+        assert report[stage]["summary"]["steps"] == 2
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["model"] == report["model"]
+    assert any(line.startswith("[recipe] stage step2") for line in lines)
+    installed = install(report, tmp_path / "model")
+    card = (installed / "README.md").read_text()
+    assert "## Scores" in card and "MoAI, no aux" in card
+    engine = Engine.load(installed)
+    assert engine.aux_settings.perception_preset == "shapesworld"
+    assert (
+        len(
+            engine.answer(
+                [tmp_path / "run" / "check" / "images" / "2000-000000.png"], ["How many circles are there?"]
+            )
+        )
+        == 1
+    )
+
+    options.checks = (
+        True  # the same (untrained) run with checks on stops at the first stage that did not learn
+    )
+    options.out = tmp_path / "checked"
+    with pytest.raises(CheckFailed):
+        run_recipe(options, say=lambda _: None)
