@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import __version__
 from .args import positive_int, seed_int
 from .compat.cli import register as register_compat
+from .demo import run_demo
 from .perception.cli import register as register_perceive
 from .predict import register as register_predict
 from .train.cli import register as register_train
@@ -71,8 +72,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Fresh ShapesWorld scenes answered by the bundled model (or ``--model``), one question per category."""
-    from .demo import run_demo
-
     return run_demo(seed=args.seed, out=args.out, model=args.model, max_new_tokens=args.max_new_tokens)
 
 

@@ -143,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def parse_gate_bias(text: str) -> tuple[float, ...]:
     """``I_AUX=+1,L_AUX=0.5`` -> a ``MixerSettings.gate_bias`` (the experts not named get 0)."""
-    from .model.mixer import gate_bias_from
+    from .model.mixer import gate_bias_from  # heavy: torch
 
     values = {}
     for part in text.split(","):

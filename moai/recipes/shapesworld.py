@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..perception.config import PerceptionConfig
 from ..perception.dataset import precompute
+from ..train.config import TrainConfig
 from ..worlds.score import is_correct
 from ..worlds.shapes import COLOURS, KINDS, PLURALS, QUESTIONS_FILE, TRAIN_FILE, write_world
 
@@ -162,8 +163,6 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 def stage_config(stage: str, options: RecipeOptions, model: str):
     """The shipped config of ``stage`` with this run's paths (and size overrides)."""
-    from ..train.config import TrainConfig
-
     overrides = [
         f"output_dir={options.out / stage}",
         f"data=[{{path: {options.out / 'world' / TRAIN_FILE}}}]",
@@ -182,6 +181,7 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
 
 def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> dict:
     """Make the ShapesWorld model in ``options.out``; returns (and writes to recipe.json) the measurements."""
+    # heavy: torch, transformers
     from ..engine import Engine
     from ..train.loop import train
     from ..train.plot import plot_run
