@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameter counts of a preset (meta device)")
     p.add_argument(
-        "--preset", default="tiny", help="model preset: tiny | mid | moai-7b (default: %(default)s)"
+        "--preset", default="tiny", help="model preset: tiny | shapes | mid | moai-7b (default: %(default)s)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     p.set_defaults(func=cmd_info)

@@ -98,12 +98,15 @@ class Engine:
             raise FileNotFoundError(f"model {path}: not a saved MoAI directory (no config.json)")
         from transformers.utils import logging as hf_logging
 
-        previous = hf_logging.get_verbosity()
+        previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             model = MoAIForConditionalGeneration.from_pretrained(path).to(device)
         finally:
             hf_logging.set_verbosity(previous)
+            if bars:
+                hf_logging.enable_progress_bar()
         processor = MoAIProcessor.from_pretrained(path)
         return cls(model, processor, aux_settings=AuxSettings.load(path), **kwargs)
 

@@ -203,6 +203,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--gate-bias",
+        metavar="EXPERT=B[,...]",
+        help="test-time gate steering: add B to the gate logit of EXPERT (I_AUX, I_LANG, I_SELF, L_AUX, L_IMG, "
+        "L_SELF), e.g. I_AUX=+1 (default: none)",
+    )
+    p.add_argument(
         "--max-new-tokens", type=positive_int, default=16, help="most answer tokens (default: %(default)s)"
     )
     p.add_argument("--strict", action="store_true", help="stop at the first bad line or image (default: off)")

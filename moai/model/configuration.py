@@ -3,8 +3,8 @@
 
 Presets (`MoAIConfig.from_preset`):
   * ``tiny``     random, 112 px images (64 image tokens), 4 decoder layers, one mixer layer; for tests.
-  * ``shapes``   random, the bundled ShapesWorld model's architecture (docs/shapesworld.md): 112 px images
-                 (64 image tokens), a 128-wide 4-layer LLM over a word-level vocabulary, mixers in layers 1
+  * ``shapes``   random, the bundled ShapesWorld model's architecture (docs/shapesworld.md): 224 px images
+                 in 28 px patches (64 image tokens), a 128-wide 4-layer LLM over a word-level vocabulary, mixers in layers 1
                  and 3 with causal scope, a 64-latent compressor with aux positions.
   * ``mid``      random, ~100M-parameter LLM, ViT-B/16-class tower at 224 px, mixers every 4th layer; benchmarks.
   * ``moai-7b``  exactly the published MoAI-7B (docs/model.md), official compatibility options on.
@@ -297,13 +297,13 @@ def _mid() -> dict[str, Any]:
 
 def _shapes() -> dict[str, Any]:
     return dict(
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
+        vision_config=dict(  # the 224 px canvas unresized, 28 px patches: a whole shape in one to four patches
+            hidden_size=96,
+            intermediate_size=384,
+            num_hidden_layers=3,
             num_attention_heads=4,
-            image_size=112,
-            patch_size=14,
+            image_size=224,
+            patch_size=28,
             hidden_act="quick_gelu",
             layer_norm_eps=1e-5,
         ),

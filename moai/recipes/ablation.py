@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=int, default=7000, help="world seed of the held-out set (default: %(default)s)"
     )
     parser.add_argument(
-        "--scenes", type=int, default=700, help="scenes of the held-out world (default: %(default)s)"
+        "--scenes", type=int, default=500, help="scenes of the held-out world (default: %(default)s)"
     )
     parser.add_argument(
         "--per-category", type=int, default=350, help="questions per category (default: %(default)s)"
@@ -124,11 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = Engine.load(args.base, cache_size=len(questions))
         base._cache = moai._cache
         measure("base (no aux)", base)
-    measure(
-        "MoAI-tiny, official run-time mode",
-        official_mode(Engine.load(args.model, cache_size=1)),
-        batch_size=32,
-    )
+    official = official_mode(Engine.load(args.model, cache_size=len(questions)))
+    official._cache = moai._cache
+    measure("MoAI-tiny, official run-time mode", official)
 
     for category in CATEGORIES:  # mean gate weights of the full model per category, over mixer layers
         rows = [a.gate_weights for a, q in zip(answers, questions) if q["category"] == category]

@@ -213,12 +213,17 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     model = "shapes"
     for stage in STAGES:
         config = stage_config(stage, options, model)
-        say(
-            f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
-        )
-        report[stage] = {"summary": train(config, log=lambda m: say(f"  {m}"))}
-        plot_run(config.output_dir)
-        model = str(Path(config.output_dir) / "final")
+        run = Path(config.output_dir)
+        if (run / "summary.json").is_file() and (run / "final" / "config.json").is_file():
+            say(f"[recipe] stage {stage}: already trained in {run}, reused (delete it to train again)")
+            report[stage] = {"summary": json.loads((run / "summary.json").read_text())}
+        else:
+            say(
+                f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
+            )
+            report[stage] = {"summary": train(config, log=lambda m: say(f"  {m}"))}
+            plot_run(run)
+        model = str(run / "final")
         lap(stage)
         if stage == "base":
             result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
