@@ -106,3 +106,17 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     options.out = tmp_path / "checked"
     with pytest.raises(CheckFailed):
         run_recipe(options, say=lambda _: None)
+
+
+def test_ablation_question_set_is_balanced_and_refuses_a_short_world(tmp_path):
+    from moai.recipes.ablation import balanced_questions, markdown_table
+    from moai.worlds.shapes import CATEGORIES, write_world
+
+    write_world(tmp_path, scenes=20, seed=77)
+    questions = balanced_questions(tmp_path, per_category=5)
+    assert [q["category"] for q in questions] == [c for c in CATEGORIES for _ in range(5)]
+    assert len({q["question_id"] for q in questions}) == len(questions)
+    with pytest.raises(ValueError, match="fewer than 500"):
+        balanced_questions(tmp_path, per_category=500)
+    table = markdown_table({"MoAI": {c: 50.0 for c in (*CATEGORIES, "overall")}})
+    assert table.splitlines()[2] == "| MoAI | " + " | ".join(["50.0"] * (len(CATEGORIES) + 1)) + " |"

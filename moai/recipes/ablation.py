@@ -92,10 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"held-out set: {len(questions)} questions ({args.per_category} per category), world seed {args.seed}"
     )
 
-    results: dict[str, dict[str, float]] = {}
-    gates: dict[str, dict[str, float]] = {}
+    saved = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    if saved and (saved["seed"], saved["questions"]) != (args.seed, len(questions)):
+        raise ValueError(f"{out / 'results.json'} holds another held-out set: use another --out")
+    results: dict[str, dict[str, float]] = saved.get("accuracy", {})
+    gates: dict[str, dict[str, float]] = saved.get("gates", {})
 
-    def measure(name: str, engine: Engine, **kwargs) -> list:
+    def save() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        report = {"seed": args.seed, "questions": len(questions), "accuracy": results, "gates": gates}
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def measure(name: str, engine: Engine, **kwargs) -> list | None:
+        """Answer every question with one variant; a variant already in results.json is not run again."""
+        if name in results and not (kwargs.get("gates") and not gates):
+            print(f"{name:<40} overall {results[name]['overall']:5.1f}  (from results.json)")
+            return None
         start = time.perf_counter()
         answers = run_variant(engine, world, questions, **kwargs)
         results[name] = accuracy_by_category(questions, [a.text for a in answers])
@@ -103,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<40} overall {results[name]['overall']:5.1f}  ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
+        save()
         return answers
 
     moai = Engine.load(args.model, cache_size=len(questions))
@@ -128,15 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     official._cache = moai._cache
     measure("MoAI-tiny, official run-time mode", official)
 
-    for category in CATEGORIES:  # mean gate weights of the full model per category, over mixer layers
-        rows = [a.gate_weights for a, q in zip(answers, questions) if q["category"] == category]
-        gates[category] = {
-            name: sum(sum(layer[name] for layer in w.values()) / len(w) for w in rows) / len(rows)
-            for name in EXPERT_NAMES
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"seed": args.seed, "questions": len(questions), "accuracy": results, "gates": gates}
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    if answers is not None:  # mean gate weights of the full model per category, over mixer layers
+        for category in CATEGORIES:
+            rows = [a.gate_weights for a, q in zip(answers, questions) if q["category"] == category]
+            gates[category] = {
+                name: sum(sum(layer[name] for layer in w.values()) / len(w) for w in rows) / len(rows)
+                for name in EXPERT_NAMES
+            }
+    save()
     (out / "table.md").write_text(markdown_table(results) + "\n")
     plot(results, gates, out)
     print(markdown_table(results))
