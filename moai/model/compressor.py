@@ -80,7 +80,7 @@ class MoAICompressor(nn.Module):
     def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
         super().__init__()
         self.config = config
-        self.latents = nn.Parameter(torch.randn(config.num_latents, dim))
+        self.latents = nn.Parameter(torch.randn(config.num_latents, dim) * config.latent_init_std)
         self.position_embedding = (
             nn.Embedding(config.max_aux_positions, dim) if config.aux_position_embeddings else None
         )

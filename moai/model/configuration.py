@@ -39,6 +39,11 @@ class MoAICompressorConfig(PreTrainedConfig):
     """Width of one head; the attention width is ``num_heads * head_dim`` (256 in MoAI-7B)."""
     num_latents: int = 64
     """Number of learned latent tokens = number of compressed aux tokens handed to the mixers."""
+    latent_init_std: float = 1.0
+    """Standard deviation of the latents' normal init (official: 1, ``torch.randn``). The latents are the
+    residual stream of the compressor: at 1 they outweigh the aux content the first block adds (~0.03), so
+    the compressed aux starts almost the same for every sample (2.5 % variation on ShapesWorld) and the
+    mixers get almost no gradient; a small value (0.02, the ``shapes`` preset) lets the aux content dominate."""
     ff_mult: float = 1.0
     """Feed-forward width as a multiple of the LLM hidden size (1 in MoAI-7B)."""
     key_padding_mask: bool = True
@@ -330,6 +335,7 @@ def _shapes() -> dict[str, Any]:
             ff_mult=1.0,
             aux_position_embeddings=True,
             max_aux_positions=1024,
+            latent_init_std=0.02,
         ),
         mixer_config=dict(layers=[1, 3], num_heads=4, rank=32, scope="causal"),
         plora_config=dict(r=16, alpha=16.0),

@@ -424,7 +424,7 @@ class MoAIPreTrainedModel(PreTrainedModel):
         the CLIP tower) initialise their own modules, in `__init__` and for keys missing in ``from_pretrained``."""
         super()._init_weights(module)
         if isinstance(module, MoAICompressor):
-            init.normal_(module.latents, 0.0, 1.0)
+            init.normal_(module.latents, 0.0, module.config.latent_init_std)
         if getattr(module, "_moai_zero_init", False):
             init.zeros_(module.weight)
 
