@@ -67,7 +67,8 @@ def run_demo(
     )
     elapsed = time.perf_counter() - loaded
     n_params = sum(p.numel() for p in engine.model.parameters())
-    print(f"model    {model or DEFAULT_MODEL} ({n_params:,} parameters), loaded in {loaded - start:.1f} s")
+    shown = model or f"the bundled {DEFAULT_MODEL.parent.name}/{DEFAULT_MODEL.name}"
+    print(f"model    {shown} ({n_params:,} parameters), loaded in {loaded - start:.1f} s")
     right = 0
     for (path, q), a in zip(items, answers):
         ok = is_correct(a.text, q.answer)

@@ -102,7 +102,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             todo.append(item)
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     if args.verbose or not args.model:
-        print(f"moai predict: model {model_path}", file=sys.stderr)
+        shown = "the bundled checkpoints/moai-tiny-shapes" if not args.model else model_path
+        print(f"moai predict: model {shown}", file=sys.stderr)
     if args.verbose and model_path.resolve() == DEFAULT_MODEL.resolve():
         print(f"moai predict: {SHAPESWORLD_NOTE}", file=sys.stderr)
     if answered:

@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the MoAI model (default: the bundled one)")
     parser.add_argument("--base", help="the base model trained without aux (the recipe's base/final)")
     parser.add_argument("--dropout-model", help="the MoAI model trained with module dropout (optional)")
+    parser.add_argument(
+        "--world",
+        default="runs/shapesworld-heldout",
+        help="where the held-out world is written (default: %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="directory for results.json, table.md and the figures")
     parser.add_argument(
         "--seed", type=int, default=7000, help="world seed of the held-out set (default: %(default)s)"
@@ -84,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
-    world = out / "world"
+    world = Path(args.world)
     if not (world / QUESTIONS_FILE).is_file():
         write_world(world, args.scenes, args.seed)
     questions = balanced_questions(world, args.per_category)
