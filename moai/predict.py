@@ -183,8 +183,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "perception once per image, batched generation, answers appended to --out as JSONL "
         "(question_id, text); a rerun skips answered ids.",
     )
-    p.add_argument("--questions", required=True, help="question file, JSONL (question_id, image, text)")
-    p.add_argument("--out", required=True, help="answer file to write or continue, JSONL")
+    p.add_argument(
+        "--questions",
+        required=True,
+        help="question file, JSONL (question_id, image, text) (required, no default)",
+    )
+    p.add_argument(
+        "--out", required=True, help="answer file to write or continue, JSONL (required, no default)"
+    )
     p.add_argument(
         "--images-root", help="directory the 'image' paths are relative to (default: the question file's)"
     )
