@@ -28,7 +28,7 @@ from .perception.config import PerceptionConfig
 from .perception.run import Perceiver
 from .perception.settings import AuxSettings
 from .perception.types import Perception
-from .perception.verbalize import MODULES, panoptic_map, verbalize_perception, without_modules
+from .perception.verbalize import MODULES, aux_inputs
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "moai-tiny-shapes"
 """The bundled ShapesWorld model (docs/shapesworld.md), the default of every inference command."""
@@ -138,9 +138,7 @@ class Engine:
 
     def aux_inputs(self, perception: Perception, drop: Iterable[str] = ()) -> tuple[str, np.ndarray]:
         """The aux text and panoptic map of a perception with the modules in ``drop`` removed."""
-        kept = without_modules(perception, drop)
-        text = verbalize_perception(kept, style=self.aux_settings.verbalizer)
-        return text, panoptic_map(kept, style=self.aux_settings.map_style)
+        return aux_inputs(perception, self.aux_settings.verbalizer, self.aux_settings.map_style, drop)
 
     # -- answering -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .args import positive_int
 from .io import ImageLoadError, Problem, load_image
-from .worlds.score import json_lines, read_answers
+from .worlds.score import json_lines, read_answers, string_field
 
 EXIT_SKIPPED = 1
 """Exit code when some questions were reported and skipped (the others are answered)."""
@@ -43,13 +43,6 @@ class PredictQuestion:
     line: int
 
 
-def _field(row: dict, key: str) -> str | None:
-    value = row.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value if isinstance(value, str) and value.strip() else None
-
-
 def read_questions(path: Path, images_root: Path) -> Iterator[PredictQuestion | Problem]:
     """Each question of ``path`` (image resolved against ``images_root``), or a `Problem` for a bad line."""
     seen: set[str] = set()
@@ -60,7 +53,7 @@ def read_questions(path: Path, images_root: Path) -> Iterator[PredictQuestion | 
         if not isinstance(row, dict):
             yield Problem(str(path), number, "not a JSON object")
             continue
-        fields = {k: _field(row, k) for k in ("question_id", "image", "text")}
+        fields = {k: string_field(row, k) for k in ("question_id", "image", "text")}
         missing = [k for k, v in fields.items() if v is None]
         if missing:
             yield Problem(str(path), number, f"no {', '.join(missing)} (non-empty strings are needed)")
@@ -82,8 +75,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not images_root.is_dir():
         raise NotADirectoryError(f"{images_root}: images root is not a directory")
     drop = parse_aux(args.aux)
+    gate_bias = None
     if args.gate_bias:
-        parse_gate_bias(args.gate_bias)  # a bad value fails before the model loads
+        from .model.mixer import parse_gate_bias  # heavy: torch
+
+        gate_bias = parse_gate_bias(args.gate_bias, "--gate-bias")  # a bad value fails before the model loads
     if out.is_dir():
         raise IsADirectoryError(f"{out}: --out is a directory, not an answer file")
 
@@ -111,8 +107,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"moai predict: {len(answered)} question(s) already answered in {out}, skipped", file=sys.stderr
         )
     engine = Engine.load(model_path)
-    if args.gate_bias:
-        engine.model.set_mixer(gate_bias=parse_gate_bias(args.gate_bias))
+    if gate_bias is not None:
+        engine.model.set_mixer(gate_bias=gate_bias)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as sink, _progress(len(todo), args.progress) as bar:
         for start in range(0, len(todo), args.batch_size):
@@ -140,25 +136,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.update(len(todo[start : start + args.batch_size]))
     print(f"wrote {len(todo) - len(skipped)} answers to {out} ({len(skipped)} skipped)")
     return EXIT_SKIPPED if skipped else 0
-
-
-def parse_gate_bias(text: str) -> tuple[float, ...]:
-    """``I_AUX=+1,L_AUX=0.5`` -> a ``MixerSettings.gate_bias`` (the experts not named get 0)."""
-    from .model.mixer import gate_bias_from  # heavy: torch
-
-    values = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            values[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--gate-bias {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]") from None
-        if not sep:
-            raise ValueError(f"--gate-bias {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]")
-    try:
-        return gate_bias_from(values)
-    except ValueError as err:
-        raise ValueError(f"--gate-bias {text!r}: {err}") from None
 
 
 def _report(problem: Problem, skipped: list[Problem], strict: bool) -> None:

@@ -106,7 +106,8 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
 
 
 def test_ablation_question_set_is_balanced_and_refuses_a_short_world(tmp_path):
-    from moai.recipes.ablation import balanced_questions, markdown_table
+    from moai.recipes.ablation import balanced_questions
+    from moai.recipes.shapesworld import markdown_table
     from moai.worlds.shapes import CATEGORIES, write_world
 
     write_world(tmp_path, scenes=20, seed=77)

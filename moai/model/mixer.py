@@ -54,6 +54,24 @@ def gate_bias_from(values: dict[str, float]) -> tuple[float, ...]:
     return tuple(float(values.get(name, 0.0)) for name in EXPERT_NAMES)
 
 
+def parse_gate_bias(text: str, what: str = "gate bias") -> tuple[float, ...]:
+    """``"I_AUX=+1,L_AUX=0.5"`` -> a ``MixerSettings.gate_bias`` (experts not named get 0); a malformed
+    text is a ValueError naming ``what`` (a CLI passes its flag)."""
+    values = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{what} {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]") from None
+        if not sep:
+            raise ValueError(f"{what} {text!r}: expected EXPERT=NUMBER[,EXPERT=NUMBER]")
+    try:
+        return gate_bias_from(values)
+    except ValueError as err:
+        raise ValueError(f"{what} {text!r}: {err}") from None
+
+
 @dataclass(frozen=True)
 class MixerSettings:
     """The mixers' run-time switches (docs/model.md §6, §10). A model starts from its ``mixer_config``
@@ -299,10 +317,9 @@ class MoAIMixer(nn.Module):
             w_img = F.one_hot(torch.tensor(choice[0]), k).to(hidden.dtype).expand(*h_img.shape[:2], k)
             w_lang = F.one_hot(torch.tensor(choice[1]), k).to(hidden.dtype).expand(*h_lang.shape[:2], k)
         elif mode in ("gated", "topk"):
-            bias = settings.gate_bias
-            k_img = None if bias is None else bias[:k]
-            w_img = self._gate(self.gate_img, h_img, settings, k_img)
-            w_lang = self._gate(self.gate_lang, h_lang, settings, None if bias is None else bias[k:])
+            bias = settings.gate_bias  # None, or six logits: the image gate's three, then the language gate's
+            w_img = self._gate(self.gate_img, h_img, settings, bias and bias[:k])
+            w_lang = self._gate(self.gate_lang, h_lang, settings, bias and bias[k:])
             mix_img = self._combine(h_img, w_img, img_experts, img_inputs)
             mix_lang = self._combine(h_lang, w_lang, lang_experts, lang_inputs)
         else:

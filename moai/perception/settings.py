@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .verbalize import STYLES
+from .verbalize import MAP_STYLES, STYLES
 
 AUX_FILE = "aux_config.json"
 """File of a model directory naming the perception preset, verbalizer and colour-map style."""
@@ -32,7 +32,7 @@ class AuxSettings:
             raise ValueError(
                 f"aux settings: verbalizer {self.verbalizer!r} is not one of {', '.join(STYLES)}"
             )
-        if self.map_style not in ("official", "corrected"):
+        if self.map_style not in MAP_STYLES:
             raise ValueError(f"aux settings: map_style {self.map_style!r} is not official or corrected")
 
     def save(self, directory: str | Path) -> Path:

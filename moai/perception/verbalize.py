@@ -68,6 +68,10 @@ def verbalize_perception(p: Perception, style: str = "official") -> str:
     raise ValueError(f"unknown verbalization style {style!r} (expected one of {', '.join(STYLES)})")
 
 
+MAP_STYLES = ("official", "corrected")
+"""Panoptic colour-map styles (`panoptic_map`)."""
+
+
 def panoptic_map(p: Perception, style: str = "official") -> np.ndarray:
     """The panoptic colour map of a perception: ``official`` (H, W, 3) float in [0, 1] or ``corrected`` uint8."""
     if style == "official":
@@ -75,6 +79,15 @@ def panoptic_map(p: Perception, style: str = "official") -> np.ndarray:
     if style == "corrected":
         return corrected_panoptic_map(p.segment_id_map())
     raise ValueError(f"unknown panoptic map style {style!r} (expected 'official' or 'corrected')")
+
+
+def aux_inputs(
+    p: Perception, style: str = "official", map_style: str = "official", drop: Iterable[str] = ()
+) -> tuple[str, np.ndarray]:
+    """The aux text and panoptic colour map of ``p`` with the outputs of the modules in ``drop`` removed
+    (`without_modules`): what the model reads. Training data, module dropout and the engine all use it."""
+    kept = without_modules(p, drop)
+    return verbalize_perception(kept, style=style), panoptic_map(kept, style=map_style)
 
 
 MODULES: tuple[str, ...] = ("ps", "owod", "sgg", "ocr")

@@ -20,12 +20,10 @@ from pathlib import Path
 
 from ..engine import Engine
 from ..model.constants import EXPERT_NAMES
-from ..model.mixer import gate_bias_from
+from ..model.mixer import parse_gate_bias
 from ..perception.verbalize import MODULES
 from ..worlds.shapes import CATEGORIES, QUESTIONS_FILE, write_world
-from .shapesworld import accuracy_by_category, read_questions
-
-COLUMNS = (*CATEGORIES, "overall")
+from .shapesworld import COLUMNS, accuracy_by_category, answer_all, markdown_table, read_questions, texts
 
 
 def balanced_questions(world: Path, per_category: int) -> list[dict]:
@@ -38,17 +36,6 @@ def balanced_questions(world: Path, per_category: int) -> list[dict]:
     if short:
         raise ValueError(f"the world has fewer than {per_category} {', '.join(short)} questions: add scenes")
     return [q for c in CATEGORIES for q in picked[c]]
-
-
-def run_variant(
-    engine: Engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs
-) -> list:
-    """The engine's answers (with gate weights) to ``questions``."""
-    out = []
-    for start in range(0, len(questions), batch_size):
-        chunk = questions[start : start + batch_size]
-        out += engine.answer([world / q["image"] for q in chunk], [q["text"] for q in chunk], **kwargs)
-    return out
 
 
 def official_mode(engine: Engine) -> Engine:
@@ -114,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<40} overall {results[name]['overall']:5.1f}  (from results.json)")
             return None
         start = time.perf_counter()
-        answers = run_variant(engine, world, questions, **kwargs)
-        results[name] = accuracy_by_category(questions, [a.text for a in answers])
+        answers = answer_all(engine, world, questions, **kwargs)
+        results[name] = accuracy_by_category(questions, texts(answers))
         print(
             f"{name:<40} overall {results[name]['overall']:5.1f}  ({time.perf_counter() - start:.0f} s)",
             flush=True,
@@ -128,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for module in MODULES:
         measure(f"MoAI-tiny, {module.upper()} aux removed", moai, drop=(module,))
     measure("MoAI-tiny, all aux removed", moai, drop=MODULES)
-    bias = dict(part.split("=") for part in args.gate_bias.split(","))
-    moai.model.set_mixer(gate_bias=gate_bias_from({k: float(v) for k, v in bias.items()}))
+    moai.model.set_mixer(gate_bias=parse_gate_bias(args.gate_bias, "--gate-bias"))
     measure(f"MoAI-tiny, gate bias {args.gate_bias}", moai)
     moai.model.set_mixer(gate_bias=None)
     if args.dropout_model:
@@ -154,17 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in EXPERT_NAMES
             }
     save()
-    (out / "table.md").write_text(markdown_table(results) + "\n")
+    (out / "table.md").write_text(markdown_table(results, label="variant") + "\n")
     plot(results, gates, out)
-    print(markdown_table(results))
+    print(markdown_table(results, label="variant"))
     return 0
-
-
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, acc in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{acc.get(c, float('nan')):.1f}" for c in COLUMNS) + " |")
-    return "\n".join(lines)
 
 
 def plot(results: dict[str, dict[str, float]], gates: dict[str, dict[str, float]], out: Path) -> None:

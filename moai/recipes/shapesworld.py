@@ -26,9 +26,10 @@ from pathlib import Path
 
 from ..perception.config import PerceptionConfig
 from ..perception.dataset import precompute
+from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
 from ..worlds.score import is_correct
-from ..worlds.shapes import COLOURS, KINDS, PLURALS, QUESTIONS_FILE, TRAIN_FILE, write_world
+from ..worlds.shapes import CATEGORIES, COLOURS, KINDS, PLURALS, QUESTIONS_FILE, TRAIN_FILE, write_world
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
@@ -39,6 +40,8 @@ CHECK_SEED = 2000
 """World seed of the check set used between stages (never trained on; not the ablation's held-out set)."""
 BASE_CHECKED = ("existence", "colour", "shape")
 """Categories on which the base must beat the majority baseline before the MoAI stages start."""
+COLUMNS = (*CATEGORIES, "overall")
+"""Columns of the accuracy tables."""
 MIN_SWAP_CHANGED = 0.2
 """Fraction of check-set answers that must change when the model is given another scene's aux."""
 
@@ -95,18 +98,19 @@ def read_questions(world: Path) -> list[dict]:
     return [json.loads(line) for line in (world / QUESTIONS_FILE).read_text().splitlines() if line.strip()]
 
 
-def answer_all(engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs) -> list[str]:
-    """The engine's answers to ``questions`` (images under ``world``), in order."""
-    out: list[str] = []
+def answer_all(engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs) -> list:
+    """The engine's `Answer`s to ``questions`` (images under ``world``), in order, ``batch_size`` at a time;
+    a list-valued keyword (``perceptions``) is sliced with the questions, the others go to every call."""
+    out = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        extra = {k: v[start : start + batch_size] for k, v in kwargs.items() if isinstance(v, list)}
-        fixed = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
-        answers = engine.answer(
-            [world / q["image"] for q in chunk], [q["text"] for q in chunk], **extra, **fixed
-        )
-        out += [a.text for a in answers]
+        extra = {k: v[start : start + batch_size] if isinstance(v, list) else v for k, v in kwargs.items()}
+        out += engine.answer([world / q["image"] for q in chunk], [q["text"] for q in chunk], **extra)
     return out
+
+
+def texts(answers: Sequence) -> list[str]:
+    return [a.text for a in answers]
 
 
 def check_base(engine, check: Path, train_questions: Sequence[dict], say: Callable[[str], None]) -> dict:
@@ -115,7 +119,7 @@ def check_base(engine, check: Path, train_questions: Sequence[dict], say: Callab
     questions = read_questions(check)
     majority = majority_answers(train_questions)
     baseline = accuracy_by_category(questions, [majority.get(template_key(q["text"]), "") for q in questions])
-    model = accuracy_by_category(questions, answer_all(engine, check, questions))
+    model = accuracy_by_category(questions, texts(answer_all(engine, check, questions)))
     say(_table({"majority baseline": baseline, "base": model}))
     failed = [c for c in BASE_CHECKED if model.get(c, 0.0) <= baseline.get(c, 0.0)]
     result = {"baseline": baseline, "base": model, "failed": failed}
@@ -131,9 +135,9 @@ def check_moai(engine, check: Path, say: Callable[[str], None]) -> dict:
     images = sorted({q["image"] for q in questions})
     perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(check / i) for i in images])))
     other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
-    own = answer_all(engine, check, questions)
-    swapped = answer_all(engine, check, questions, perceptions=[other[q["image"]] for q in questions])
-    no_aux = answer_all(engine, check, questions, drop=("ps", "owod", "sgg", "ocr"))
+    own = texts(answer_all(engine, check, questions))
+    swapped = texts(answer_all(engine, check, questions, perceptions=[other[q["image"]] for q in questions]))
+    no_aux = texts(answer_all(engine, check, questions, drop=MODULES))
     changed = sum(a != b for a, b in zip(own, swapped)) / len(own)
     rows = {
         "MoAI": accuracy_by_category(questions, own),
@@ -153,7 +157,8 @@ def check_moai(engine, check: Path, say: Callable[[str], None]) -> dict:
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
-    cols = [c for c in ("existence", "count", "colour", "shape", "position", "ocr", "overall")]
+    """Accuracy rows as aligned text (the recipe's progress output)."""
+    cols = COLUMNS
     width = max(len(n) for n in rows) + 2
     lines = [" " * width + "".join(f"{c:>10}" for c in cols)]
     for name, acc in rows.items():
@@ -317,7 +322,7 @@ def model_card(report: dict) -> str:
         check = report["step2"]["check"]
         for name in ("MoAI", "MoAI, another scene's aux", "MoAI, no aux"):
             rows[name] = check[name]
-    lines += _markdown_table(rows)
+    lines += markdown_table(rows).splitlines()
     lines += [
         "",
         "The held-out ablation (2,000+ questions, another seed) is in docs/shapesworld.md.",
@@ -339,12 +344,12 @@ def model_card(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _markdown_table(rows: dict[str, dict[str, float]]) -> list[str]:
-    cols = ["existence", "count", "colour", "shape", "position", "ocr", "overall"]
-    out = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+def markdown_table(rows: dict[str, dict[str, float]], label: str = "model") -> str:
+    """Accuracy rows (percent per category and overall) as a Markdown table whose first column is ``label``."""
+    lines = [f"| {label} | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, acc in rows.items():
-        out.append(f"| {name} | " + " | ".join(f"{acc.get(c, float('nan')):.1f}" for c in cols) + " |")
-    return out
+        lines.append(f"| {name} | " + " | ".join(f"{acc.get(c, float('nan')):.1f}" for c in COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

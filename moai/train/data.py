@@ -29,9 +29,9 @@ from PIL import Image
 from ..io import ImageLoadError, Problem, load_image, open_guarded
 from ..model.constants import IGNORE_INDEX, IMAGE_TOKEN
 from ..model.processing import EncodedConversation, MoAIProcessor
-from ..perception import Perceiver, PerceptionCache, PerceptionConfig, panoptic_map, verbalize_perception
+from ..perception import Perceiver, PerceptionCache, PerceptionConfig
 from ..perception.types import Perception
-from ..perception.verbalize import MODULES, without_modules
+from ..perception.verbalize import MODULES, aux_inputs
 from .config import DataSource
 
 
@@ -301,14 +301,8 @@ class ModuleDropout:
         drop = self.dropped(position)
         if not drop or example.perception is None:
             return example
-        kept = without_modules(example.perception, drop)
-        return Example(
-            **{
-                **example.__dict__,
-                "aux_text": verbalize_perception(kept, style=self.verbalizer),
-                "aux_map": panoptic_map(kept, style=self.map_style),
-            }
-        )
+        aux_text, aux_map = aux_inputs(example.perception, self.verbalizer, self.map_style, drop)
+        return Example(**{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map})
 
 
 class Collator:
@@ -399,8 +393,7 @@ class AuxResolver:
                     Problem(example.source, example.line, f"not in perception cache: {example.image}")
                 )
                 continue
-            aux_text = verbalize_perception(perception, style=self.verbalizer)
-            aux_map = panoptic_map(perception, style=self.map_style)
+            aux_text, aux_map = aux_inputs(perception, self.verbalizer, self.map_style)
             out.append(
                 Example(
                     **{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map, "perception": perception}

@@ -88,7 +88,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
 NO_CATEGORY = "(none)"
 
 
-def _string_field(row: object, key: str) -> str | None:
+def string_field(row: object, key: str) -> str | None:
     """A non-empty string value, or an integer written as a string (LLaVA's ``model_vqa`` files use
     integer question ids and answers such as ``3``); None otherwise."""
     value = row.get(key) if isinstance(row, dict) else None
@@ -116,7 +116,7 @@ def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestio
         if not isinstance(row, dict):
             _check(Problem(str(path), number, "not a JSON object"), problems, strict)
             continue
-        qid, answer = _string_field(row, "question_id"), _string_field(row, "answer")
+        qid, answer = string_field(row, "question_id"), string_field(row, "answer")
         missing = [k for k, v in (("question_id", qid), ("answer", answer)) if v is None]
         if missing:
             reason = f"no {' and no '.join(missing)} (a non-empty string is needed for scoring)"
@@ -126,7 +126,7 @@ def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestio
             _check(Problem(str(path), number, f"duplicate question_id {qid!r}"), problems, strict)
             continue
         seen.add(qid)
-        questions.append(ScoredQuestion(qid, _string_field(row, "category") or NO_CATEGORY, answer))
+        questions.append(ScoredQuestion(qid, string_field(row, "category") or NO_CATEGORY, answer))
     if not questions:
         raise ValueError(f"{path}: no usable question (expected JSONL lines with question_id and answer)")
     return questions, problems
@@ -140,7 +140,7 @@ def read_answers(path: Path, strict: bool = False) -> tuple[dict[str, str], list
         if isinstance(row, Problem):
             _check(row, problems, strict)
             continue
-        qid = _string_field(row, "question_id")
+        qid = string_field(row, "question_id")
         text = row.get("text") if isinstance(row, dict) else None
         if isinstance(text, int) and not isinstance(text, bool):
             text = str(text)
