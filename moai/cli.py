@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import __version__
 from .args import positive_int, seed_int
+from .ask import register as register_ask
 from .compat.cli import register as register_compat
 from .demo import run_demo
 from .perception.cli import register as register_perceive
@@ -140,6 +141,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_perceive,
     register_worlds,
     register_predict,
+    register_ask,
 ]
 
 

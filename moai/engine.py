@@ -10,8 +10,9 @@ nothing else re-implements the pipeline.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,34 @@ class Engine:
             gates: also return the gate weights of the prompt (one extra forward pass).
             max_new_tokens / generation: passed to ``generate``.
         """
+        if not questions:
+            if len(images):
+                raise ValueError(f"{len(images)} images for 0 questions")
+            return []
+        batch, aux, perceptions = self.prepare(images, questions, drop, perceptions, history)
+        generation.setdefault("do_sample", False)
+        pad = self.processor.tokenizer.pad_token_id
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
+        new = out[:, batch["input_ids"].shape[1] :]
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        weights = self.gate_weights(batch) if gates else [None] * len(texts)
+        return [Answer(t.strip(), a, p, w) for t, (a, _), p, w in zip(texts, aux, perceptions, weights)]
+
+    def prepare(
+        self,
+        images: Sequence[ImageSource | Image.Image],
+        questions: Sequence[str],
+        drop: Iterable[str] = (),
+        perceptions: Sequence[Perception] | None = None,
+        history: Sequence[Sequence[tuple[str, str]]] | None = None,
+    ) -> tuple[Any, list[tuple[str, np.ndarray]], list[Perception]]:
+        """The model inputs of a batch: images perceived (or ``perceptions``), aux verbalized with ``drop``
+        removed, prompts in the conversation template. Returns (batch, (aux text, colour map) per sample,
+        perceptions)."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        if not questions:
-            return []
+        if history is not None and len(history) != len(questions):
+            raise ValueError(f"{len(history)} histories for {len(questions)} questions")
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
         if perceptions is None:
             perceptions = self.perceive(loaded)
@@ -187,13 +212,55 @@ class Engine:
             aux_images=[colour_map for _, colour_map in aux] if self.model.config.use_aux_map else None,
             with_labels=False,
         ).to(self.model.device)
+        return batch, aux, list(perceptions)
+
+    def stream(
+        self,
+        image: ImageSource | Image.Image,
+        question: str,
+        *,
+        drop: Iterable[str] = (),
+        perception: Perception | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+        max_new_tokens: int = 16,
+        **generation: Any,
+    ) -> Iterator[str]:
+        """Yield the answer to one question as it is generated (a transformers ``TextIteratorStreamer``;
+        ``generate`` runs in a worker thread). Joined, the pieces are `answer`'s text before stripping."""
+        from transformers import TextIteratorStreamer
+
+        batch, _, _ = self.prepare(
+            [image],
+            [question],
+            drop,
+            None if perception is None else [perception],
+            None if history is None else [history],
+        )
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         generation.setdefault("do_sample", False)
         pad = self.processor.tokenizer.pad_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
-        new = out[:, batch["input_ids"].shape[1] :]
-        texts = self.processor.batch_decode(new, skip_special_tokens=True)
-        weights = self.gate_weights(batch) if gates else [None] * len(texts)
-        return [Answer(t.strip(), a, p, w) for t, (a, _), p, w in zip(texts, aux, perceptions, weights)]
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.no_grad():
+                    self.model.generate(
+                        **batch,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=pad,
+                        streamer=streamer,
+                        **generation,
+                    )
+            except BaseException as err:  # handed to the consumer below, after the streamer is closed
+                failure.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from (piece for piece in streamer if piece)
+        worker.join()
+        if failure:
+            raise failure[0]
 
     def gate_weights(self, batch: dict[str, torch.Tensor]) -> list[dict[str, dict[str, float]]]:
         """Per sample: the mean gate weight of each expert per mixer layer over the prompt (`gate_statistics`)."""
