@@ -23,6 +23,7 @@ from .compat.cli import register as register_compat
 from .demo import run_demo
 from .perception.cli import register as register_perceive
 from .predict import register as register_predict
+from .serve.cli import register as register_serve
 from .train.cli import register as register_train
 from .worlds.cli import register as register_worlds
 
@@ -142,6 +143,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_worlds,
     register_predict,
     register_ask,
+    register_serve,
 ]
 
 
