@@ -135,6 +135,8 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moai-generate")
         self.task: asyncio.Task | None = None
         self.batches = 0  # generate calls made (for tests and benchmarks)
+        self.cancelled_rows = 0  # requests ended (or never started) because their client left
+        self.last_cancelled_tokens = 0  # tokens such a row had generated when it ended
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -166,7 +168,10 @@ class Batcher:
             taken = [self.queue.popleft() for _ in range(min(self.settings.max_batch, len(self.queue)))]
             groups: dict[tuple, list[Job]] = {}
             for job in taken:
-                if not job.cancelled:
+                if job.cancelled:  # its client left while it waited
+                    self.cancelled_rows += 1
+                    self.last_cancelled_tokens = 0
+                else:
                     groups.setdefault(job.request.sampling_key, []).append(job)
             for jobs in groups.values():
                 await loop.run_in_executor(self.executor, self._generate, jobs)
@@ -216,6 +221,9 @@ class Batcher:
         results = []
         for row, request, (aux_text, _), weights, n_prompt in zip(rows, requests, aux, gates, prompt_tokens):
             row.done = row.done or "length"
+            if row.done == "cancelled":
+                self.cancelled_rows += 1
+                self.last_cancelled_tokens = len(row.tokens)
             row.flush()
             results.append(
                 Result(
