@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise ValueError("moai serve needs fastapi and uvicorn: pip install 'moai-vlm[serve]'") from None
-
+    # heavy: the engine (torch, transformers) and the app (fastapi)
     from ..engine import DEFAULT_MODEL, Engine
     from .app import ServeSettings, create_app
     from .batcher import BatchSettings
