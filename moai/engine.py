@@ -10,9 +10,9 @@ nothing else re-implements the pipeline.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,16 @@ class Engine:
         self._perceiver = perceiver
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Perception] = OrderedDict()
+        self._worker: ThreadPoolExecutor | None = None
+
+    @property
+    def worker(self) -> ThreadPoolExecutor:
+        """The one thread that runs this engine's background ``generate`` calls (`stream`, the server's
+        batches). One thread, not one per call: every new thread that runs torch ops gets its own OpenMP
+        team, and idle teams slowed a busy one by a third on a 2-core machine (bench/serve.py)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moai-generate")
+        return self._worker
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Engine:
@@ -226,7 +236,7 @@ class Engine:
         **generation: Any,
     ) -> Iterator[str]:
         """Yield the answer to one question as it is generated (a transformers ``TextIteratorStreamer``;
-        ``generate`` runs in a worker thread). Joined, the pieces are `answer`'s text before stripping."""
+        ``generate`` runs on the engine's `worker` thread). Joined, the pieces are `answer`'s text before stripping."""
         from transformers import TextIteratorStreamer
 
         batch, _, _ = self.prepare(
@@ -255,10 +265,9 @@ class Engine:
                 failure.append(err)
                 streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        done = self.worker.submit(run)
         yield from (piece for piece in streamer if piece)
-        worker.join()
+        done.result()
         if failure:
             raise failure[0]
 

@@ -3,8 +3,8 @@
 Requests wait in a bounded queue (a full queue is a 429, never unbounded growth). A single worker takes the
 first waiting request, waits up to ``max_wait_s`` for more (at most ``max_batch``), groups them by sampling
 settings (greedy requests share a call; a seeded sampled request runs alone, so its seed decides its
-tokens), and runs each group through the engine (`moai.engine.Engine.prepare`, then ``generate``) in a
-worker thread, so the event loop keeps serving. During ``generate`` a stopping criterion (`BatchDecoder`)
+tokens), and runs each group through the engine (`moai.engine.Engine.prepare`, then ``generate``) on the
+engine's worker thread, so the event loop keeps serving. During ``generate`` a stopping criterion (`BatchDecoder`)
 sees every new token of every row: it decodes each row's text so far, sends the new text to the request
 (streaming), ends a row at its own ``max_tokens``, at a stop string, or when its client has gone, and the
 call ends when every row has.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +131,6 @@ class Batcher:
         self.engine, self.settings = engine, settings
         self.queue: deque[Job] = deque()
         self.ready = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moai-generate")
         self.task: asyncio.Task | None = None
         self.batches = 0  # generate calls made (for tests and benchmarks)
         self.cancelled_rows = 0  # requests ended (or never started) because their client left
@@ -145,7 +143,6 @@ class Batcher:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        self.executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, request: ChatRequest) -> Job:
         """Queue a request; a full queue is a 429."""
@@ -174,7 +171,7 @@ class Batcher:
                 else:
                     groups.setdefault(job.request.sampling_key, []).append(job)
             for jobs in groups.values():
-                await loop.run_in_executor(self.executor, self._generate, jobs)
+                await loop.run_in_executor(self.engine.worker, self._generate, jobs)
 
     def _generate(self, jobs: list[Job]) -> None:
         """Answer one group in one ``generate`` call (worker thread); every job gets a Result or an error."""
