@@ -12,17 +12,22 @@ measured in the same run. Target (issue: serving): >= 4x at 16 clients, no faile
 
 from __future__ import annotations
 
+import os
+
+# as `make` and `import moai` do: idle OpenMP threads sleep, so a busy CPU does not collapse the timings
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import base64
 import http.client
 import json
-import platform
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import torch
+from timing import interleave, machine, median_ms
 
 from moai.engine import Engine
 from moai.serve.app import ServeSettings, create_app
@@ -154,6 +159,31 @@ def run(engine: Engine, clients: int, seconds: float, window: float, max_request
     return {mb: summary(mb, outs[mb], walls[mb], calls[mb]) for mb in apps}
 
 
+def engine_ceiling(engine: Engine, most: int) -> dict:
+    """In-process, no HTTP: one batch of 8 requests (prepare + greedy generate) against one request, interleaved.
+    8 x t(1) / t(8) is the most micro-batching can gain on this machine."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in sorted((ROOT / "examples").glob("*.png"))]
+    batch = [(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)]) for i in range(8)]
+    pad = engine.processor.tokenizer.pad_token_id
+
+    def answer(items: list) -> None:
+        inputs, _, _ = engine.prepare([i for i, _ in items], [q for _, q in items])
+        with torch.no_grad():
+            engine.model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=pad)
+
+    times = interleave(
+        {"one": lambda: answer(batch[:1]), "eight": lambda: answer(batch)}, most=most, warmup=2
+    )
+    one, eight = median_ms(times["one"]), median_ms(times["eight"])
+    return {
+        "one_request_ms": round(one, 1),
+        "batch_of_8_ms": round(eight, 1),
+        "ceiling_ratio": round(8 * one / eight, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -175,6 +205,7 @@ def main() -> None:
         args.seconds, args.window = 2.0, 1.0
     out = args.out or (None if args.quick else str(ROOT / "bench" / "results" / "serve.json"))
     engine = Engine.load()
+    ceiling = engine_ceiling(engine, most=5 if args.quick else 30)
     modes = run(engine, args.clients, args.seconds, args.window, args.max_requests)
     ratio = modes[8]["requests_per_s"] / modes[1]["requests_per_s"]
     result = {
@@ -186,11 +217,8 @@ def main() -> None:
         "batched": modes[8],
         "throughput_ratio_batched_over_unbatched": round(ratio, 2),
         "target_ratio": 4.0,
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "engine_only": ceiling,
+        "machine": machine(),
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +232,10 @@ def main() -> None:
         )
     print(
         f"throughput ratio (max batch 8 / max batch 1, {args.clients} clients): {ratio:.2f}x (target >= 4x)"
+    )
+    print(
+        f"engine alone: one request {ceiling['one_request_ms']} ms, a batch of 8 {ceiling['batch_of_8_ms']} ms: "
+        f"micro-batching can gain at most {ceiling['ceiling_ratio']}x on this machine"
     )
     if out:
         print(f"wrote {out}")
