@@ -25,6 +25,7 @@ from .perception.cli import register as register_perceive
 from .predict import register as register_predict
 from .serve.cli import register as register_serve
 from .train.cli import register as register_train
+from .web import register as register_web
 from .worlds.cli import register as register_worlds
 
 #: Exit codes: a bad input or usage (as argparse), a bug, Ctrl-C (128 + SIGINT).
@@ -144,6 +145,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_predict,
     register_ask,
     register_serve,
+    register_web,
 ]
 
 

@@ -1,6 +1,6 @@
 """Package structure (docs/architecture.md).
 
-The import graph runs one way: io/args <- model, worlds <- verbalize <- perception <- compat, train, engine <- demo, predict, ask, serve, recipes <- cli,
+The import graph runs one way: io/args <- model, worlds <- verbalize <- perception <- compat, train, engine <- demo, predict, ask, serve, web, recipes <- cli,
 checked twice: statically (every import statement, function-local ones included) and by importing each layer
 in a fresh interpreter and looking at ``sys.modules``. No process-wide mutable state but the perception
 backend registry: callers keep their ``Perceiver``.
@@ -34,6 +34,7 @@ LAYERS = {
     "moai.predict": 5,
     "moai.ask": 5,
     "moai.serve": 5,
+    "moai.web": 5,
     "moai.recipes": 5,
     "moai.cli": 6,
 }
