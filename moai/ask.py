@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # heavy imports only when a command runs
     from PIL import Image
 
     from .engine import Engine
-    from .perception.types import Perception
 
 CHAT_HELP = "commands: /image PATH (switch image, new conversation), /aux, /explain, /quit"
 
@@ -38,15 +37,6 @@ def gate_table(weights: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def overlay(image: Image.Image, perception: Perception) -> Image.Image:
-    """The image with the perception drawn over it (masks, boxes, relations, OCR; `draw_perception`)."""
-    import numpy as np  # heavy: numpy arrays of the image
-
-    from .perception.draw import draw_perception  # heavy: PIL drawing
-
-    return draw_perception(np.asarray(image.convert("RGB")), perception)
-
-
 def read_question(text: str) -> str:
     """A question from the command line: not empty after stripping."""
     question = text.strip()
@@ -56,19 +46,22 @@ def read_question(text: str) -> str:
 
 
 def load_engine(model: str | None) -> Engine:
+    from .compat.resolve import resolve_model  # heavy: the converter (torch)
     from .engine import Engine  # heavy: torch, transformers
 
-    return Engine.load(model)
+    return Engine.load(resolve_model(model, log=lambda line: print(line, file=sys.stderr)))
 
 
 def explain(
     engine: Engine, image: Image.Image, question: str, history: list[tuple[str, str]], out: Path
 ) -> str:
     """Gate-weight table of ``question`` (after ``history``) and the perception overlay written to ``out``."""
+    from .perception.draw import draw_on_image  # heavy: numpy, PIL drawing
+
     batch, _, perceptions = engine.prepare([image], [question], history=[history])
     table = gate_table(engine.gate_weights(batch)[0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay(image, perceptions[0]).save(out)
+    draw_on_image(image, perceptions[0]).save(out)
     return f"{table}\nperception overlay: {out}"
 
 
@@ -80,10 +73,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     engine = load_engine(args.model)
     answer = engine.answer([image], [question], gates=args.explain, max_new_tokens=args.max_new_tokens)[0]
+    from .perception.draw import draw_on_image  # heavy: numpy, PIL drawing
+
     explain_out = Path(args.explain_out or f"{Path(args.image).stem}-explain.png")
     if args.explain:
         explain_out.parent.mkdir(parents=True, exist_ok=True)
-        overlay(image, answer.perception).save(explain_out)
+        draw_on_image(image, answer.perception).save(explain_out)
     if args.json:
         record: dict = {"image": str(args.image), "question": question, "answer": answer.text}
         if args.show_aux:

@@ -53,6 +53,7 @@ def demo_questions(seed: int, out: Path) -> list[tuple[Path, Question]]:
 def run_demo(
     seed: int = 0, out: str | Path = "runs/demo", model: str | Path | None = None, max_new_tokens: int = 12
 ) -> int:
+    from .compat.resolve import resolve_model  # heavy: the converter (torch)
     from .engine import DEFAULT_MODEL, Engine  # heavy: torch, transformers
 
     if max_new_tokens < 1:
@@ -60,7 +61,7 @@ def run_demo(
     out = Path(out)
     items = demo_questions(seed, out)
     start = time.perf_counter()
-    engine = Engine.load(model)
+    engine = Engine.load(resolve_model(model))
     loaded = time.perf_counter()
     answers = engine.answer(
         [path for path, _ in items], [q.text for _, q in items], max_new_tokens=max_new_tokens

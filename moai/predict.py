@@ -66,6 +66,7 @@ def read_questions(path: Path, images_root: Path) -> Iterator[PredictQuestion | 
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .compat.resolve import resolve_model  # heavy: the converter (torch)
     from .engine import DEFAULT_MODEL, Engine, parse_aux  # heavy: torch, transformers
 
     questions_path, out = Path(args.questions), Path(args.out)
@@ -106,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(
             f"moai predict: {len(answered)} question(s) already answered in {out}, skipped", file=sys.stderr
         )
-    engine = Engine.load(model_path)
+    engine = Engine.load(resolve_model(model_path, log=lambda line: print(line, file=sys.stderr)))
     if gate_bias is not None:
         engine.model.set_mixer(gate_bias=gate_bias)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def answer_stream(
     engine: Engine, image: Image.Image | None, question: str, max_new_tokens: int
 ) -> Iterator[tuple[str, Any, Any]]:
     """(answer so far, perception overlay, gate chart) as the answer is generated; the chart comes last."""
-    from .ask import overlay  # heavy: numpy, PIL drawing
+    from .perception.draw import draw_on_image  # heavy: numpy, PIL drawing
 
     question = (question or "").strip()
     if image is None:
@@ -78,7 +78,7 @@ def answer_stream(
         return
     image = image.convert("RGB")
     perception = engine.perceive([image])[0]
-    picture = overlay(image, perception)
+    picture = draw_on_image(image, perception)
     text = ""
     yield text, picture, None
     for piece in engine.stream(image, question, perception=perception, max_new_tokens=max_new_tokens):
@@ -132,9 +132,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("moai web needs gradio and uvicorn: pip install 'moai-vlm[web]'") from None
     # heavy: the engine (torch, transformers)
+    from .compat.resolve import resolve_model
     from .engine import Engine
 
-    app = build_app(Engine.load(args.model), args.max_new_tokens)
+    app = build_app(Engine.load(resolve_model(args.model)), args.max_new_tokens)
     print(f"moai web: http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

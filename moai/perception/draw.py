@@ -105,3 +105,8 @@ def draw_perception(
         draw.polygon(text.quad, outline=OCR_COLOR, width=line + 1)
         _label(draw, (text.box[0], text.box[3] + 2), text.text, OCR_COLOR, font)
     return image
+
+
+def draw_on_image(image: Image.Image, p: Perception) -> Image.Image:
+    """`draw_perception` over a PIL image (converted to RGB)."""
+    return draw_perception(np.asarray(image.convert("RGB")), p)

@@ -15,13 +15,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("moai serve needs fastapi and uvicorn: pip install 'moai-vlm[serve]'") from None
     # heavy: the engine (torch, transformers) and the app (fastapi)
+    from ..compat.resolve import resolve_model
     from ..engine import DEFAULT_MODEL, Engine
     from .app import ServeSettings, create_app
     from .batcher import BatchSettings
     from .protocol import ServeLimits
 
     hosts = tuple(h.strip() for h in (args.allow_remote_images or "").split(",") if h.strip())
-    engine = Engine.load(args.model)
+    engine = Engine.load(resolve_model(args.model))
     model_id = args.model_id or (args.model.rstrip("/").split("/")[-1] if args.model else DEFAULT_MODEL.name)
     settings = ServeSettings(
         model_id=model_id,
