@@ -14,7 +14,7 @@ import json
 import math
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -54,7 +54,6 @@ class ApiError(Exception):
     @property
     def kind(self) -> str:
         return {
-            401: "authentication_error",
             404: "invalid_request_error",
             429: "rate_limit_error",
             503: "server_error",
@@ -93,8 +92,7 @@ class ChatRequest:
     want_gates: bool = False
     """``moai.gates``: return the mean gate weights per mixer layer and expert in the ``moai`` field."""
     prompt_tokens: int = 0
-    """Prompt length in tokens (set by `count_prompt_tokens`)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Prompt length in tokens (set by the handler, `moai.serve.app.count_prompt_tokens`)."""
 
     @property
     def sampling_key(self) -> tuple:
