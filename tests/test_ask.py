@@ -93,7 +93,8 @@ def test_gate_table_has_a_row_per_mixer_layer():
     assert "no MoAI-Mixer" in gate_table({})
 
 
-def test_ask_prints_the_engines_answer(model_dir, engine, scenes, capsys, tmp_path):
+def test_ask_prints_the_engines_answer(model_dir, engine, scenes, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --explain without --explain-out writes IMAGE-STEM-explain.png here
     path, questions = scenes[1]
     expected = engine.answer([path], [questions[0]], gates=True)[0]
     overlay = tmp_path / "o.png"
@@ -121,6 +122,7 @@ def test_ask_prints_the_engines_answer(model_dir, engine, scenes, capsys, tmp_pa
     record = json.loads(capsys.readouterr().out)
     assert code == 0
     assert record["answer"] == expected.text and record["aux_text"] == expected.aux_text
+    assert record["overlay"] == f"{path.stem}-explain.png" and (tmp_path / record["overlay"]).is_file()
     assert record["gate_weights"] == expected.gate_weights  # same process, same inputs: the same numbers
 
 
