@@ -182,10 +182,7 @@ class Engine:
                 raise ValueError(f"{len(images)} images for 0 questions")
             return []
         batch, aux, perceptions = self.prepare(images, questions, drop, perceptions, history)
-        generation.setdefault("do_sample", False)
-        pad = self.processor.tokenizer.pad_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
-        new = out[:, batch["input_ids"].shape[1] :]
+        new = self.generate(batch, max_new_tokens, **generation)
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         weights = self.gate_weights(batch) if gates else [None] * len(texts)
         return [Answer(t.strip(), a, p, w) for t, (a, _), p, w in zip(texts, aux, perceptions, weights)]
@@ -224,6 +221,15 @@ class Engine:
         ).to(self.model.device)
         return batch, aux, list(perceptions)
 
+    @torch.no_grad()
+    def generate(self, batch: Any, max_new_tokens: int = 16, **generation: Any) -> torch.Tensor:
+        """``model.generate`` on `prepare`'s inputs (greedy unless ``do_sample``; the tokenizer's pad id).
+        Returns the new tokens [B, T]. `answer`, `stream` and the server's batches all generate here."""
+        generation.setdefault("do_sample", False)
+        pad = self.processor.tokenizer.pad_token_id
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
+        return out[:, batch["input_ids"].shape[1] :]
+
     def stream(
         self,
         image: ImageSource | Image.Image,
@@ -247,20 +253,11 @@ class Engine:
             None if history is None else [history],
         )
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        generation.setdefault("do_sample", False)
-        pad = self.processor.tokenizer.pad_token_id
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                with torch.no_grad():
-                    self.model.generate(
-                        **batch,
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=pad,
-                        streamer=streamer,
-                        **generation,
-                    )
+                self.generate(batch, max_new_tokens, streamer=streamer, **generation)
             except BaseException as err:  # handed to the consumer below, after the streamer is closed
                 failure.append(err)
                 streamer.end()

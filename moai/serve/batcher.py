@@ -113,8 +113,8 @@ class Row:
 class BatchDecoder(StoppingCriteria):
     """Called by ``generate`` after each new token: feeds the rows, returns which have ended ([B] bool)."""
 
-    def __init__(self, rows: list[Row], prompt_length: int) -> None:
-        self.rows, self.prompt_length = rows, prompt_length
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
@@ -206,11 +206,10 @@ class Batcher:
             if first.seed is not None:
                 torch.manual_seed(first.seed)
         self.batches += 1
-        engine.model.generate(
-            **batch,
-            max_new_tokens=max(r.max_tokens for r in requests),
-            pad_token_id=tokenizer.pad_token_id,
-            stopping_criteria=StoppingCriteriaList([BatchDecoder(rows, batch["input_ids"].shape[1])]),
+        engine.generate(
+            batch,
+            max(r.max_tokens for r in requests),
+            stopping_criteria=StoppingCriteriaList([BatchDecoder(rows)]),
             **sampling,
         )
         gates = engine.gate_weights(batch) if any(r.want_gates for r in requests) else [None] * len(rows)
