@@ -35,6 +35,23 @@ def tiny_model(seed: int = 0, randomize: bool = True, **mixer: object) -> MoAIFo
     return model
 
 
+def save_shapes_model(path: Path, seed: int = 0, randomize: bool = False) -> Path:
+    """A random `shapes` model saved as ``moai train`` saves one (weights, processor with the ShapesWorld word
+    tokenizer, aux settings for the ``shapesworld`` perception preset); ``randomize``: `randomize_zero_inits`."""
+    from moai.perception.settings import AuxSettings
+    from moai.train.vocab import shapes_tokenizer
+
+    torch.manual_seed(seed)
+    config = MoAIConfig.from_preset("shapes")
+    model = MoAIForConditionalGeneration(config)
+    if randomize:
+        randomize_zero_inits(model, seed)
+    model.save_pretrained(path)
+    MoAIProcessor.from_config(config, tokenizer=shapes_tokenizer()).save_pretrained(path)
+    AuxSettings(perception_preset="shapesworld").save(path)
+    return path
+
+
 def random_images(n: int, seed: int = 0, size: tuple[int, int] = (90, 120)) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size[0] + 7 * i, size[1], 3), dtype=np.uint8) for i in range(n)]

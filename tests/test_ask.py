@@ -9,18 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import save_shapes_model
 from PIL import Image
 
 from moai.ask import chat, gate_table
 from moai.cli import main
 from moai.engine import Engine
-from moai.model.configuration import MoAIConfig
 from moai.model.constants import EXPERT_NAMES
-from moai.model.modeling import MoAIForConditionalGeneration
-from moai.model.processing import MoAIProcessor
-from moai.perception.settings import AuxSettings
-from moai.train.vocab import shapes_tokenizer
 from moai.worlds.shapes import generate, render
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -28,18 +23,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(1)
-    config = MoAIConfig.from_preset("shapes")
-    model = MoAIForConditionalGeneration(config)
-    with torch.no_grad():  # non-zero expert outputs, so the aux and the gates matter to the answers
-        for name, param in model.named_parameters():
-            if "moai_mixer" in name and param.ndim == 2:
-                param.normal_(0.0, param.shape[1] ** -0.5)
-    model.save_pretrained(path)
-    MoAIProcessor.from_config(config, tokenizer=shapes_tokenizer()).save_pretrained(path)
-    AuxSettings(perception_preset="shapesworld").save(path)
-    return path
+    # non-zero expert outputs (randomize), so the aux and the gates matter to the answers
+    return save_shapes_model(tmp_path_factory.mktemp("model"), seed=1, randomize=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ import json
 import random
 
 import pytest
-import torch
+from conftest import save_shapes_model
 
 from moai.cli import main
 from moai.engine import Engine, parse_aux
 from moai.model.configuration import MoAIConfig
-from moai.model.modeling import MoAIForConditionalGeneration
-from moai.model.processing import MoAIProcessor
 from moai.perception.settings import AUX_FILE, AuxSettings
 from moai.perception.verbalize import MODULES, verbalize_perception, without_modules
 from moai.train.data import Example, ModuleDropout
@@ -26,13 +24,7 @@ from moai.worlds.shapes import write_world
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A random `shapes` model saved as ``moai train`` saves one (weights, processor, aux settings)."""
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = MoAIConfig.from_preset("shapes")
-    MoAIForConditionalGeneration(config).save_pretrained(path)
-    MoAIProcessor.from_config(config, tokenizer=shapes_tokenizer()).save_pretrained(path)
-    AuxSettings(perception_preset="shapesworld").save(path)
-    return path
+    return save_shapes_model(tmp_path_factory.mktemp("model"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import save_shapes_model
 from openai import APIStatusError, OpenAI
 from PIL import Image
 
 from moai.engine import Engine
-from moai.model.configuration import MoAIConfig
-from moai.model.modeling import MoAIForConditionalGeneration
-from moai.model.processing import MoAIProcessor
-from moai.perception.settings import AuxSettings
 from moai.serve.app import ServeSettings, create_app
 from moai.serve.batcher import BatchSettings
 from moai.serve.protocol import ServeLimits
 from moai.serve.server import BackgroundServer
-from moai.train.vocab import shapes_tokenizer
 from moai.worlds.shapes import generate, render
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -61,13 +56,7 @@ def bundled():
 @pytest.fixture(scope="module")
 def random_engine(tmp_path_factory):
     """A random `shapes` model: it rarely ends an answer, so answers run to ``max_tokens``."""
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(2)
-    config = MoAIConfig.from_preset("shapes")
-    MoAIForConditionalGeneration(config).save_pretrained(path)
-    MoAIProcessor.from_config(config, tokenizer=shapes_tokenizer()).save_pretrained(path)
-    AuxSettings(perception_preset="shapesworld").save(path)
-    return Engine.load(path)
+    return Engine.load(save_shapes_model(tmp_path_factory.mktemp("model"), seed=2))
 
 
 @pytest.fixture(scope="module")
