@@ -740,4 +740,7 @@ def _train(
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         say(f"done: {config.max_steps} steps, final loss {last_loss:.4f}; model in {run / 'final'}")
         say(f"summary: {summary['data']}")
+    if world > 1:  # a rank that exits while the gloo group's threads live aborts (std::terminate)
+        accelerator.wait_for_everyone()  # and rank 0 must finish writing before the others go
+        accelerator.end_training()
     return summary
