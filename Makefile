@@ -42,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # The web demo's browser test drives Debian's headless Chromium (tests/test_web.py); it is skipped, saying
 # why, where the browser is missing and cannot be installed here (no root, no Debian mirror).

@@ -760,6 +760,39 @@ def test_expert_init_std_draws_only_the_last_o_factor_of_the_new_experts(tmp_pat
     assert changed == {k for k in before if ".moai_mixer." in k and ".o_proj.1." in k} and len(changed) == 12
 
 
+def test_fan_in_init_draws_the_new_mixers_and_the_untrained_compressor_only(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3]}
+    official = build_model(TrainConfig.from_dict(fields))[0]
+    fan_in = build_model(TrainConfig.from_dict({**fields, "moai_init": "fan_in"}))[0]
+    before, after = official.state_dict(), fan_in.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".moai_mixer." in k or k.startswith("model.compressor.") for k in changed)
+    assert any(k.startswith("model.compressor.") for k in changed)  # the base never trained its compressor
+    for name, module in fan_in.named_modules():
+        if isinstance(module, torch.nn.Linear) and (".moai_mixer." in name or "compressor." in name):
+            weight = module.weight.detach()
+            if name.endswith("o_proj.1"):  # the identity init of every expert is kept
+                assert not weight.any(), name
+            else:  # std 1/sqrt(fan_in), against 0.02 from the config
+                want = module.in_features**-0.5
+                assert 0.85 * want < float(weight.std()) < 1.15 * want, name
+    # a model that already has mixers keeps its (trained) compressor; only the added mixer is drawn
+    fan_in.save_pretrained(tmp_path / "step1")
+    more = build_model(
+        TrainConfig.from_dict(
+            {"model": str(tmp_path / "step1"), "mixer_layers": [0, 1, 3], "moai_init": "fan_in"}
+        )
+    )[0]
+    grown = {k for k, v in more.state_dict().items() if not torch.equal(v, after.get(k, v * 0 + 1))}
+    assert grown and all(k.startswith("model.language_model.layers.0.self_attn.moai_mixer.") for k in grown)
+
+
 def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
     from moai import MoAIConfig, MoAIProcessor
     from moai.model.constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT

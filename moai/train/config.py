@@ -70,6 +70,13 @@ class TrainConfig:
     """Standard deviation of a normal init of every expert's last ``o`` factor in the mixers this run creates
     (a preset's, or those added to a saved model); 0 keeps it zero, so each new expert starts as the
     identity. A small value lets the other expert factors get gradients from the first step."""
+    moai_init: Literal["config", "fan_in"] = "config"
+    """Initialisation of the MoAI modules this run creates (the mixers it adds, and the compressor of a model
+    that had no mixers, so never trained it): ``config`` as the model config says (normal with the LLM's
+    ``initializer_range``, 0.02 in MoAI-7B); ``fan_in``: every linear weight from N(0, 1 / in_features), so
+    activations keep their scale through the low-rank experts of a narrow model (at width 128 and rank 32 the
+    0.02 init leaves the expert query / key gradients around 1e-10, under Adam's epsilon: docs/shapesworld.md).
+    The expert output factors marked for zero init stay zero either way (``expert_init_std`` still applies)."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
     data: list[DataSource] = field(default_factory=list)

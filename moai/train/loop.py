@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..model.configuration import MoAIConfig
 from ..model.constants import (
@@ -75,9 +76,13 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = list(config.mixer_layers)
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
+        had_mixers = bool(MoAIConfig.from_pretrained(path).mixer_config.layers)
         model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
+            if config.moai_init == "fan_in":
+                fresh = [model.language_model.layers[i].self_attn.moai_mixer for i in added]
+                _fan_in_init(fresh if had_mixers else [*fresh, model.model.compressor])
             _init_expert_outputs(model, added, config.expert_init_std)
         processor = (
             MoAIProcessor.from_pretrained(path)
@@ -99,6 +104,11 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
+        if config.moai_init == "fan_in" and model_config.mixer_config.layers:
+            mixers = [
+                model.language_model.layers[i].self_attn.moai_mixer for i in model_config.mixer_config.layers
+            ]
+            _fan_in_init([*mixers, model.model.compressor])
         _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
         tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
         processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
@@ -145,6 +155,21 @@ def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
         raise ValueError(
             f"config.mixer_layers: {layers} must be distinct decoder layers 0..{count - 1} of model {config.model}"
         )
+
+
+@torch.no_grad()
+def _fan_in_init(modules: list[nn.Module]) -> None:
+    """``TrainConfig.moai_init = fan_in``: every linear weight of ``modules`` from N(0, 1 / in_features), biases
+    zero; the linears marked for zero init (an expert's last output factor) stay zero."""
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, nn.Linear):
+                if getattr(sub, "_moai_zero_init", False):
+                    sub.weight.zero_()
+                else:
+                    sub.weight.normal_(0.0, sub.in_features**-0.5)
+                if sub.bias is not None:
+                    sub.bias.zero_()
 
 
 def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int], std: float) -> None:
