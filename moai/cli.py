@@ -21,6 +21,7 @@ from .args import positive_int, seed_int
 from .ask import register as register_ask
 from .compat.cli import register as register_compat
 from .demo import run_demo
+from .eval.cli import register as register_eval
 from .perception.cli import register as register_perceive
 from .predict import register as register_predict
 from .serve.cli import register as register_serve
@@ -146,6 +147,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_ask,
     register_serve,
     register_web,
+    register_eval,
 ]
 
 

@@ -36,6 +36,7 @@ LAYERS = {
     "moai.serve": 5,
     "moai.web": 5,
     "moai.recipes": 5,
+    "moai.eval": 5,
     "moai.cli": 6,
 }
 
