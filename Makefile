@@ -21,6 +21,10 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]" scipy
+	# lmms-eval for tests/test_eval_lmms.py: without its dependencies (they would pull a CUDA torch); the plugin
+	# and its test need only loguru beside what is installed (docs/eval.md, lmms-eval)
+	$(BIN)/pip install -q --no-deps "lmms-eval>=0.7.3,<0.8"
+	$(BIN)/pip install -q loguru
 	touch $(STAMP)
 
 demo: $(STAMP)
