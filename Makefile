@@ -23,8 +23,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]" scipy
 	# lmms-eval for tests/test_eval_lmms.py: without its dependencies (they would pull a CUDA torch); the plugin
 	# and its test need only loguru beside what is installed (docs/eval.md, lmms-eval)
-	$(BIN)/pip install -q --no-deps "lmms-eval>=0.7.3,<0.8"
 	$(BIN)/pip install -q loguru
+	$(BIN)/pip install -q --no-deps "lmms-eval>=0.7.3,<0.8"
 	touch $(STAMP)
 
 demo: $(STAMP)
