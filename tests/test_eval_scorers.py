@@ -28,7 +28,7 @@ from moai.eval import (
     shapesworld,
     textvqa,
 )
-from moai.eval.common import read_predictions, score_predictions
+from moai.eval.common import Examples, read_predictions, score_predictions
 from moai.eval.parse import option_letter, vqa_normalize, yes_no_prefix
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -545,6 +545,29 @@ def test_seed_scores_the_image_dimensions(tmp_path):
     scores = seed.score({"1": "A", "2": "(C) option c", "3": "The answer is D"}, list(examples))
     assert scores["accuracy"] == pytest.approx(200 / 3)
     assert scores["dimensions"] == pytest.approx({"Instance Counting": 100.0, "Scene Understanding": 50.0})
+    # LLaVA answers the whole file, video questions too: those answers are ignored with one note, not
+    # reported one by one (nor fatal under strict); an id of no question at all still is a problem
+    answers = tmp_path / "llava_answers.jsonl"
+    rows = [("1", "A"), ("2", "C"), ("3", "D"), ("4", "A"), ("9", "B")]
+    answers.write_text(
+        "".join(json.dumps({"question_id": q, "prompt": "p", "text": t}) + "\n" for q, t in rows)
+    )
+    valid = Examples([e for e in examples], [], examples.left_out)  # without the file's bad record
+    predictions, problems = read_predictions(answers, valid)
+    result = score_predictions(seed, predictions, valid, problems, source="answers")
+    assert result["accuracy"] == pytest.approx(200 / 3) and result["scored"] == 3
+    assert result["ignored"] == 1 and result["notes"] == [
+        "answers: 1 answer(s) to questions outside the scored part ignored "
+        "(video questions: SEED-IMG scores images only)"
+    ]
+    assert result["problems"] == ["answers: question 9: unknown id (not in the benchmark)"]
+    del rows[-1]
+    answers.write_text(
+        "".join(json.dumps({"question_id": q, "prompt": "p", "text": t}) + "\n" for q, t in rows)
+    )
+    predictions, problems = read_predictions(answers, valid)
+    strict = score_predictions(seed, predictions, valid, problems, source="answers", strict=True)
+    assert strict["excluded"] == 0 and strict["ignored"] == 1
 
 
 # --- ScienceQA-IMG -------------------------------------------------------------------------------------------
@@ -599,6 +622,7 @@ def test_scienceqa_keeps_the_test_questions_with_an_image(tmp_path):
     write_json(tmp_path / "pid_splits.json", {"test": ["5", "6", "7", "8"], "train": ["9"]})
     examples = scienceqa.load(tmp_path)
     assert [e.question_id for e in examples] == ["5", "7"]
+    assert examples.left_out == {"6": "questions without an image: not part of ScienceQA-IMG"}
     assert examples[0].question == "Context: A map.\nWhich colony?" and examples[0].answer == "B"
     assert examples[0].image == tmp_path / "images" / "test" / "5" / "image.png"
     assert scienceqa.prompt(examples[0]) == f"Context: A map.\nWhich colony?\nA. Maryland\nB. Vermont{LETTER}"

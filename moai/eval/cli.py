@@ -29,6 +29,8 @@ def report_excluded(command: str, scores: dict[str, Any], each: bool) -> None:
     if each:
         for problem in scores["problems"]:
             print(f"{command}: {problem}", file=sys.stderr)
+    for note in scores.get("notes", ()):
+        print(f"{command}: {note}", file=sys.stderr)
     if scores["excluded"]:
         print(
             f"{command}: {scores['excluded']} record(s) excluded from the scores ({scores['scored']} scored)",

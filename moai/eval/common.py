@@ -46,11 +46,20 @@ class Example:
 
 
 class Examples(list):
-    """The valid examples of a benchmark file, with ``problems``: the records left out, and why."""
+    """The valid examples of a benchmark file, with ``problems``: the records left out, and why; and
+    ``left_out``: the ids of questions the benchmark's file holds but its scored part leaves out by design
+    (SEED-Bench's video questions, ScienceQA's questions without an image), with the reason. Answers to
+    them (LLaVA answers the whole file) are ignored with one line, not reported one by one as unknown."""
 
-    def __init__(self, examples: list[Example] = (), problems: list[Problem] = ()) -> None:
+    def __init__(
+        self,
+        examples: list[Example] = (),
+        problems: list[Problem] = (),
+        left_out: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(examples)
         self.problems: list[Problem] = list(problems)
+        self.left_out: dict[str, str] = dict(left_out or {})
 
 
 class Benchmark(Protocol):
@@ -176,6 +185,15 @@ def score_predictions(
     into ``excluded``. ``strict`` raises ``ValueError`` naming the first problem instead.
     """
     known = {e.question_id for e in examples}
+    left_out = getattr(examples, "left_out", {})
+    ignored = [qid for qid in predictions if qid not in known and qid in left_out]
+    notes = []
+    if ignored:
+        reasons = sorted({left_out[qid] for qid in ignored})
+        notes.append(
+            f"{source}: {len(ignored)} answer(s) to questions outside the scored part ignored ({'; '.join(reasons)})"
+        )
+        predictions = {qid: text for qid, text in predictions.items() if qid not in left_out}
     problems = [str(p) for p in (*examples.problems, *prediction_problems)]
     problems += [
         f"{source}: question {qid}: unknown id (not in the benchmark)"
@@ -191,4 +209,7 @@ def score_predictions(
     if strict and problems:
         raise ValueError(f"{problems[0]} (--strict; {len(problems)} problem(s) in all)")
     scores = benchmark.score({e.question_id: predictions[e.question_id] for e in answered}, answered)
-    return {**scores, "scored": len(answered), "excluded": len(problems), "problems": problems}
+    result = {**scores, "scored": len(answered), "excluded": len(problems), "problems": problems}
+    if notes:
+        result["ignored"], result["notes"] = len(ignored), notes
+    return result

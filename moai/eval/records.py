@@ -103,6 +103,7 @@ class Collector:
         self.problems: list[Problem] = list(problems)
         self._examples: list[Example] = []
         self._seen: set[str] = set()
+        self.left_out: dict[str, str] = {}
 
     def add(self, line: int, example: Example) -> None:
         if example.question_id in self._seen:
@@ -114,5 +115,9 @@ class Collector:
     def skip(self, line: int, reason: str) -> None:
         self.problems.append(Problem(str(self.file), line, reason))
 
+    def leave_out(self, question_id: str, reason: str) -> None:
+        """A question the benchmark's scored part leaves out by design (`Examples.left_out`)."""
+        self.left_out[question_id] = reason
+
     def examples(self) -> Examples:
-        return Examples(self._examples, self.problems)
+        return Examples(self._examples, self.problems, self.left_out)

@@ -15,9 +15,9 @@ from typing import Any
 
 from ..io import read_json
 
-COUNTS = ("scored", "excluded")
+COUNTS = ("scored", "excluded", "ignored")
 """The counts `score_predictions` adds to every benchmark's metrics."""
-NOT_METRICS = ("benchmark", "problems", "run")
+NOT_METRICS = ("benchmark", "problems", "notes", "run")
 SCORES_FILE = "scores.json"
 """What ``moai eval run`` writes into its directory (`moai.eval.run.SCORES`)."""
 MISSING = "—"

@@ -78,7 +78,8 @@ def load(path: Path) -> Examples:
             found.skip(IN_DOCUMENT, f"question at position {position}: no 'id'")
             continue
         if not isinstance(record, dict) or record.get("image") is None:
-            continue  # a question without an image: not part of ScienceQA-IMG
+            found.leave_out(qid, "questions without an image: not part of ScienceQA-IMG")
+            continue
         image = string_field(record, "image")
         turns = record.get("conversations")
         first = turns[0] if isinstance(turns, list) and turns else None

@@ -49,6 +49,10 @@ def load(path: Path) -> Examples:
             found.skip(IN_DOCUMENT, f"question at position {position}: not a JSON object")
             continue
         if record.get("data_type") != "image":
+            if string_field(record, "question_id") is not None:
+                found.leave_out(
+                    string_field(record, "question_id"), "video questions: SEED-IMG scores images only"
+                )
             continue
         qid = string_field(record, "question_id") or f"at position {position}"
         fields = {key: string_field(record, key) for key in ("question_id", "question", "data_id", *CHOICES)}
