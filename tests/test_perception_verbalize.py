@@ -20,6 +20,7 @@ from moai.perception import (
 )
 from moai.perception.scene_graph import scene_graph_from_psgtr
 from moai.perception.verbalize import official_parts
+from moai.perception.verbalize_compact import compact_objects, verbalize_compact
 from moai.perception.verbalize_v2 import (
     V2Options,
     v2_objects,
@@ -237,6 +238,28 @@ def test_v2_dedupes_counts_and_orders():
     stricter = V2Options(dedupe_iou=0.99, sgg_top_k=1)
     assert [label for label, _ in v2_objects(p, stricter)].count("man") == 1
     assert verbalize_relations_v2(p, stricter).count(" is ") == 1
+
+
+def test_compact_names_each_object_once_in_reading_order_without_coordinates():
+    p = v2_perception()
+    # the segment person #1 takes the name of the detection that matches it ("man"); the unmatched confident
+    # detections (two dogs) join; "cat" is below the threshold; order: top, then left
+    assert [name for name, _ in compact_objects(p)] == ["wall", "dog", "man", "person", "dog"]
+    assert verbalize_compact(p) == (
+        "objects: wall, dog, man, person, dog. "
+        "relations: person (#2) is right of person (#1), person (#1) is left of person (#2). "
+        "text: EXIT."
+    )
+    assert verbalize_perception(p, "compact") == verbalize_compact(p)
+    assert verbalize_compact(Perception(image_size=(10, 10))) == ""
+    only_text = Perception(image_size=(10, 10), text_lines=p.text_lines)
+    assert verbalize_compact(only_text) == "text: EXIT."
+    assert len(verbalize_compact(p)) < len(verbalize_v2(p))
+    rng = random.Random(0)
+    for _ in range(5):  # the order of the detections does not matter
+        order = list(range(4))
+        rng.shuffle(order)
+        assert verbalize_compact(v2_perception(order)) == verbalize_compact(p)
 
 
 def test_v2_is_deterministic_under_input_order():

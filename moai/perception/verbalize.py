@@ -4,8 +4,9 @@
 byte-exact with the official ``make_*_prompt``; docs/verbalization.md §3) with exactly the
 arrays the official pipeline hands them: the panoptic id map and ``segments_info`` order, the OWLv2
 boxes / scores / query names, the scene graph's object list and ``rel_dists`` rows, and the OCR
-``(text, confidence)`` lines. ``style="v2"`` uses ``verbalize_v2.py`` (for new models only; not a
-default anywhere until the ShapesWorld ablation measures it).
+``(text, confidence)`` lines. ``style="v2"`` uses ``verbalize_v2.py`` and ``style="compact"``
+``verbalize_compact.py`` (for new models only; not a default anywhere until the ShapesWorld ablation
+measures them).
 
 ``panoptic_map(p, style="official")`` is the official colour map (the quirky [0, 1] float map fed to CLIP);
 ``style="corrected"`` gives 0..255 uint8 colours (``moai.verbalize.colormap``).
@@ -29,9 +30,10 @@ from ..verbalize.official import (
     verbalize_segments,
 )
 from .types import Perception
+from .verbalize_compact import verbalize_compact
 from .verbalize_v2 import verbalize_v2
 
-STYLES = ("official", "v2")
+STYLES = ("official", "v2", "compact")
 
 
 def official_parts(p: Perception, selection: str = DEFAULT_SELECTION) -> tuple[str, str, str, str]:
@@ -65,6 +67,8 @@ def verbalize_perception(p: Perception, style: str = "official") -> str:
         return join_aux(*official_parts(p))
     if style == "v2":
         return verbalize_v2(p)
+    if style == "compact":
+        return verbalize_compact(p)
     raise ValueError(f"unknown verbalization style {style!r} (expected one of {', '.join(STYLES)})")
 
 

@@ -90,15 +90,18 @@ def verbalize_objects_v2(p: Perception, options: V2Options = V2Options()) -> str
     return OBJECT_PREFIX + GROUP_SEPARATOR.join(items) + "."
 
 
-def verbalize_relations_v2(p: Perception, options: V2Options = V2Options()) -> str:
-    """The top relations by score, deterministic; ``''`` when none passes the threshold."""
+def relation_items_v2(p: Perception, options: V2Options = V2Options()) -> list[str]:
+    """``"subject is predicate object"`` for the top relations by score (official object numbering)."""
     names = number_duplicates([strip_label_suffixes(o.label) for o in p.objects])
     kept = [r for r in p.relations if r.score >= options.sgg_threshold]
     kept = sorted(kept, key=lambda r: -r.score)[: options.sgg_top_k]  # stable: ties keep emission order
-    if not kept:
-        return ""
-    items = [f"{names[r.subject]} is {r.predicate} {names[r.object]}" for r in kept]
-    return RELATION_PREFIX + ITEM_SEPARATOR.join(items) + "."
+    return [f"{names[r.subject]} is {r.predicate} {names[r.object]}" for r in kept]
+
+
+def verbalize_relations_v2(p: Perception, options: V2Options = V2Options()) -> str:
+    """The top relations by score, deterministic; ``''`` when none passes the threshold."""
+    items = relation_items_v2(p, options)
+    return RELATION_PREFIX + ITEM_SEPARATOR.join(items) + "." if items else ""
 
 
 def verbalize_v2(p: Perception, options: V2Options = V2Options()) -> str:
