@@ -135,7 +135,18 @@ def _perceive_data(args: argparse.Namespace, config: PerceptionConfig) -> int:
         progress=not args.no_progress,
     )
     print(summary.line())
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Wait for the other ranks, then destroy the gloo group accelerate's ``PartialState`` opened: a rank that
+    exits with a live group can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist  # heavy: torch
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
