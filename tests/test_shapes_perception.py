@@ -92,15 +92,26 @@ def test_sgg_relations_follow_the_position_rule(scene):
         assert r.subject_label == graph.objects[r.subject].label
 
 
-def test_ocr_reads_the_sign_and_not_a_square():
-    """Real rapidocr, two images: a one-sign scene, and a scene whose filled square rapidocr reads as '■'."""
-    reader = build_backend("ocr", "shapes", {})
+@pytest.mark.parametrize("crops", [True, False])
+def test_ocr_reads_the_sign_and_not_a_square(crops):
+    """Real rapidocr, two images: a one-sign scene, and a scene whose filled square rapidocr reads as '■';
+    the recogniser on each sign's box (default) and the whole canvas filtered to the signs."""
+    reader = build_backend("ocr", "shapes", {"crops": crops})
     sign_scene = next(s for s in SCENES if len(s.signs) == 1)
     square_scene = generate_scene(9001, 25)  # no sign; plain rapidocr reads its square as '■'
     assert not square_scene.signs and any(s.kind == "square" for s in square_scene.shapes)
     signed, squared = reader([canvas(sign_scene), canvas(square_scene)])
     assert [line.text for line in signed] == [sign_scene.signs[0].word]
+    x0, y0, x1, y1 = sign_scene.signs[0].box
+    assert x0 - 2 <= box_centre(signed[0].box)[0] <= x1 + 2 and y0 - 2 <= box_centre(signed[0].box)[1] <= y1 + 2
     assert squared == []
+
+
+def test_ocr_reads_every_sign_of_a_scene_with_several():
+    reader = build_backend("ocr", "shapes", {})
+    scene = next(s for s in (generate_scene(4242, i) for i in range(200)) if len(s.signs) >= 2)
+    [lines] = reader([canvas(scene)])
+    assert sorted(line.text for line in lines) == sorted(sign.word for sign in scene.signs)
 
 
 def test_find_items_on_blank_and_noise_images():
