@@ -178,7 +178,10 @@ def print_report(report: dict) -> None:
             f"{role:8} {r['correct']:8d} {r['predicted']:9d} {r['truth']:6d} {100 * r['precision']:8.2f}%"
             f" {100 * r['recall']:6.2f}% {ms[role]:9.1f}"
         )
-    for role, note in (("ocr", "shapes: rapidocr recogniser on each sign"), ("rapidocr", "whole canvas, unfiltered")):
+    for role, note in (
+        ("ocr", "shapes: rapidocr recogniser on each sign"),
+        ("rapidocr", "whole canvas, unfiltered"),
+    ):
         o = report[role]
         print(
             f"{role:8} {o['words read']:8d} {o['lines']:9d} {o['signs']:6d} {100 * o['precision']:8.2f}%"

@@ -103,7 +103,9 @@ def test_ocr_reads_the_sign_and_not_a_square(crops):
     signed, squared = reader([canvas(sign_scene), canvas(square_scene)])
     assert [line.text for line in signed] == [sign_scene.signs[0].word]
     x0, y0, x1, y1 = sign_scene.signs[0].box
-    assert x0 - 2 <= box_centre(signed[0].box)[0] <= x1 + 2 and y0 - 2 <= box_centre(signed[0].box)[1] <= y1 + 2
+    assert (
+        x0 - 2 <= box_centre(signed[0].box)[0] <= x1 + 2 and y0 - 2 <= box_centre(signed[0].box)[1] <= y1 + 2
+    )
     assert squared == []
 
 
