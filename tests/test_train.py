@@ -793,6 +793,46 @@ def test_fan_in_init_draws_the_new_mixers_and_the_untrained_compressor_only(tmp_
     assert grown and all(k.startswith("model.language_model.layers.0.self_attn.moai_mixer.") for k in grown)
 
 
+@pytest.mark.parametrize("moai_init", ["config", "fan_in"])
+def test_compressor_query_scale_multiplies_the_queries_of_a_never_trained_compressor_only(
+    tmp_path, moai_init
+):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "moai_init": moai_init}
+    plain = build_model(TrainConfig.from_dict(fields))[0].state_dict()
+    scaled_model = build_model(TrainConfig.from_dict({**fields, "compressor_query_scale": 3.0}))[0]
+    scaled = scaled_model.state_dict()
+    queries = {k for k in plain if k.startswith("model.compressor.") and ".to_q." in k}
+    assert len(queries) == config.compressor_config.depth
+    for key in plain:
+        if key in queries:
+            torch.testing.assert_close(scaled[key], 3.0 * plain[key], rtol=0, atol=0)
+        else:
+            assert torch.equal(scaled[key], plain[key]), key
+    # a model that already has mixers keeps its (trained) compressor as it is
+    scaled_model.save_pretrained(tmp_path / "step1")
+    again = build_model(
+        TrainConfig.from_dict(
+            {"model": str(tmp_path / "step1"), "mixer_layers": [0, 1, 3], "compressor_query_scale": 3.0}
+        )
+    )[0].state_dict()
+    assert all(torch.equal(again[k], scaled[k]) for k in queries)
+    # so does a preset's random model, scaled once at build
+    preset = build_model(TrainConfig.from_dict({"model": "tiny", "compressor_query_scale": 2.0, "seed": 5}))[
+        0
+    ]
+    reference = build_model(TrainConfig.from_dict({"model": "tiny", "seed": 5}))[0]
+    for block, ref in zip(preset.model.compressor.layers, reference.model.compressor.layers):
+        torch.testing.assert_close(block.attn.to_q.weight, 2.0 * ref.attn.to_q.weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="compressor_query_scale"):
+        TrainConfig.from_dict({"compressor_query_scale": 0})
+
+
 def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
     from moai import MoAIConfig, MoAIProcessor
     from moai.model.constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_PROMPT

@@ -77,6 +77,12 @@ class TrainConfig:
     activations keep their scale through the low-rank experts of a narrow model (at width 128 and rank 32 the
     0.02 init leaves the expert query / key gradients around 1e-10, under Adam's epsilon: docs/shapesworld.md).
     The expert output factors marked for zero init stay zero either way (``expert_init_std`` still applies)."""
+    compressor_query_scale: float = 1.0
+    """Multiplies the query weights of every compressor block when this run starts a never-trained compressor
+    (a preset's, or that of a saved model without mixers), after ``moai_init``. Above 1 each latent starts
+    attending to a few aux tokens instead of nearly their mean, so the 64 compressed tokens differ from one
+    another and between images from the first step (docs/shapesworld.md, "What the recipe had to get
+    right"); 1 keeps the init as it is."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
     data: list[DataSource] = field(default_factory=list)
@@ -227,6 +233,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("weight_decay", 0, None),
     ("adam_eps", 1e-30, None),
     ("expert_init_std", 0, None),
+    ("compressor_query_scale", 1e-6, None),
     ("max_grad_norm", 0, None),
     ("save_every", 0, None),
     ("keep_checkpoints", 1, None),

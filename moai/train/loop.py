@@ -83,6 +83,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             if config.moai_init == "fan_in":
                 fresh = [model.language_model.layers[i].self_attn.moai_mixer for i in added]
                 _fan_in_init(fresh if had_mixers else [*fresh, model.model.compressor])
+            if not had_mixers:
+                _scale_compressor_queries(model, config.compressor_query_scale)
             _init_expert_outputs(model, added, config.expert_init_std)
         processor = (
             MoAIProcessor.from_pretrained(path)
@@ -109,6 +111,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
                 model.language_model.layers[i].self_attn.moai_mixer for i in model_config.mixer_config.layers
             ]
             _fan_in_init([*mixers, model.model.compressor])
+        if model_config.mixer_config.layers:
+            _scale_compressor_queries(model, config.compressor_query_scale)
         _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
         tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
         processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
@@ -170,6 +174,15 @@ def _fan_in_init(modules: list[nn.Module]) -> None:
                     sub.weight.normal_(0.0, sub.in_features**-0.5)
                 if sub.bias is not None:
                     sub.bias.zero_()
+
+
+def _scale_compressor_queries(model: MoAIForConditionalGeneration, scale: float) -> None:
+    """``TrainConfig.compressor_query_scale``: multiply the query weights of every compressor block."""
+    if scale == 1.0:
+        return
+    with torch.no_grad():
+        for block in model.model.compressor.layers:
+            block.attn.to_q.weight.mul_(scale)
 
 
 def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int], std: float) -> None:
