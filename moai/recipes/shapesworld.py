@@ -56,7 +56,7 @@ class RecipeOptions:
 
     out: Path
     """Run directory: world/, check/, cache/, base/, step1/, step2/, recipe.json."""
-    scenes: int = 3000
+    scenes: int = 6000
     """Training scenes (about 5.4 questions each)."""
     check_scenes: int = 150
     """Scenes of the check set."""
@@ -221,7 +221,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         run = Path(config.output_dir)
         if (run / "summary.json").is_file() and (run / "final" / "config.json").is_file():
             say(f"[recipe] stage {stage}: already trained in {run}, reused (delete it to train again)")
-            report[stage] = {"summary": json.loads((run / "summary.json").read_text())}
+            report[stage] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
         else:
             say(
                 f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
@@ -289,6 +289,11 @@ def model_card(report: dict) -> str:
         for stage in ("base", "step2")
         if "check" in report.get(stage, {})
     ]
+    def reused(stage: str) -> bool:
+        return bool(report.get(stage, {}).get("reused"))
+
+    moai = TrainConfig.load(CONFIGS / "step1.yaml")  # the MoAI modules' settings (step 2 keeps them)
+    layers = ", ".join(str(i) for i in moai.mixer_layers or [])
     lines = [
         "# moai-tiny-shapes",
         "",
@@ -299,12 +304,14 @@ def model_card(report: dict) -> str:
         "",
         f"`make shapesworld-model` (moai/recipes/shapesworld.py); the three stages trained for {train_minutes:.0f} minutes",
         "on the 2-core machine that made it:",
-        f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, official verbalizer,",
+        f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
         "then three `moai train` stages with the configs in moai/train/configs/shapesworld/:",
         "",
-        f"1. base ({steps.get('base')} steps): vision tower, projector and LLM trained together from scratch, no aux;",
-        f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers 1 and 3 of the frozen base, one random",
-        "   expert per stream, compressor and experts trained;",
+        f"1. base ({steps.get('base')} steps): vision tower, projector and LLM trained together from scratch, no aux"
+        + (" (this run reused the base of an earlier run of the same config);" if reused("base") else ";"),
+        f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
+        f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",
+        f"   {moai.compressor_query_scale:g});",
         f"3. MoAI step 2 ({steps.get('step2')} steps): gated mixing, compressor, experts and gates trained.",
         "",
         "## Scores",
@@ -360,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m moai.recipes.shapesworld", description="make the bundled ShapesWorld model"
     )
     parser.add_argument("--out", default="runs/shapesworld", help="run directory (default: %(default)s)")
-    parser.add_argument("--scenes", type=int, default=3000, help="training scenes (default: %(default)s)")
+    parser.add_argument("--scenes", type=int, default=6000, help="training scenes (default: %(default)s)")
     parser.add_argument(
         "--no-checks", dest="checks", action="store_false", help="report failed checks, go on"
     )
