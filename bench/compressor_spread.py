@@ -59,8 +59,12 @@ def spread(z: torch.Tensor) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/shapesworld", help="recipe run directory (default: %(default)s)")
-    parser.add_argument("--scenes", type=int, default=16, help="training scenes to compress (default: %(default)s)")
+    parser.add_argument(
+        "--run", default="runs/shapesworld", help="recipe run directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--scenes", type=int, default=16, help="training scenes to compress (default: %(default)s)"
+    )
     parser.add_argument(
         "--scales", type=float, nargs="+", default=[1, 2, 4, 8], help="query scales (default: %(default)s)"
     )
@@ -69,8 +73,12 @@ def main() -> int:
     base = TrainConfig.load(STEP1)
     records = json.loads((run / "world" / "train.json").read_text())[: args.scenes]
     cache = PerceptionCache(run / "cache")
-    texts = [verbalize_perception(cache.get(run / "world" / r["image"]), style=base.verbalizer) for r in records]
-    print(f"{len(texts)} scenes, {base.verbalizer} verbalizer, step-1 model of {STEP1.name} on {run / 'base/final'}")
+    texts = [
+        verbalize_perception(cache.get(run / "world" / r["image"]), style=base.verbalizer) for r in records
+    ]
+    print(
+        f"{len(texts)} scenes, {base.verbalizer} verbalizer, step-1 model of {STEP1.name} on {run / 'base/final'}"
+    )
     print(f"{'scale':>6} {'within-sample cos':>18} {'between-scene ratio':>20}")
     for scale in args.scales:
         config = TrainConfig.load(

@@ -289,6 +289,7 @@ def model_card(report: dict) -> str:
         for stage in ("base", "step2")
         if "check" in report.get(stage, {})
     ]
+
     def reused(stage: str) -> bool:
         return bool(report.get(stage, {}).get("reused"))
 
