@@ -109,6 +109,15 @@ def test_ocr_reads_the_sign_and_not_a_square(crops):
     assert squared == []
 
 
+def test_ocr_reads_words_next_to_the_sign_frame():
+    """Words starting or ending in I, which the recogniser read as a bracket when the crop held the sign's
+    frame (``[QNE`` for ``IQNE``, seed 9001); ``crop_inset`` cuts the frame off."""
+    reader = build_backend("ocr", "shapes", {})
+    scenes = [generate_scene(9001, i) for i in (100, 105, 148, 188)]
+    for scene, lines in zip(scenes, reader([canvas(s) for s in scenes])):
+        assert sorted(line.text for line in lines) == sorted(sign.word for sign in scene.signs)
+
+
 def test_ocr_reads_every_sign_of_a_scene_with_several():
     reader = build_backend("ocr", "shapes", {})
     scene = next(s for s in (generate_scene(4242, i) for i in range(200)) if len(s.signs) >= 2)
