@@ -65,7 +65,10 @@ def test_shipped_stage_configs_chain_base_step1_step2(tmp_path):
         assert configs[stage].trainable == "moai" and configs[stage].aux == "cache"
         assert configs[stage].perception_cache == str(tmp_path / "cache")
         assert configs[stage].perception_preset == "shapesworld"
-    assert configs["step1"].mixer_layers == [1, 3]
+    step1 = configs["step1"]  # the MoAI modules of the bundled model (docs/shapesworld.md, The bundled model)
+    assert step1.mixer_layers == [0, 1, 2, 3] and step1.moai_init == "fan_in"
+    assert step1.compressor_query_scale == 4.0
+    assert step1.verbalizer == configs["step2"].verbalizer == "compact"
     assert all(c.data[0].path == str(tmp_path / "world" / "train.json") for c in configs.values())
     assert all(isinstance(c, TrainConfig) for c in configs.values())
 
