@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -36,10 +37,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config}: data is empty: list at least one LLaVA data file")
     print(f"config: {config.to_dict()}", flush=True)
     try:
-        train(config, resume=args.resume)
+        summary = train(config, resume=args.resume)
     except Interrupted as stopped:
         print(f"moai train: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    if summary["processes"] > 1:  # end without tearing down the process group (loop.DISTRIBUTED_LEFTOVERS)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

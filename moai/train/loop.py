@@ -408,6 +408,15 @@ class StopSignals:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+DISTRIBUTED_LEFTOVERS: list[Any] = []
+"""The accelerator, DDP model and optimizer of each multi-process run, kept alive after `train` returns.
+Freeing them destroys the gloo process group from the main thread, which holds the GIL while it joins the
+group's worker thread, and that thread may be waiting for the GIL to release the tensors of the last
+collective: a deadlock (seen in CI). Exiting normally with the group alive aborts instead ("terminate called
+without an active exception"). So `moai train` ends a multi-process run with ``os._exit`` once its output is
+flushed (moai/train/cli.py), and nothing tears the group down."""
+
+
 def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one training stage; return the summary (also written to ``output_dir/summary.json``).
 
@@ -778,7 +787,7 @@ def _train(
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         say(f"done: {config.max_steps} steps, final loss {last_loss:.4f}; model in {run / 'final'}")
         say(f"summary: {summary['data']}")
-    if world > 1:  # a rank that exits while the gloo group's threads live aborts (std::terminate)
-        accelerator.wait_for_everyone()  # and rank 0 must finish writing before the others go
-        accelerator.end_training()
+    if world > 1:
+        accelerator.wait_for_everyone()  # rank 0 must finish writing before the others go
+        DISTRIBUTED_LEFTOVERS.append((accelerator, model, optimizer))
     return summary
