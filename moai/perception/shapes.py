@@ -343,7 +343,7 @@ class ShapesOcrReader(RapidOcrReader):
         if not text or score < self.min_score:
             return None
         quad = ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
-        return TextLine(text=str(text), quad=tuple((float(x), float(y)) for x, y in quad), score=score)
+        return TextLine(text=text, quad=tuple((float(x), float(y)) for x, y in quad), score=score)
 
     def signs(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Boxes of the signs found in ``image`` from the pixels (``find_items``)."""

@@ -70,22 +70,17 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             raise ValueError(f"model {path}: not a save_pretrained directory (no config.json)")
         model_config = MoAIConfig.from_pretrained(path)
         _check_mixer_layers(config, model_config)
+        had_mixers = bool(model_config.mixer_config.layers)  # else its compressor was never trained either
         added = []
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
             model_config.mixer_config.layers = list(config.mixer_layers)
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
-        had_mixers = bool(MoAIConfig.from_pretrained(path).mixer_config.layers)
         model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
-            if config.moai_init == "fan_in":
-                fresh = [model.language_model.layers[i].self_attn.moai_mixer for i in added]
-                _fan_in_init(fresh if had_mixers else [*fresh, model.model.compressor])
-            if not had_mixers:
-                _scale_compressor_queries(model, config.compressor_query_scale)
-            _init_expert_outputs(model, added, config.expert_init_std)
+            _init_new_moai_modules(model, config, added, new_compressor=not had_mixers)
         processor = (
             MoAIProcessor.from_pretrained(path)
             if (path / "processor_config.json").is_file()
@@ -106,14 +101,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
-        if config.moai_init == "fan_in" and model_config.mixer_config.layers:
-            mixers = [
-                model.language_model.layers[i].self_attn.moai_mixer for i in model_config.mixer_config.layers
-            ]
-            _fan_in_init([*mixers, model.model.compressor])
-        if model_config.mixer_config.layers:
-            _scale_compressor_queries(model, config.compressor_query_scale)
-        _init_expert_outputs(model, model_config.mixer_config.layers, config.expert_init_std)
+        layers = model_config.mixer_config.layers
+        _init_new_moai_modules(model, config, layers, new_compressor=bool(layers))
         tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
         processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
     if config.step != "base" and not model.config.mixer_config.layers:
@@ -161,6 +150,19 @@ def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
         )
 
 
+def _init_new_moai_modules(
+    model: MoAIForConditionalGeneration, config: TrainConfig, layers: list[int], new_compressor: bool
+) -> None:
+    """Initialise what this run creates: the mixers of ``layers`` and, when ``new_compressor``, the compressor
+    (``moai_init``, ``compressor_query_scale``, ``expert_init_std``)."""
+    if config.moai_init == "fan_in":
+        mixers = [model.language_model.layers[i].self_attn.moai_mixer for i in layers]
+        _fan_in_init([*mixers, model.model.compressor] if new_compressor else mixers)
+    if new_compressor:
+        _scale_compressor_queries(model, config.compressor_query_scale)
+    _init_expert_outputs(model, layers, config.expert_init_std)
+
+
 @torch.no_grad()
 def _fan_in_init(modules: list[nn.Module]) -> None:
     """``TrainConfig.moai_init = fan_in``: every linear weight of ``modules`` from N(0, 1 / in_features), biases
@@ -176,11 +178,10 @@ def _fan_in_init(modules: list[nn.Module]) -> None:
                     sub.bias.zero_()
 
 
+@torch.no_grad()
 def _scale_compressor_queries(model: MoAIForConditionalGeneration, scale: float) -> None:
     """``TrainConfig.compressor_query_scale``: multiply the query weights of every compressor block."""
-    if scale == 1.0:
-        return
-    with torch.no_grad():
+    if scale != 1.0:
         for block in model.model.compressor.layers:
             block.attn.to_q.weight.mul_(scale)
 
