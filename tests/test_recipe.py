@@ -108,6 +108,51 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     )
 
 
+def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_path):
+    """Every trained variant of the ablation for two steps on a miniature recipe run, then the ablation with them."""
+    from moai.perception.settings import AuxSettings
+    from moai.recipes import ablation, variants
+
+    run = tmp_path / "run"
+    options = RecipeOptions(out=run, scenes=6, check_scenes=3, steps={s: 2 for s in STAGES}, batch_size=2)
+    run_recipe(RecipeOptions(**{**options.__dict__, "checks": False}), say=lambda _m: None)
+    with pytest.raises(ValueError, match="no base/final model"):
+        variants.train_variants(tmp_path / "elsewhere", say=lambda _m: None)
+    lines: list[str] = []
+    report = variants.train_variants(run, step2_steps=2, batch_size=2, say=lines.append)
+    assert list(report) == list(variants.NAMES)
+    for name, entry in report.items():
+        assert (run / "variants" / name).is_dir() and entry["model"].startswith(str(run / "variants" / name))
+        assert Engine.load(entry["model"]).model is not None
+    official = json.loads(
+        (run / "variants" / "official-mode" / "step2" / "final" / "config.json").read_text()
+    )
+    assert official["compat"] == "official" and official["mixer_config"]["scope"] == "prompt"
+    for name, verbalizer in (
+        ("v2-verbalizer", "v2"),
+        ("official-verbalizer", "official"),
+        ("reference", "compact"),
+    ):
+        assert AuxSettings.load(report[name]["model"]).verbalizer == verbalizer
+    dropout = TrainConfig.load(run / "variants" / "module-dropout" / "step2_dropout" / "config.yaml")
+    assert dropout.module_dropout == 0.3 and report["module-dropout"]["stages"]["step2_dropout"]["steps"] == 2
+    assert report["base-equal-compute"]["stages"]["base"]["steps"] == variants.equal_compute_steps(run)
+    # a rerun reuses every stage
+    lines.clear()
+    variants.train_variants(run, ["reference"], step2_steps=2, batch_size=2, say=lines.append)
+    assert any("already trained" in line for line in lines)
+
+    out = tmp_path / "ablation"
+    argv = ["--model", report["reference"]["model"], "--base", str(run / "base" / "final"), "--out", str(out)]
+    argv += ["--world", str(tmp_path / "heldout"), "--scenes", "12", "--per-category", "1"]
+    assert ablation.main([*argv, "--variants", str(run / "variants" / "variants.json")]) == 0
+    rows = json.loads((out / "results.json").read_text())["accuracy"]
+    for entry in report.values():
+        assert entry["label"] in rows
+    assert "MoAI-tiny + module dropout, OCR aux removed" in rows
+    assert (out / "ablation.png").is_file() and (out / "gates.png").is_file()
+
+
 def test_ablation_question_set_is_balanced_and_refuses_a_short_world(tmp_path):
     from moai.recipes.ablation import balanced_questions
     from moai.recipes.shapesworld import markdown_table

@@ -793,6 +793,42 @@ def test_fan_in_init_draws_the_new_mixers_and_the_untrained_compressor_only(tmp_
     assert grown and all(k.startswith("model.language_model.layers.0.self_attn.moai_mixer.") for k in grown)
 
 
+def test_compat_official_builds_the_official_moai_modules_on_a_base_and_refuses_a_trained_moai(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    config.compressor_config.aux_position_embeddings = True  # as the shapes preset
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1"}
+    default = build_model(TrainConfig.from_dict(fields))[0]
+    official = build_model(TrainConfig.from_dict({**fields, "compat": "official"}))[0]
+    c = official.config
+    assert (c.compat, c.position_ids_from_mask) == ("official", False)
+    assert (c.compressor_config.key_padding_mask, c.compressor_config.aux_position_embeddings) == (
+        False,
+        False,
+    )
+    m = c.mixer_config
+    assert (m.layers, m.scope, m.gate_softmax_dtype, m.identity_init) == ([1, 3], "prompt", "float16", False)
+    assert official.model.compressor.position_embedding is None
+    assert default.model.compressor.position_embedding is not None
+    last = official.language_model.layers[1].self_attn.moai_mixer.lang_aux.o_proj[1].weight
+    assert last.any()  # no identity start, as the official
+    base = {k: v for k, v in default.state_dict().items() if "moai_mixer" not in k and "compressor" not in k}
+    assert all(torch.equal(v, official.state_dict()[k]) for k, v in base.items())  # the base is untouched
+    # step 2 from the official step-1 model keeps its mode; a default-mode MoAI model is refused
+    official.save_pretrained(tmp_path / "official-step1")
+    again = build_model(
+        TrainConfig.from_dict({"model": str(tmp_path / "official-step1"), "compat": "official"})
+    )
+    assert again[0].config.compat == "official"
+    default.save_pretrained(tmp_path / "default-step1")
+    with pytest.raises(ValueError, match="already has trained MoAI modules in default mode"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "default-step1"), "compat": "official"}))
+
+
 @pytest.mark.parametrize("moai_init", ["config", "fan_in"])
 def test_compressor_query_scale_multiplies_the_queries_of_a_never_trained_compressor_only(
     tmp_path, moai_init

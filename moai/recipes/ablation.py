@@ -1,7 +1,8 @@
 """The removed-module ablation of the paper (arXiv 2403.07508, Table 4) in miniature, on ShapesWorld.
 
     python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base/final \\
-        --out docs/figures/shapesworld [--dropout-model DIR] [--seed 7000] [--per-category 350]
+        --out docs/figures/shapesworld [--variants runs/shapesworld/variants/variants.json] [--seed 7000] \\
+        [--per-category 350]
 
 A held-out world (``--seed``, never used in training) gives a question set balanced over the categories
 (``--per-category`` questions each, the first ones of the world in order). Each variant answers all of them
@@ -56,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the MoAI model (default: the bundled one)")
     parser.add_argument("--base", help="the base model trained without aux (the recipe's base/final)")
     parser.add_argument("--dropout-model", help="the MoAI model trained with module dropout (optional)")
+    parser.add_argument(
+        "--variants",
+        help="variants.json of `python -m moai.recipes.variants` (trained variants; default: none)",
+    )
     parser.add_argument(
         "--world",
         default="runs/shapesworld-heldout",
@@ -131,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     official = official_mode(Engine.load(args.model, cache_size=len(questions)))
     official._cache = moai._cache
     measure("MoAI-tiny, official run-time mode", official)
+    if args.variants:
+        for name, variant in json.loads(Path(args.variants).read_text()).items():
+            engine = Engine.load(variant["model"], cache_size=len(questions))
+            engine._cache = moai._cache  # the same images and perception preset: share the perception
+            measure(variant["label"], engine)
+            if name == "module-dropout":
+                for module in MODULES:
+                    measure(f"{variant['label']}, {module.upper()} aux removed", engine, drop=(module,))
 
     if answers is not None:  # mean gate weights of the full model per category, over mixer layers
         for category in CATEGORIES:

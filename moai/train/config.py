@@ -83,6 +83,12 @@ class TrainConfig:
     attending to a few aux tokens instead of nearly their mean, so the 64 compressed tokens differ from one
     another and between images from the first step (docs/shapesworld.md, "What the recipe had to get
     right"); 1 keeps the init as it is."""
+    compat: Literal["keep", "official"] = "keep"
+    """``official``: the MoAI modules this run creates behave as the official model's (docs/official.md §4):
+    no aux positions and no key padding mask in the compressor, ``prompt`` scope, experts without the
+    identity init, float16 gate softmax, RoPE positions 0..S-1. Only for a run that creates the compressor
+    (a preset, or a saved model without mixers); a model trained so keeps it in its config. ``keep``: as the
+    model's config says."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
     data: list[DataSource] = field(default_factory=list)

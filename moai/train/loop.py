@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.configuration import MoAIConfig
+from ..model.configuration import MoAIConfig, official_overrides
 from ..model.constants import (
     IGNORE_INDEX,
     IMAGE_EXPERTS,
@@ -71,6 +71,13 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         model_config = MoAIConfig.from_pretrained(path)
         _check_mixer_layers(config, model_config)
         had_mixers = bool(model_config.mixer_config.layers)  # else its compressor was never trained either
+        if config.compat == "official":
+            if had_mixers and model_config.compat != "official":
+                raise ValueError(
+                    f"compat official: model {path} already has trained MoAI modules in default mode; "
+                    "start from its base (a model without mixers)"
+                )
+            _official_moai_modules(model_config)
         added = []
         if config.mixer_layers is not None:
             added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
@@ -98,6 +105,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = []
         elif config.mixer_layers is not None:
             model_config.mixer_config.layers = list(config.mixer_layers)
+        if config.compat == "official":
+            _official_moai_modules(model_config)
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
         model = MoAIForConditionalGeneration(model_config)
@@ -110,6 +119,20 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
     # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
     model.set_mixer(mode=MODES[config.step], generator=torch.Generator())
     return model, processor
+
+
+def _official_moai_modules(model_config: MoAIConfig) -> None:
+    """``TrainConfig.compat = official``: the official model's compressor, mixer and RoPE-position behaviour
+    (`official_overrides`) set on ``model_config`` before the MoAI modules are built; the mixer layers, and the
+    base's vision tower, projector, LLM and PLoRA stay as they are."""
+    over = official_overrides(model_config.mixer_config.layers)
+    model_config.compat = over["compat"]
+    model_config.position_ids_from_mask = over["position_ids_from_mask"]
+    for key, value in over["compressor"].items():
+        setattr(model_config.compressor_config, key, value)
+    for key, value in over["mixer"].items():
+        if key != "layers":
+            setattr(model_config.mixer_config, key, value)
 
 
 def _load_with_new_mixers(

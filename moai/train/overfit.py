@@ -57,10 +57,10 @@ class OverfitConfig:
     """Seed of the words, the model initialisation and the data order."""
     base_steps: int = 400
     """Optimizer steps of the ``base`` stage (projector + LLM)."""
-    moai_steps: int = 1000
-    """Optimizer steps of the MoAI stage (``step2``, MoAI modules only). The stage leaves the identity start
-    after 60-160 steps (seed-dependent) and then creeps down a slow tail; 400 steps ended between 0.02 and 0.07
-    over seeds 0-4 (README), 1000 end below 0.04."""
+    moai_steps: int = 300
+    """Optimizer steps of the MoAI stage (``step2``, MoAI modules only). With the fan-in init and scaled
+    compressor queries the loss falls below the target after 50-110 steps (seeds 0-4, README); with the config
+    init and unscaled queries it took 240-490 steps, hence 1000."""
     mixer_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Decoder layers that get a mixer. The tiny preset's single mixer layer (2) is not enough here: it
     plateaus far above the target (README, overfit check); every layer of the 4-layer LLM is."""
@@ -79,6 +79,13 @@ class OverfitConfig:
     """Gradient clipping of the MoAI stage (at the official 10, Adam's late loss spikes stay unclipped)."""
     expert_init_std: float = 0.0
     """Init std of the experts' last ``o`` factor in the MoAI stage (`TrainConfig.expert_init_std`)."""
+    moai_init: str = "fan_in"
+    """Initialisation of the MoAI modules of the MoAI stage (`TrainConfig.moai_init`: ``config`` | ``fan_in``);
+    as the ShapesWorld recipe: fan-in keeps the activations' scale through the narrow low-rank experts."""
+    compressor_query_scale: float = 4.0
+    """Scale of the never-trained compressor's queries at the MoAI stage's start
+    (`TrainConfig.compressor_query_scale`); as the ShapesWorld recipe: the 64 latents start apart, so the
+    experts can tell the records' aux apart from the first step."""
     adam_eps: float = 1e-8
     """AdamW epsilon of the MoAI stage. Keep it small: at the identity start the experts' gradients are
     below 1e-6, and an epsilon of 1e-6 freezes the stage on the base's plateau (measured, README)."""
@@ -194,6 +201,8 @@ def run_overfit(config: OverfitConfig, log: Callable[[str], None] = print) -> di
                 min_lr=config.moai_min_lr,
                 max_grad_norm=config.max_grad_norm,
                 expert_init_std=config.expert_init_std,
+                moai_init=config.moai_init,
+                compressor_query_scale=config.compressor_query_scale,
                 adam_eps=config.adam_eps,
             )
         )
@@ -247,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     option("--max-grad-norm", float, "gradient clipping of the MoAI stage")
     option("--expert-init-std", float, "init std of the experts' last o factor (0: the identity start)")
     option("--adam-eps", float, "AdamW epsilon of the MoAI stage")
+    option("--moai-init", str, "init of the MoAI modules", choices=["config", "fan_in"])
+    option("--compressor-query-scale", float, "scale of the untrained compressor's queries at the start")
     try:
         config = OverfitConfig(**vars(parser.parse_args(argv)))
         r = run_overfit(config, log=lambda _msg: None)

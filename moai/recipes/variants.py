@@ -1,0 +1,212 @@
+"""The trained variants of the ShapesWorld ablation (docs/shapesworld.md, "Ablation").
+
+    python -m moai.recipes.variants --recipe runs/shapesworld [--step2-steps 1000] [--only NAME,...]
+
+The paper's removed-module table (arXiv 2403.07508, Table 4) compares models trained differently, not only one
+model with parts of its input removed. Each variant here is ``moai train`` runs of the shipped stage configs
+(moai/train/configs/shapesworld/) with a few overrides, on the world, perception cache and frozen base of a
+finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``:
+
+* ``reference``: step 2 as the recipe, from the recipe's step-1 model, with the variants' step count (the row
+  the other MoAI variants compare against when ``--step2-steps`` differs from the recipe's);
+* ``module-dropout``: ``step2_dropout.yaml`` (each module's aux removed from a sample with probability 0.3);
+* ``official-mode``: step 1 and step 2 with ``compat: official`` (the official compressor and mixer behaviour);
+* ``v2-verbalizer`` / ``official-verbalizer``: step 1 and step 2 on the v2 / official verbalization;
+* ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base) until its
+  training time equals that of the three stages of the recipe together, as measured in their summaries.
+
+A rerun keeps the stages already trained; ``variants.json`` maps each variant to its final model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..train.config import TrainConfig
+from ..worlds.shapes import TRAIN_FILE
+from .shapesworld import CONFIGS
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained variant: the stages it runs, from which model of the recipe, with which overrides."""
+
+    name: str
+    """Directory and row name."""
+    start: str
+    """The recipe stage whose final model the first stage starts from (``base`` or ``step1``)."""
+    stages: tuple[str, ...]
+    """Shipped stage configs run in order (``step1``, ``step2``, ``step2_dropout``, ``base``)."""
+    overrides: tuple[str, ...] = ()
+    """``key=value`` overrides applied to every stage."""
+    label: str = ""
+    """Row name in the ablation table."""
+
+
+VARIANTS = (
+    Variant("reference", "step1", ("step2",), label="MoAI-tiny (recipe), step 2 retrained"),
+    Variant("module-dropout", "step1", ("step2_dropout",), label="MoAI-tiny + module dropout"),
+    Variant(
+        "official-mode",
+        "base",
+        ("step1", "step2"),
+        ("compat=official",),
+        "MoAI-tiny trained in official mode",
+    ),
+    Variant("v2-verbalizer", "base", ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
+    Variant(
+        "official-verbalizer",
+        "base",
+        ("step1", "step2"),
+        ("verbalizer=official",),
+        "MoAI-tiny, official verbalizer",
+    ),
+    Variant("base-equal-compute", "base", ("base",), label="base (no aux), same compute as MoAI"),
+)
+"""Every variant, in the order they are trained and reported."""
+NAMES = tuple(v.name for v in VARIANTS)
+STEP2_STAGES = ("step2", "step2_dropout")
+
+
+def _seconds(run: Path) -> float:
+    return float(json.loads((run / "summary.json").read_text())["seconds"])
+
+
+def equal_compute_steps(recipe: Path) -> int:
+    """More base steps so that the base's training time equals base + step 1 + step 2 of the recipe run: the
+    base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each ``summary.json``)."""
+    base = json.loads((recipe / "base" / "summary.json").read_text())
+    moai = _seconds(recipe / "step1") + _seconds(recipe / "step2")
+    return max(1, round(base["steps"] * moai / base["seconds"]))
+
+
+def stage_config(
+    stage: str, variant: Variant, recipe: Path, model: str, steps: int | None, batch_size: int | None
+) -> TrainConfig:
+    """The shipped config of ``stage`` for ``variant``: the recipe run's data and cache, its own run directory."""
+    overrides = [
+        f"output_dir={recipe / 'variants' / variant.name / stage}",
+        f"data=[{{path: {recipe / 'world' / TRAIN_FILE}}}]",
+        f"model={model}",
+        "progress=false",
+        *variant.overrides,
+    ]
+    if stage != "base":
+        overrides.append(f"perception_cache={recipe / 'cache'}")
+    if steps is not None:
+        overrides += [f"max_steps={steps}", f"warmup_steps={min(steps // 10, 30)}"]
+    if batch_size:
+        overrides.append(f"batch_size={batch_size}")
+    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
+
+
+def train_variants(
+    recipe: Path,
+    names: Sequence[str] = NAMES,
+    step2_steps: int | None = None,
+    batch_size: int | None = None,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Train the ``names`` variants on the recipe run in ``recipe``; returns (and writes to
+    ``RECIPE/variants/variants.json``) each variant's label, final model, stages and seconds."""
+    # heavy: torch, transformers
+    from ..train.loop import train
+    from ..train.plot import plot_run
+
+    for stage in ("base", "step1"):
+        if not (recipe / stage / "final" / "config.json").is_file():
+            raise ValueError(
+                f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"
+            )
+    out = recipe / "variants"
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "variants.json"
+    report: dict = json.loads(index.read_text()) if index.is_file() else {}
+    for variant in VARIANTS:
+        if variant.name not in names:
+            continue
+        model = str(recipe / variant.start / "final")
+        stages: dict[str, dict] = {}
+        for stage in variant.stages:
+            if stage == "base":
+                steps = equal_compute_steps(recipe)
+            else:
+                steps = step2_steps if stage in STEP2_STAGES else None
+            config = stage_config(stage, variant, recipe, model, steps, batch_size)
+            run = Path(config.output_dir)
+            clock = time.perf_counter()
+            if (run / "summary.json").is_file() and (run / "final" / "config.json").is_file():
+                say(f"[variants] {variant.name} {stage}: already trained in {run}, reused")
+                summary = json.loads((run / "summary.json").read_text())
+            else:
+                say(
+                    f"[variants] {variant.name} {stage}: {config.max_steps} steps of batch {config.batch_size}"
+                )
+                summary = train(config, log=lambda m: say(f"  {m}"))
+                plot_run(run)
+            stages[stage] = {
+                "steps": summary["steps"],
+                "seconds": summary["seconds"],
+                "final_loss": summary["final_loss"],
+                "overrides": list(variant.overrides),
+            }
+            say(f"[variants] {variant.name} {stage}: done in {time.perf_counter() - clock:.0f} s")
+            model = str(run / "final")
+        report[variant.name] = {
+            "label": variant.label,
+            "model": model,
+            "start": variant.start,
+            "stages": stages,
+        }
+        index.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moai.recipes.variants", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--recipe", default="runs/shapesworld", help="a finished recipe run directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--step2-steps",
+        type=int,
+        default=None,
+        help="optimizer steps of every variant's step 2 (default: the configs', as the recipe)",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="override every stage's (default: none)")
+    parser.add_argument(
+        "--only", default=",".join(NAMES), help="comma-separated variants to train (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    if args.step2_steps is not None and args.step2_steps < 1:
+        parser.error(f"--step2-steps must be >= 1, got {args.step2_steps}")
+    try:
+        report = train_variants(
+            Path(args.recipe).resolve(),
+            names,
+            args.step2_steps,
+            args.batch_size,
+            say=lambda m: print(m, flush=True),
+        )
+    except (ValueError, OSError) as err:
+        print(f"python -m moai.recipes.variants: error: {err}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"[variants] {name}: {report[name]['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
