@@ -138,11 +138,22 @@ def test_parity_check_on_official_tiny(capsys):
 
 
 def _parity_report() -> tuple[int, dict]:
+    """The gated and step-1 checks, the ones a broken mixer must fail (the full run is the test above)."""
     from moai.compat.parity import run_parity
 
     report: dict = {}
-    code = run_parity(TINY, out=lambda _line: None, report=report, noise_trials=1)
+    code = run_parity(
+        TINY, out=lambda _line: None, report=report, noise_trials=1, sections=("gated", "step1")
+    )
+    assert not any(name.startswith(("generated_ids", "logits_eval_b2", "aux_embeds")) for name in report)
     return code, report
+
+
+def test_parity_refuses_an_unknown_section():
+    from moai.compat.parity import run_parity
+
+    with pytest.raises(ValueError, match="unknown parity section"):
+        run_parity(TINY, out=lambda _line: None, sections=("gated", "mixer"))
 
 
 def test_parity_fails_with_the_gate_softmax_in_float32(monkeypatch):

@@ -9,7 +9,7 @@ and compares every output and intermediate; the first diverging stage is printed
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,10 @@ NOISE_TRIALS = 4
 NOISE_K = 4.0
 """End-to-end tolerance = max(LOGIT_TOL, NOISE_K * measured spread); docs/official.md says why 4."""
 STAGES = ("vit_features", "image_features", "compressed_aux")
+SECTIONS = ("layout", "gated", "step1", "batch2", "generation", "aux")
+"""Groups of checks: merged inputs and masks; gated logits (eval and step 2, teacher-forced and end to end);
+step-1 logits with forced experts; the padded batch; generation (greedy, beam 3, padded); the aux path from raw
+inputs."""
 
 
 @dataclass
@@ -151,8 +155,10 @@ def run_parity(
     dtype: str = "float32",
     report: dict[str, dict] | None = None,
     noise_trials: int = NOISE_TRIALS,
+    sections: Collection[str] = SECTIONS,
 ) -> int:
-    """Run every check; print one line each and a final verdict. Returns the exit code (0 = all required pass).
+    """Run the checks of ``sections`` (default: every check, `SECTIONS`); print one line each and a final
+    verdict. Returns the exit code (0 = all required pass).
 
     Two kinds of logit check (docs/official.md, "Portable parity"):
 
@@ -244,14 +250,17 @@ def run_parity(
         add(name, _maxdiff(got, want, mask), tol, note=f"; 1-ulp spread {spread:.2g}")
         checks[-1].spread = spread
 
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown parity section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     b1 = batch("b1")
     # the layout the official merge produced: masks and streams
-    if "im_mask_b1" in inputs:
+    if "layout" in sections and "im_mask_b1" in inputs:
         exact(
             "streams_b1 (im/lang masks)", b1["mm_token_type_ids"].cpu() == STREAM_IMAGE, inputs["im_mask_b1"]
         )
     for suffix in ("b1", "b2"):
-        if f"merged_attention_mask_{suffix}" in expected:
+        if "layout" in sections and f"merged_attention_mask_{suffix}" in expected:
             b = batch(suffix)
             exact(
                 f"merged_attention_mask_{suffix}",
@@ -269,7 +278,7 @@ def run_parity(
     # gated runs: eval (fp16 gate softmax) and step 2 (bf16), teacher-forced, then end to end
     for run, gate in (("eval_b1", "float16"), ("step2_b1", "bfloat16")):
         want = expected.get(f"logits_{run}")
-        if want is None:
+        if want is None or "gated" not in sections:
             continue
         prefix = f"inter.{run}."
         recorded = {k.removeprefix(prefix): v for k, v in expected.items() if k.startswith(prefix)}
@@ -315,12 +324,12 @@ def run_parity(
 
     # step 1, experts forced: no gate, float32 throughout
     for key in sorted(expected):
-        if key.startswith("logits_step1_dice") and key.endswith("_b1"):
+        if "step1" in sections and key.startswith("logits_step1_dice") and key.endswith("_b1"):
             a, b_ = int(key[len("logits_step1_dice")]), int(key[len("logits_step1_dice") + 1])
             add(key, _maxdiff(forward(b1, "float32", "sample", [a, b_]), expected[key]), LOGIT_TOL)
 
     # padded batch: logits on real rows (the fixture records row 0's gates only: end to end)
-    if "logits_eval_b2" in expected:
+    if "batch2" in sections and "logits_eval_b2" in expected:
         b2 = batch("b2")
         real = b2["attention_mask"].cpu()
         got = forward(b2, "float16")
@@ -330,7 +339,7 @@ def run_parity(
     # generation (greedy with KV cache, beam 3): the official mode keeps fp16 gates
     model.set_mixer(mode="gated", gate_softmax_dtype="float16", forced_experts=None)
     for key, beams in (("generated_ids_b1", 1), ("generated_ids_beam3_b1", 3), ("generated_ids_b2", 1)):
-        if key not in expected:
+        if key not in expected or "generation" not in sections:
             continue
         suffix = "b2" if key.endswith("b2") else "b1"
         b = batch(suffix)
@@ -361,7 +370,7 @@ def run_parity(
 
     # the aux path from raw inputs: verbalization ids + panoptic map through vision tower and projector
     for suffix in ("b1", "b2"):
-        if f"aux_recipe.verb_ids_{suffix}" not in inputs:
+        if f"aux_recipe.verb_ids_{suffix}" not in inputs or "aux" not in sections:
             continue
         verb = inputs[f"aux_recipe.verb_ids_{suffix}"].to(device)
         pan = inputs[f"aux_recipe.panoptic_map_fp16_{suffix}"]  # [B, 3, H, W] in [0, 1], fp16
