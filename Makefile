@@ -11,7 +11,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 # idle OpenMP workers sleep instead of spinning: a busy CPU does not collapse throughput (bench/threads.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench clean shapesworld-model browser
+.PHONY: demo test lint format bench clean shapesworld-model shapesworld-ablation browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo: $(STAMP)
 # recipe stands"); checks are measured, printed and written to recipe.json and the model card, not stopping the run.
 shapesworld-model: $(STAMP)
 	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --no-checks --install checkpoints/moai-tiny-shapes
+
+# The ablation's trained variants on that run, then the ablation table and figures (docs/shapesworld.md,
+# "Ablation"): about 70 minutes of step-2 training at 500 steps a variant on 2 cores.
+shapesworld-ablation: $(STAMP)
+	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
+	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base/final \
+		--variants runs/shapesworld/variants/variants.json --out docs/figures/shapesworld
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
