@@ -83,7 +83,7 @@ def equal_compute_steps(recipe: Path) -> int:
     base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each ``summary.json``)."""
     base = json.loads((recipe / "base" / "summary.json").read_text())
     moai = _seconds(recipe / "step1") + _seconds(recipe / "step2")
-    return max(1, round(base["steps"] * moai / base["seconds"]))
+    return max(1, round(base["steps"] * moai / max(float(base["seconds"]), 1e-3)))
 
 
 def stage_config(
