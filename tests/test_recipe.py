@@ -137,6 +137,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     dropout = TrainConfig.load(run / "variants" / "module-dropout" / "step2_dropout" / "config.yaml")
     assert dropout.module_dropout == 0.3 and report["module-dropout"]["stages"]["step2_dropout"]["steps"] == 2
     assert report["base-equal-compute"]["stages"]["base"]["steps"] == variants.equal_compute_steps(run)
+    assert report["reference"]["label"] == "MoAI-tiny, step 2 retrained (2 step-2 steps)"
     # a rerun reuses every stage
     lines.clear()
     variants.train_variants(run, ["reference"], step2_steps=2, batch_size=2, say=lines.append)
@@ -149,7 +150,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     rows = json.loads((out / "results.json").read_text())["accuracy"]
     for entry in report.values():
         assert entry["label"] in rows
-    assert "MoAI-tiny + module dropout, OCR aux removed" in rows
+    assert "MoAI-tiny + module dropout (2 step-2 steps), OCR aux removed" in rows
     assert (out / "ablation.png").is_file() and (out / "gates.png").is_file()
 
 

@@ -50,7 +50,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("reference", "step1", ("step2",), label="MoAI-tiny (recipe), step 2 retrained"),
+    Variant("reference", "step1", ("step2",), label="MoAI-tiny, step 2 retrained"),
     Variant("module-dropout", "step1", ("step2_dropout",), label="MoAI-tiny + module dropout"),
     Variant(
         "official-mode",
@@ -158,8 +158,9 @@ def train_variants(
             }
             say(f"[variants] {variant.name} {stage}: done in {time.perf_counter() - clock:.0f} s")
             model = str(run / "final")
+        step2 = [stages[s]["steps"] for s in variant.stages if s in STEP2_STAGES]
         report[variant.name] = {
-            "label": variant.label,
+            "label": f"{variant.label} ({step2[0]} step-2 steps)" if step2 else variant.label,
             "model": model,
             "start": variant.start,
             "stages": stages,
