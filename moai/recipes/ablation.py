@@ -169,7 +169,7 @@ def plot(results: dict[str, dict[str, float]], gates: dict[str, dict[str, float]
     names = list(results)
     x = np.arange(len(COLUMNS))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(13, 5))
+    fig, ax = plt.subplots(figsize=(max(13.0, 0.9 * len(names)), 5.5))  # wider as trained variants are added
     for i, name in enumerate(names):
         ax.bar(x + i * width, [results[name][c] for c in COLUMNS], width, label=name)
     ax.set_xticks(x + 0.4 - width / 2, COLUMNS)
