@@ -170,8 +170,15 @@ def plot(results: dict[str, dict[str, float]], gates: dict[str, dict[str, float]
     x = np.arange(len(COLUMNS))
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(13.0, 0.9 * len(names)), 5.5))  # wider as trained variants are added
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: the run-time and trained variants
     for i, name in enumerate(names):
-        ax.bar(x + i * width, [results[name][c] for c in COLUMNS], width, label=name)
+        ax.bar(
+            x + i * width,
+            [results[name][c] for c in COLUMNS],
+            width,
+            label=name,
+            color=colours[i % len(colours)],
+        )
     ax.set_xticks(x + 0.4 - width / 2, COLUMNS)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
