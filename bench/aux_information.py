@@ -43,15 +43,9 @@ def answer_nll(
     engine: Engine, images: list, questions: list[dict], perceptions: list, drop=()
 ) -> list[float]:
     """Teacher-forced NLL (nats) of each question's true answer, one batch."""
-    rows = [engine.processor.encode_turns([(q["text"], q["answer"])]) for q in questions]
-    aux = [engine.aux_inputs(p, drop) for p in perceptions]
-    batch = engine.processor.build_batch(
-        rows,
-        images,
-        aux_text=[text for text, _ in aux],
-        aux_images=[m for _, m in aux] if engine.model.config.use_aux_map else None,
-        with_labels=True,
-    ).to(engine.model.device)
+    answers = [q["answer"] for q in questions]
+    texts = [q["text"] for q in questions]
+    batch, _, _ = engine.prepare(images, texts, drop, perceptions, answers=answers)
     labels = batch.pop("labels")
     logits = engine.model(**batch).logits.float()  # [B, S, V]
     logp = logits[:, :-1].log_softmax(-1)  # [B, S-1, V]

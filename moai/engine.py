@@ -194,14 +194,18 @@ class Engine:
         drop: Iterable[str] = (),
         perceptions: Sequence[Perception] | None = None,
         history: Sequence[Sequence[tuple[str, str]]] | None = None,
+        answers: Sequence[str] | None = None,
     ) -> tuple[Any, list[tuple[str, np.ndarray]], list[Perception]]:
         """The model inputs of a batch: images perceived (or ``perceptions``), aux verbalized with ``drop``
-        removed, prompts in the conversation template. Returns (batch, (aux text, colour map) per sample,
-        perceptions)."""
+        removed, prompts in the conversation template. With ``answers`` each question's answer closes its
+        conversation and the batch has ``labels`` (teacher forcing); without, it ends at the answer prompt.
+        Returns (batch, (aux text, colour map) per sample, perceptions)."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
         if history is not None and len(history) != len(questions):
             raise ValueError(f"{len(history)} histories for {len(questions)} questions")
+        if answers is not None and len(answers) != len(questions):
+            raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
         if perceptions is None:
             perceptions = self.perceive(loaded)
@@ -209,7 +213,9 @@ class Engine:
             raise ValueError(f"{len(perceptions)} perceptions for {len(loaded)} images")
         aux = [self.aux_inputs(p, drop) for p in perceptions]
         rows = [
-            self.processor.encode_turns([*(history[i] if history else ()), (q, None)])
+            self.processor.encode_turns(
+                [*(history[i] if history else ()), (q, answers[i] if answers else None)]
+            )
             for i, q in enumerate(questions)
         ]
         batch = self.processor.build_batch(
@@ -217,7 +223,7 @@ class Engine:
             loaded,
             aux_text=[text for text, _ in aux],
             aux_images=[colour_map for _, colour_map in aux] if self.model.config.use_aux_map else None,
-            with_labels=False,
+            with_labels=answers is not None,
         ).to(self.model.device)
         return batch, aux, list(perceptions)
 

@@ -9,11 +9,13 @@ import json
 import random
 
 import pytest
+import torch
 from conftest import save_shapes_model
 
 from moai.cli import main
 from moai.engine import Engine, parse_aux
 from moai.model.configuration import MoAIConfig
+from moai.model.constants import IGNORE_INDEX
 from moai.perception.settings import AUX_FILE, AuxSettings
 from moai.perception.verbalize import MODULES, verbalize_perception, without_modules
 from moai.train.data import Example, ModuleDropout
@@ -93,6 +95,21 @@ def test_dropping_a_module_removes_its_sentence_and_changes_the_model_input(worl
     for bad in ("drop:", "drop:depth", "maybe"):
         with pytest.raises(ValueError, match="--aux"):
             parse_aux(bad)
+
+
+def test_prepare_with_answers_adds_labels_on_the_answers_only(world, engine):
+    image = world / "images" / "31-000000.png"
+    question = "How many circles are there?"
+    prompt, _, _ = engine.prepare([image], [question])
+    forced, _, _ = engine.prepare([image], [question], answers=["3"])
+    assert "labels" not in prompt and forced["labels"].shape == forced["input_ids"].shape
+    n = prompt["input_ids"].shape[1]
+    assert torch.equal(forced["input_ids"][:, :n], prompt["input_ids"])  # the prompt, then the answer
+    labelled = forced["labels"][0] != IGNORE_INDEX
+    assert not labelled[:n].any() and labelled[n:].any()
+    assert engine.processor.tokenizer.decode(forced["input_ids"][0, n:][labelled[n:]]).split()[0] == "3"
+    with pytest.raises(ValueError, match="1 answers for 2 questions"):
+        engine.prepare([image, image], [question, question], answers=["3"])
 
 
 def test_module_dropout_is_seeded_by_position(world, engine):
