@@ -1,0 +1,137 @@
+"""Does MoAI step 2 learn to read the aux knowledge for one ShapesWorld question category, given many steps?
+
+    python bench/aux_probe.py --recipe runs/shapesworld [--category existence] [--steps 2000] [--every 500]
+
+A probe that separates a capacity limit from an optimisation one (docs/shapesworld.md, "What limits the
+model"). From a finished recipe run (`make shapesworld-model`: its world, perception cache, check set and
+step-1 model) it writes a training file holding only the turns of ``--category`` (one question per record),
+trains MoAI step 2 on it from the step-1 model with the recipe's own ``step2.yaml`` (only the data, the run
+directory, the step count and the checkpoint interval changed), and scores every ``--every`` steps on the
+check set's questions of that category with the aux on and with all four modules removed. A model that reads
+the aux climbs above its no-aux score; one that does not stays with it. The aux text names the answer of
+every existence, colour and shape question outright.
+
+Writes RECIPE/probe-CATEGORY/ (the training file, the step-2 run) and prints a table; each evaluation is the
+recipe's own check (`moai.recipes.shapesworld.answer_all`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from safetensors.torch import load_file  # noqa: E402
+
+from moai.cli import main as moai_main  # noqa: E402
+from moai.engine import Engine  # noqa: E402
+from moai.perception.verbalize import MODULES  # noqa: E402
+from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
+from moai.worlds.shapes import CATEGORIES  # noqa: E402
+
+STEP2 = ROOT / "moai/train/configs/shapesworld/step2.yaml"
+
+
+def single_category_data(world: Path, category: str, out: Path) -> int:
+    """Every question of ``category`` in the world's question file (the questions its training conversations
+    hold) as a one-turn training record, image first as `moai predict` asks; returns the number of records."""
+    records = [
+        {
+            "id": q["question_id"],
+            "image": str((world / q["image"]).resolve()),
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{q['text']}"},
+                {"from": "gpt", "value": q["answer"]},
+            ],
+        }
+        for q in read_questions(world)
+        if q.get("category") == category
+    ]
+    out.write_text(json.dumps(records))
+    return len(records)
+
+
+def evaluate(engine: Engine, check: Path, questions: list[dict], category: str) -> tuple[float, float]:
+    """Check-set accuracy (%) on ``questions`` with the aux on and with every module removed."""
+    own = accuracy_by_category(questions, texts(answer_all(engine, check, questions)))
+    none = accuracy_by_category(questions, texts(answer_all(engine, check, questions, drop=MODULES)))
+    return own[category], none[category]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=ROOT / "runs/shapesworld",
+        help="a finished recipe run (default: runs/shapesworld)",
+    )
+    parser.add_argument(
+        "--category", choices=CATEGORIES, default="existence", help="question category (default: existence)"
+    )
+    parser.add_argument("--steps", type=int, default=2000, help="step-2 steps (default: 2000)")
+    parser.add_argument("--every", type=int, default=500, help="evaluate every N steps (default: 500)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further step-2 config override, as moai train takes it (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--name", default="", help="suffix of the probe's directory, for a run with overrides (default: none)"
+    )
+    args = parser.parse_args()
+
+    recipe = args.recipe.resolve()
+    out = recipe / f"probe-{args.category}{'-' + args.name if args.name else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    n = single_category_data(recipe / "world", args.category, out / "train.json")
+    print(f"{n} {args.category} questions of {recipe / 'world'} -> {out / 'train.json'}")
+    run = out / "step2"
+    overrides = {
+        "output_dir": str(run),
+        "model": str(recipe / "step1/final"),
+        "data": f"[{{path: {out / 'train.json'}}}]",
+        "perception_cache": str(recipe / "cache"),
+        "max_steps": str(args.steps),
+        "save_every": str(args.every),
+        "keep_checkpoints": str(args.steps // args.every + 1),
+        "progress": "false",
+    }
+    if not (run / "final/config.json").is_file():
+        argv = ["train", str(STEP2)] + [f"--override={k}={v}" for k, v in overrides.items()]
+        argv += [f"--override={o}" for o in args.override]
+        if moai_main(argv) != 0:
+            return 1
+
+    check = recipe / "check"
+    questions = [q for q in read_questions(check) if q.get("category") == args.category]
+    engine = Engine.load(run / "final")
+    final = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    rows = []
+    for ckpt in sorted((run / "checkpoints").glob("step-*")):
+        step = int(ckpt.name.split("-")[1])
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        if set(weights) - set(final):  # LoRA adapters, merged into final/: only final/ can be scored
+            print(f"step {step}: checkpoint holds weights final/ has not (LoRA?), not scored")
+            continue
+        engine.model.load_state_dict(weights, strict=False)
+        rows.append((step, *evaluate(engine, check, questions, args.category)))
+    if not rows or rows[-1][0] != args.steps:
+        engine.model.load_state_dict(final)
+        rows.append((args.steps, *evaluate(engine, check, questions, args.category)))
+    print(f"\n{args.category}, {len(questions)} check-set questions ({check}), accuracy in %")
+    print(f"{'step':>6} {'aux on':>8} {'no aux':>8} {'gain':>7}")
+    for step, own, none in rows:
+        print(f"{step:>6} {own:8.1f} {none:8.1f} {own - none:+7.1f}")
+    (out / "probe.json").write_text(json.dumps({"category": args.category, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
