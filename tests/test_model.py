@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import QUESTIONS, random_images, select, tiny_model
+from conftest import QUESTIONS, random_images, randomize_zero_inits, select, tiny_model
 from transformers import LlamaModel
 
 from moai import MoAIConfig, MoAIForConditionalGeneration
@@ -349,3 +349,41 @@ def test_deepcopy_owns_its_plora(batch4):
             layer.self_attn.plora_A_qkv.weight.zero_()
         torch.testing.assert_close(twin(**batch4).logits, before, atol=0, rtol=0)
         assert (model(**batch4).logits - before).abs().max() > 1e-4
+
+
+def test_text_layers_feed_the_compressor_the_llm_states_of_the_aux_text(batch4, processor):
+    """``compressor_config.text_layers``: the aux text reaches the compressor after that many LLM layers (run
+    without mixers), unaffected by left padding; 0 is the paper's bare word embeddings."""
+    torch.manual_seed(0)
+    config = MoAIConfig.from_preset("tiny")
+    config.compressor_config.text_layers = 2
+    model = MoAIForConditionalGeneration(config).eval()
+    randomize_zero_inits(model, 0)
+    ids, mask = batch4["aux_input_ids"], batch4["aux_attention_mask"]
+    assert (mask == 0).any()  # the aux texts are really left-padded
+    with torch.no_grad():
+        embeds, _ = model.model.build_aux_embeds(ids, mask, batch4["aux_pixel_values"])
+        text = embeds[:, : ids.shape[1]]  # [B, T, D], then the map tokens
+        expected = model.language_model.encode_text(ids, mask, 2)
+        torch.testing.assert_close(text, expected)
+        assert not torch.allclose(text[mask.bool()], model.get_input_embeddings()(ids)[mask.bool()])
+        assert torch.isfinite(text).all() and not text[~mask.bool()].any()  # pads are zero
+        for i in range(ids.shape[0]):  # each sample alone, unpadded: the same states
+            real = ids[i][mask[i].bool()][None]
+            alone = model.language_model.encode_text(real, torch.ones_like(real), 2)
+            torch.testing.assert_close(text[i][mask[i].bool()], alone[0], atol=1e-5, rtol=0)
+        # the whole model stays batch-invariant, and the decoder's hidden states are still one per layer
+        out = model(**batch4, output_hidden_states=True)
+    assert len(out.hidden_states) == config.text_config.num_hidden_layers + 1
+    width = batch4["input_ids"].shape[1]
+    for i in range(4):
+        single = select(batch4, i, processor)
+        with torch.no_grad():
+            alone = model(**single).logits
+        torch.testing.assert_close(
+            out.logits[i, width - single["input_ids"].shape[1] :], alone[0], atol=1e-5, rtol=0
+        )
+    config.compressor_config.text_layers = 0  # the paper's input: the bare word embeddings
+    with torch.no_grad():
+        bare, _ = model.model.build_aux_embeds(ids, mask, batch4["aux_pixel_values"])
+    torch.testing.assert_close(bare[:, : ids.shape[1]], model.get_input_embeddings()(ids))

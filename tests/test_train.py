@@ -1007,3 +1007,27 @@ def test_lora_without_peft_is_a_clear_error(tmp_path, monkeypatch):
     cfg = TrainConfig.load(write_config(tmp_path, data, trainable="moai+lora", max_steps=1))
     with pytest.raises(ImportError, match=r"needs peft: pip install 'moai\[train\]'"):
         train(cfg, **QUIET)
+
+
+def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1"}
+    model = build_model(TrainConfig.from_dict({**fields, "aux_text_layers": 2}))[0]
+    assert model.config.compressor_config.text_layers == 2
+    preset = build_model(TrainConfig.from_dict({"model": "tiny", "step": "step1", "aux_text_layers": 1}))[0]
+    assert preset.config.compressor_config.text_layers == 1
+    model.save_pretrained(tmp_path / "step1")  # a trained compressor keeps what it was trained on
+    kept = build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[0]
+    assert kept.config.compressor_config.text_layers == 2
+    with pytest.raises(ValueError, match="trained compressor that reads the aux text after 2 LLM layers"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "aux_text_layers": 0}))
+    layers = config.text_config.num_hidden_layers
+    with pytest.raises(ValueError, match=f"must be 0..{layers}"):
+        build_model(TrainConfig.from_dict({**fields, "aux_text_layers": layers + 1}))
+    with pytest.raises(ValueError, match="compat official reads the bare word embeddings"):
+        build_model(TrainConfig.from_dict({**fields, "aux_text_layers": 1, "compat": "official"}))

@@ -54,6 +54,12 @@ class MoAICompressorConfig(PreTrainedConfig):
     official compressor has none and sees the verbalization as a bag of word embeddings."""
     max_aux_positions: int = 4096
     """Rows of the positional table when ``aux_position_embeddings`` is on."""
+    text_layers: int = 0
+    """Run the verbalization through the first ``text_layers`` decoder layers of the LLM (frozen in MoAI
+    training, no mixers) before the compressor reads it, so that each word carries its context (the colour
+    before a kind); 0 (official, paper §3): the bare word embeddings, from which a small compressor cannot tell
+    which colour goes with which kind (docs/shapesworld.md, "What limits the model"). The map tokens are not
+    affected."""
     layer_norm_eps: float = 1e-5
     """Epsilon of the compressor's LayerNorms (PyTorch default, as the official)."""
 
@@ -349,7 +355,7 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
         position_ids_from_mask=False,
         vision_attn_implementation="moai_clip_official",
         vision_feature_layer=-1,
-        compressor=dict(key_padding_mask=False, aux_position_embeddings=False),
+        compressor=dict(key_padding_mask=False, aux_position_embeddings=False, text_layers=0),
         mixer=dict(
             layers=mixer_layers,
             scope="prompt",

@@ -372,6 +372,33 @@ class MoAITextModel(LlamaPreTrainedModel):
             last_hidden_state=hidden_states, cache=cache, gate_weights=tuple(gate_weights) or None
         )
 
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: int
+    ) -> torch.Tensor:
+        """Token states [B, T, D] of left-padded ids [B, T] (attention_mask [B, T], 1 = real token) after the
+        first ``num_layers`` decoder layers, run without mixers, image mask or cache; positions count real
+        tokens only; padded positions are zero. The aux text's encoding when
+        ``MoAICompressorConfig.text_layers`` > 0."""
+        hidden_states = self.embed_tokens(input_ids)  # [B, T, D]
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=None,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        for decoder_layer in self.layers[:num_layers]:
+            hidden_states, _ = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+            )
+        # a left pad's row attends to no real token; the compressor masks it out, zero keeps it finite
+        return torch.where(attention_mask.bool()[..., None], hidden_states, hidden_states.new_zeros(()))
+
 
 # -- the whole model ----------------------------------------------------------------------------------
 @dataclass
@@ -504,16 +531,21 @@ class MoAIModel(MoAIPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Aux embeddings [B, T, D] and mask [B, T]: word embeddings of the verbalization, then the map tokens.
 
-        The verbalization is embedded with the LLM's own (frozen) input table, not run through any layer;
-        the panoptic map goes through the same vision tower and projector as the image (paper §3, Verbalization).
+        The verbalization is embedded with the LLM's own (frozen) input table (paper §3, Verbalization) and,
+        when ``compressor_config.text_layers`` is above 0 (not in the paper), run through that many of its
+        decoder layers; the panoptic map goes through the same vision tower and projector as the image.
         """
         if aux_input_ids is None:
             raise ValueError(
                 "aux_input_ids (the tokenised verbalization) is required when the input has an image "
                 "(the MoAI-Mixer reads it) and aux_embeds is not given"
             )
-        parts = [self.get_input_embeddings()(aux_input_ids)]  # [B, T_verb, D]
         masks = [torch.ones_like(aux_input_ids) if aux_attention_mask is None else aux_attention_mask]
+        text_layers = self.config.compressor_config.text_layers
+        if text_layers > 0:
+            parts = [self.language_model.encode_text(aux_input_ids, masks[0], text_layers)]  # [B, T_verb, D]
+        else:
+            parts = [self.get_input_embeddings()(aux_input_ids)]  # [B, T_verb, D]
         if self.config.use_aux_map:
             if aux_pixel_values is None:
                 raise ValueError(

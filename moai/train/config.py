@@ -91,6 +91,10 @@ class TrainConfig:
     model's config says."""
     mixer_scope: Literal["prompt", "causal"] | None = None
     """Override the model's mixer scope (None keeps the checkpoint's)."""
+    aux_text_layers: int | None = None
+    """``compressor_config.text_layers`` of a compressor this run creates (a preset's, or that of a saved model
+    without mixers): the aux text goes through that many frozen LLM layers before the compressor. None keeps
+    the model's; a trained compressor keeps its own (another value is an error)."""
     data: list[DataSource] = field(default_factory=list)
     """The data mixture."""
     aux: Literal["record", "cache", "perceive", "none"] = "record"

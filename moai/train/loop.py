@@ -84,6 +84,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = list(config.mixer_layers)
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
+        _set_aux_text_layers(config, model_config, trained=had_mixers)
         model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
@@ -109,6 +110,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             _official_moai_modules(model_config)
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
+        _set_aux_text_layers(config, model_config, trained=False)
         model = MoAIForConditionalGeneration(model_config)
         layers = model_config.mixer_config.layers
         _init_new_moai_modules(model, config, layers, new_compressor=bool(layers))
@@ -133,6 +135,24 @@ def _official_moai_modules(model_config: MoAIConfig) -> None:
     for key, value in over["mixer"].items():
         if key != "layers":
             setattr(model_config.mixer_config, key, value)
+
+
+def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
+    """``TrainConfig.aux_text_layers`` onto ``model_config`` (``trained``: the model's compressor is trained)."""
+    value, current = config.aux_text_layers, model_config.compressor_config.text_layers
+    if value is None or value == current:
+        return
+    if trained:
+        raise ValueError(
+            f"aux_text_layers {value}: model {config.model} has a trained compressor that reads the aux text "
+            f"after {current} LLM layers"
+        )
+    if config.compat == "official" and value:
+        raise ValueError(f"aux_text_layers {value}: compat official reads the bare word embeddings (0)")
+    layers = model_config.text_config.num_hidden_layers
+    if not 0 <= value <= layers:
+        raise ValueError(f"aux_text_layers {value}: must be 0..{layers} (the LLM's decoder layers)")
+    model_config.compressor_config.text_layers = value
 
 
 def _load_with_new_mixers(
