@@ -25,8 +25,10 @@ readable from single tokens?) and through a new compressor trained with the prob
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,16 +127,28 @@ def aux_text_states(
 
 
 def train_fresh_compressor(
-    engine: Engine, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, train: int, steps: int
+    engine: Engine,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    y: torch.Tensor,
+    train: int,
+    steps: int,
+    lr: float = 1e-3,
+    query_scale: float = 4.0,
+    **config: Any,
 ) -> float:
-    """Held-out accuracy of a new compressor (the model's config, queries scaled by 4 as the recipe starts it)
-    with a max-over-tokens linear head, both trained on the pair labels alone (batch 32, Adam 1e-3)."""
+    """Held-out accuracy of a new compressor (the model's compressor config with ``config`` fields changed, its
+    queries scaled by ``query_scale`` as the recipe starts it) with a max-over-tokens linear head, both trained on
+    the pair labels alone (batch 32, Adam at ``lr``)."""
     torch.manual_seed(0)
-    compressor = MoAICompressor(x.shape[-1], engine.model.config.compressor_config)
+    settings = copy.deepcopy(engine.model.config.compressor_config)
+    for key, value in config.items():
+        setattr(settings, key, value)
+    compressor = MoAICompressor(x.shape[-1], settings)
     for block in compressor.layers:
-        block.attn.to_q.weight.data.mul_(4.0)
+        block.attn.to_q.weight.data.mul_(query_scale)
     head = torch.nn.Linear(x.shape[-1], y.shape[1])
-    opt = torch.optim.Adam([*compressor.parameters(), *head.parameters()], lr=1e-3)
+    opt = torch.optim.Adam([*compressor.parameters(), *head.parameters()], lr=lr)
     draw = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randint(0, train, (32,), generator=draw)
@@ -165,6 +179,33 @@ def main() -> int:
         default=600,
         help="steps of the fresh-compressor test, 0 skips it (default: %(default)s)",
     )
+    parser.add_argument(
+        "--layers",
+        type=lambda text: [int(k) for k in text.split(",")],
+        default=None,
+        help="LLM layer counts k to test, comma-separated (default: 0,1,2 and all of the LLM's)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="fresh compressor's learning rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--query-scale",
+        type=float,
+        default=4.0,
+        help="fresh compressor's query scale (default: %(default)s, the recipe's)",
+    )
+    parser.add_argument(
+        "--depth", type=int, default=None, help="fresh compressor's depth (default: the model's)"
+    )
+    parser.add_argument(
+        "--num-latents", type=int, default=None, help="fresh compressor's latents (default: the model's)"
+    )
+    parser.add_argument(
+        "--latent-init-std",
+        type=float,
+        default=None,
+        help="fresh compressor's latent init std (default: the model's)",
+    )
     args = parser.parse_args()
     engine = Engine.load(args.model)
     scenes = [generate_scene(args.seed, i) for i in range(args.scenes)]
@@ -183,7 +224,12 @@ def main() -> int:
     tokens = reps["compressed (64 tokens)"].unflatten(1, (-1, engine.model.config.text_config.hidden_size))
     print(f"{'compressed (max over tokens)':<28}{100 * probe_max(tokens, y, train):6.1f}%")
     if args.train_steps:
-        layers = sorted({0, 1, 2, engine.model.config.text_config.num_hidden_layers})
+        layers = args.layers or sorted({0, 1, 2, engine.model.config.text_config.num_hidden_layers})
+        fresh = dict(lr=args.lr, query_scale=args.query_scale)
+        for key in ("depth", "num_latents", "latent_init_std"):
+            if getattr(args, key) is not None:
+                fresh[key] = getattr(args, key)
+        print(f"\nfresh compressor: {fresh} (other fields as the model's compressor)")
         states, mask = aux_text_states(engine, images, layers, args.batch_size)
         print(
             "\ncan a compressor learn it? the aux text (not the map) through k frozen LLM layers (k = 0: as the paper)"
@@ -191,7 +237,7 @@ def main() -> int:
         print(f"{'k':>3}{'max over aux tokens':>22}{f'fresh compressor, {args.train_steps} steps':>34}")
         for k in layers:
             direct = probe_max(states[k], y, train)
-            learned = train_fresh_compressor(engine, states[k], mask, y, train, args.train_steps)
+            learned = train_fresh_compressor(engine, states[k], mask, y, train, args.train_steps, **fresh)
             print(f"{k:>3}{100 * direct:>21.1f}%{100 * learned:>33.1f}%")
     return 0
 
