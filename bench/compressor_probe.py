@@ -44,9 +44,12 @@ PAIRS = [(c, k) for c in COLOURS for k in KINDS]
 
 
 @torch.no_grad()
-def representations(engine: Engine, images: list, batch_size: int) -> dict[str, torch.Tensor]:
-    """The three [N, F] representations of each image's aux knowledge."""
-    model = engine.model
+def representations(
+    engine: Engine, images: list, batch_size: int
+) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The three [N, F] representations of each image's aux knowledge, and each batch's tokenised aux text
+    (ids, mask), so that later passes need not perceive the images again."""
+    model, texts = engine.model, []
     out: dict[str, list[torch.Tensor]] = {
         "compressed (64 tokens)": [],
         "compressed (mean)": [],
@@ -62,7 +65,8 @@ def representations(engine: Engine, images: list, batch_size: int) -> dict[str, 
         out["compressed (64 tokens)"].append(compressed.flatten(1))  # [B, L*D]
         out["compressed (mean)"].append(compressed.mean(1))  # [B, D]
         out["bag of words"].append(words.sum(1) / mask.sum(1, keepdim=True))  # [B, D]
-    return {name: torch.cat(parts).float() for name, parts in out.items()}
+        texts.append((ids, mask))
+    return {name: torch.cat(parts).float() for name, parts in out.items()}, texts
 
 
 def probe(x: torch.Tensor, y: torch.Tensor, train: int, steps: int = 300) -> float:
@@ -102,15 +106,13 @@ def probe_max(tokens: torch.Tensor, y: torch.Tensor, train: int, steps: int = 30
 
 @torch.no_grad()
 def aux_text_states(
-    engine: Engine, images: list, layers: list[int], batch_size: int
+    engine: Engine, texts: list[tuple[torch.Tensor, torch.Tensor]], layers: list[int]
 ) -> tuple[dict, torch.Tensor]:
     """The aux text's token states after each of ``layers`` LLM decoder layers (0: the bare word embeddings,
-    the compressor's input in the paper), left-padded to one length: ({k: [N, T, D]}, mask [N, T])."""
+    the compressor's input in the paper) for the tokenised batches ``texts`` (ids, mask), left-padded to one
+    length: ({k: [N, T, D]}, mask [N, T])."""
     model, states, masks = engine.model, {k: [] for k in layers}, []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        batch, _, _ = engine.prepare(chunk, ["?"] * len(chunk))
-        ids, mask = batch["aux_input_ids"], batch["aux_attention_mask"]
+    for ids, mask in texts:
         hidden = model.model.language_model(
             inputs_embeds=model.get_input_embeddings()(ids),
             attention_mask=mask,
@@ -218,7 +220,7 @@ def main() -> int:
     print(f"{args.model}: {args.scenes} scenes (world seed {args.seed}), {len(scenes) - train} held out")
     print("is there a {colour} {kind}? (12 pairs), held-out accuracy of a linear probe")
     print(f"{'majority answer per pair':<28}{100 * majority:6.1f}%")
-    reps = representations(engine, images, args.batch_size)
+    reps, texts = representations(engine, images, args.batch_size)
     for name, x in reps.items():
         print(f"{name:<28}{100 * probe(x, y, train):6.1f}%")
     tokens = reps["compressed (64 tokens)"].unflatten(1, (-1, engine.model.config.text_config.hidden_size))
@@ -230,7 +232,7 @@ def main() -> int:
             if getattr(args, key) is not None:
                 fresh[key] = getattr(args, key)
         print(f"\nfresh compressor: {fresh} (other fields as the model's compressor)")
-        states, mask = aux_text_states(engine, images, layers, args.batch_size)
+        states, mask = aux_text_states(engine, texts, layers)
         print(
             "\ncan a compressor learn it? the aux text (not the map) through k frozen LLM layers (k = 0: as the paper)"
         )
