@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from moai.engine import Engine  # noqa: E402
 from moai.model.compressor import MoAICompressor  # noqa: E402
+from moai.train.loop import fan_in_init  # noqa: E402
 from moai.worlds.shapes import COLOURS, KINDS, generate_scene, render  # noqa: E402
 
 PAIRS = [(c, k) for c in COLOURS for k in KINDS]
@@ -139,16 +140,22 @@ def train_fresh_compressor(
     query_scale: float = 4.0,
     **config: Any,
 ) -> float:
-    """Held-out accuracy of a new compressor (the model's compressor config with ``config`` fields changed, its
-    queries scaled by ``query_scale`` as the recipe starts it) with a max-over-tokens linear head, both trained on
-    the pair labels alone (batch 32, Adam at ``lr``)."""
+    """Held-out accuracy of a new compressor (the model's compressor config with ``config`` fields changed,
+    initialised as the recipe's step 1 starts it: the model's init, then ``moai_init: fan_in``, then the queries
+    scaled by ``query_scale``) with a max-over-tokens linear head, both trained on the pair labels alone (batch
+    32, Adam at ``lr``)."""
     torch.manual_seed(0)
     settings = copy.deepcopy(engine.model.config.compressor_config)
     for key, value in config.items():
         setattr(settings, key, value)
     compressor = MoAICompressor(x.shape[-1], settings)
-    for block in compressor.layers:
-        block.attn.to_q.weight.data.mul_(query_scale)
+    # the model's init: N(0, initializer_range) for the aux positions (a bare nn.Embedding draws N(0, 1), 50
+    # times the word embeddings, and drowns the aux content)
+    compressor.apply(engine.model._init_weights)
+    fan_in_init([compressor])
+    with torch.no_grad():
+        for block in compressor.layers:
+            block.attn.to_q.weight.mul_(query_scale)
     head = torch.nn.Linear(x.shape[-1], y.shape[1])
     opt = torch.optim.Adam([*compressor.parameters(), *head.parameters()], lr=lr)
     draw = torch.Generator().manual_seed(0)

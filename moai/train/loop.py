@@ -200,14 +200,14 @@ def _init_new_moai_modules(
     (``moai_init``, ``compressor_query_scale``, ``expert_init_std``)."""
     if config.moai_init == "fan_in":
         mixers = [model.language_model.layers[i].self_attn.moai_mixer for i in layers]
-        _fan_in_init([*mixers, model.model.compressor] if new_compressor else mixers)
+        fan_in_init([*mixers, model.model.compressor] if new_compressor else mixers)
     if new_compressor:
         _scale_compressor_queries(model, config.compressor_query_scale)
     _init_expert_outputs(model, layers, config.expert_init_std)
 
 
 @torch.no_grad()
-def _fan_in_init(modules: list[nn.Module]) -> None:
+def fan_in_init(modules: list[nn.Module]) -> None:
     """``TrainConfig.moai_init = fan_in``: every linear weight of ``modules`` from N(0, 1 / in_features), biases
     zero; the linears marked for zero init (an expert's last output factor) stay zero."""
     for module in modules:
