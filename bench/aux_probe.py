@@ -12,14 +12,24 @@ the aux climbs above its no-aux score; one that does not stays with it. The aux 
 every existence, colour and shape question outright.
 
 Writes RECIPE/probe-CATEGORY/ (the training file, the step-2 run) and prints a table; each evaluation is the
-recipe's own check (`moai.recipes.shapesworld.answer_all`).
+recipe's own check (`moai.recipes.shapesworld.answer_all`). For existence it also prints how the final model
+answers the questions whose pair is absent, split by whether the scene holds the colour and the kind apart (a
+model that binds neither answers by the colour, or the kind, alone).
+
+``--compressor-on-pairs N`` first teaches the step-1 model's compressor the 12 colour-kind pairs directly
+(``N`` steps on the labels of fresh scenes, `compressor_probe.teach_pairs`) and starts step 2 from that copy
+(RECIPE/probe-.../step1-pairs): does step 2 read the aux when the compressed aux already holds the answer?
+With ``--override trainable=mixers`` the compressor then stays as taught.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +41,10 @@ from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.perception.verbalize import MODULES  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
-from moai.worlds.shapes import CATEGORIES  # noqa: E402
+from moai.worlds.shapes import CATEGORIES, generate_scene  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compressor_probe import teach_pairs  # noqa: E402
 
 STEP2 = ROOT / "moai/train/configs/shapesworld/step2.yaml"
 
@@ -62,6 +75,39 @@ def evaluate(engine: Engine, check: Path, questions: list[dict], category: str) 
     return own[category], none[category]
 
 
+def existence_by_parts(check: Path, questions: list[dict], answers: list[str]) -> Counter:
+    """For the existence questions whose pair is absent: (colour in the scene, kind in the scene, answer) ->
+    count."""
+    scenes = {}
+    for line in (check / "scenes.jsonl").read_text().splitlines():
+        scene = json.loads(line)
+        scenes[scene["id"]] = scene
+    parts: Counter = Counter()
+    for q, answer in zip(questions, answers):
+        match = re.match(r"Is there a (\w+) (\w+) in the image\?", q["text"])
+        if q["answer"] != "no" or match is None:
+            continue
+        colour, kind = match.groups()
+        shapes = scenes[q["question_id"].rsplit("-", 1)[0]]["shapes"]
+        has_colour = any(s["colour"] == colour for s in shapes)
+        has_kind = any(s["kind"] == kind for s in shapes)
+        parts[(has_colour, has_kind, answer.strip().lower())] += 1
+    return parts
+
+
+def start_with_taught_compressor(recipe: Path, out: Path, steps: int, scenes: int, seed: int) -> Path:
+    """A copy of the recipe's step-1 model whose compressor was taught the pairs (`teach_pairs`)."""
+    dest = out / "step1-pairs"
+    if (dest / "config.json").is_file():
+        return dest
+    engine = Engine.load(recipe / "step1/final")
+    before, after = teach_pairs(engine, [generate_scene(seed, i) for i in range(scenes)], steps)
+    print(f"compressor taught the 12 pairs for {steps} steps: held-out {before:.1f}% -> {after:.1f}%")
+    shutil.copytree(recipe / "step1/final", dest, dirs_exist_ok=True)
+    engine.model.save_pretrained(dest)
+    return dest
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -85,6 +131,19 @@ def main() -> int:
     parser.add_argument(
         "--name", default="", help="suffix of the probe's directory, for a run with overrides (default: none)"
     )
+    parser.add_argument(
+        "--compressor-on-pairs",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="teach the step-1 compressor the colour-kind pairs first, for STEPS steps (default: 0, off)",
+    )
+    parser.add_argument(
+        "--pair-scenes", type=int, default=2000, help="fresh scenes to teach the pairs on (default: 2000)"
+    )
+    parser.add_argument(
+        "--pair-seed", type=int, default=4000, help="world seed of those scenes (default: 4000)"
+    )
     args = parser.parse_args()
 
     recipe = args.recipe.resolve()
@@ -95,7 +154,13 @@ def main() -> int:
     run = out / "step2"
     overrides = {
         "output_dir": str(run),
-        "model": str(recipe / "step1/final"),
+        "model": str(
+            start_with_taught_compressor(
+                recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed
+            )
+            if args.compressor_on_pairs
+            else recipe / "step1/final"
+        ),
         "data": f"[{{path: {out / 'train.json'}}}]",
         "perception_cache": str(recipe / "cache"),
         "max_steps": str(args.steps),
@@ -129,6 +194,19 @@ def main() -> int:
     print(f"{'step':>6} {'aux on':>8} {'no aux':>8} {'gain':>7}")
     for step, own, none in rows:
         print(f"{step:>6} {own:8.1f} {none:8.1f} {own - none:+7.1f}")
+    if args.category == "existence":
+        engine.model.load_state_dict(final)
+        answers = texts(answer_all(engine, check, questions))
+        parts = existence_by_parts(check, questions, answers)
+        print("\nfinal model, existence questions whose pair is absent: answered yes / asked")
+        for has_colour in (False, True):
+            for has_kind in (False, True):
+                yes = parts[(has_colour, has_kind, "yes")]
+                asked = sum(n for (c, k, _), n in parts.items() if (c, k) == (has_colour, has_kind))
+                print(
+                    f"  colour {'in' if has_colour else 'not in':>6} scene, kind {'in' if has_kind else 'not in':>6}"
+                    f" scene: {yes:>3} / {asked}"
+                )
     (out / "probe.json").write_text(json.dumps({"category": args.category, "rows": rows}, indent=1))
     return 0
 

@@ -179,6 +179,9 @@ def test_moai_policy_trains_only_moai_modules():
     assert trainable == set(model.moai_parameter_names())
     assert all(n.startswith("model.compressor.") or ".moai_mixer." in n for n in trainable)
     assert model.set_trainable("moai+plora") > model.set_trainable("moai")
+    model.set_trainable("mixers")  # the compressor frozen
+    mixers_only = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert mixers_only and mixers_only == {n for n in trainable if ".moai_mixer." in n}
 
 
 def test_moai_7b_parameter_counts():

@@ -78,6 +78,7 @@ TRAINABLE_POLICIES: dict[str, tuple[str, ...]] = {
     "moai": ("compressor", "mixers"),
     "moai+plora": ("compressor", "mixers", "plora"),
     "moai+lora": ("compressor", "mixers", "lora"),
+    "mixers": ("mixers",),
     "all": PARAM_GROUPS,
     "projector": ("projector",),
     "projector+llm": ("projector", "language_model", "plora", "lm_head"),
@@ -86,7 +87,8 @@ TRAINABLE_POLICIES: dict[str, tuple[str, ...]] = {
 }
 """Trainable parameter groups per policy (docs/model.md §10). ``moai`` is the paper's recipe (§3, training):
 compressor, experts and gates; the others are options of this project (``...+lora`` after
-``moai.train.lora.add_lora``; ``projector...`` for a base model without MoAI modules)."""
+``moai.train.lora.add_lora``; ``mixers``: experts and gates with the compressor frozen; ``projector...`` for a
+base model without MoAI modules)."""
 
 
 # -- the LLM decoder with MoAI ------------------------------------------------------------------------
@@ -895,7 +897,8 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         """Set ``requires_grad`` by policy (`TRAINABLE_POLICIES`) and return the trainable count.
 
         ``moai``: compressor + mixers (the official recipe, docs/model.md §10); ``moai+plora``: also the
-        PLoRA factors; ``moai+lora``: also peft LoRA adapters; ``all``: everything; ``projector``: the
+        PLoRA factors; ``moai+lora``: also peft LoRA adapters; ``mixers``: experts and gates only (the
+        compressor frozen); ``all``: everything; ``projector``: the
         projector; ``projector+llm``: the projector, the LLM (with PLoRA) and the LM head; ``projector+lora``:
         the projector and the LoRA adapters; ``none``: nothing. The compressor trains only in a model with
         mixers (without them it never runs); ``...+lora`` needs the adapters injected first.

@@ -48,10 +48,10 @@ class TrainConfig:
     gated mixer, compressor + experts + gates trained; ``base``: projector (and optionally LLM/LoRA)
     without MoAI modules, to make a base model from scratch."""
     trainable: Literal[
-        "moai", "moai+plora", "moai+lora", "all", "projector", "projector+llm", "projector+lora"
+        "moai", "moai+plora", "moai+lora", "mixers", "all", "projector", "projector+llm", "projector+lora"
     ] = "moai"
     """What trains: MoAI modules only (the official recipe), plus PLoRA, plus peft LoRA adapters on the LLM,
-    everything, or for ``base`` the projector (+ the LLM, or + LoRA adapters on it). LoRA adapters are merged
+    the mixers alone (the compressor frozen), everything, or for ``base`` the projector (+ the LLM, or + LoRA adapters on it). LoRA adapters are merged
     into the LLM weights of ``final/``."""
     lora_r: int = 16
     """Rank of the peft LoRA adapters (``...+lora`` policies)."""
