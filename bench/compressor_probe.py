@@ -195,6 +195,7 @@ def teach_pairs(
             batches.append((embeds, mask, pair_labels(chunk)))
     train = len(batches) - max(1, held_out // batch_size)
     compressor = model.model.compressor
+    torch.manual_seed(0)
     head = torch.nn.Linear(model.config.text_config.hidden_size, len(PAIRS))
     params = [*compressor.parameters(), *head.parameters()]
     for param in params:
