@@ -1,0 +1,103 @@
+"""How far does the ShapesWorld base get with more steps, or with more scenes? Check-set accuracy per checkpoint.
+
+    python bench/base_probe.py --recipe runs/shapesworld --name more --steps 2000 \
+        [--start runs/shapesworld/base/final] [--world runs/shapesworld/world]
+
+Trains a base stage with the recipe's own ``base.yaml`` (vision tower, projector and LLM, no aux; only the
+data, the run directory, the starting model, the step count and the checkpoint interval changed) from
+``--start`` (a saved base to continue, or the preset ``shapes`` to start from nothing) on ``--world``'s
+training conversations (a world made by `moai worlds shapes`; more scenes than the recipe's 6,000 with
+``--scenes`` there), and scores every ``--every`` steps on the recipe's check set (150 scenes of another
+seed), per category, as the recipe's base check does (`moai.recipes.shapesworld.answer_all`). A base that is
+short of steps keeps climbing; one short of data stops while its training loss still falls.
+
+Writes RECIPE/base-probe-NAME/ (the run, probe.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from safetensors.torch import load_file  # noqa: E402
+
+from moai.cli import main as moai_main  # noqa: E402
+from moai.engine import Engine  # noqa: E402
+from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
+from moai.train.loop import read_metrics  # noqa: E402
+from moai.worlds.shapes import CATEGORIES  # noqa: E402
+
+BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=ROOT / "runs/shapesworld",
+        help="a recipe run with a check set (default: runs/shapesworld)",
+    )
+    parser.add_argument("--name", required=True, help="suffix of the run directory (required, no default)")
+    parser.add_argument(
+        "--start",
+        default="shapes",
+        help="a saved base model to continue, or a preset (default: shapes, from nothing)",
+    )
+    parser.add_argument(
+        "--world", type=Path, default=None, help="training world (default: the recipe's world)"
+    )
+    parser.add_argument("--steps", type=int, default=2000, help="base steps (default: 2000)")
+    parser.add_argument("--every", type=int, default=500, help="score every N steps (default: 500)")
+    args = parser.parse_args()
+
+    recipe = args.recipe.resolve()
+    world = (args.world or recipe / "world").resolve()
+    out = recipe / f"base-probe-{args.name}"
+    start = str(Path(args.start).resolve()) if Path(args.start).is_dir() else args.start
+    overrides = {
+        "output_dir": str(out),
+        "model": start,
+        "data": f"[{{path: {world / 'train.json'}}}]",
+        "max_steps": str(args.steps),
+        "save_every": str(args.every),
+        "keep_checkpoints": str(args.steps // args.every + 1),
+        "progress": "false",
+    }
+    if not (out / "final/config.json").is_file():
+        argv = ["train", str(BASE)] + [f"--override={k}={v}" for k, v in overrides.items()]
+        if moai_main(argv) != 0:
+            return 1
+
+    check = recipe / "check"
+    questions = read_questions(check)
+    engine = Engine.load(out / "final")
+    losses = {m["step"]: m["loss"] for m in read_metrics(out) if "loss" in m}
+    rows = []
+    for ckpt in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        engine.model.load_state_dict(load_file(str(ckpt / "trainable.safetensors")), strict=False)
+        step = int(ckpt.name.split("-")[1])
+        rows.append((step, accuracy_by_category(questions, texts(answer_all(engine, check, questions)))))
+    print(
+        f"\nbase from {args.start} on {world} ({len(questions)} check-set questions, {check}), accuracy in %"
+    )
+    print(f"{'step':>6} {'loss':>6}" + "".join(f"{c:>10}" for c in (*CATEGORIES, "overall")))
+    for step, acc in rows:
+        recent = [v for s, v in losses.items() if step - 50 < s <= step]  # training loss, last 50 steps
+        loss = sum(recent) / max(1, len(recent))
+        print(
+            f"{step:>6} {loss:6.3f}" + "".join(f"{acc.get(c, 0.0):10.1f}" for c in (*CATEGORIES, "overall"))
+        )
+    (out / "probe.json").write_text(
+        json.dumps({"start": args.start, "world": str(world), "rows": rows}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
