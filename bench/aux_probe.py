@@ -68,11 +68,30 @@ def single_category_data(world: Path, category: str, out: Path) -> int:
     return len(records)
 
 
-def evaluate(engine: Engine, check: Path, questions: list[dict], category: str) -> tuple[float, float]:
-    """Check-set accuracy (%) on ``questions`` with the aux on and with every module removed."""
-    own = accuracy_by_category(questions, texts(answer_all(engine, check, questions)))
+def evaluate(
+    engine: Engine, check: Path, questions: list[dict], category: str
+) -> tuple[float, float, list[str]]:
+    """Check-set accuracy (%) on ``questions`` with the aux on and with every module removed, and the answers
+    with the aux on."""
+    answers = texts(answer_all(engine, check, questions))
+    own = accuracy_by_category(questions, answers)
     none = accuracy_by_category(questions, texts(answer_all(engine, check, questions, drop=MODULES)))
-    return own[category], none[category]
+    return own[category], none[category], answers
+
+
+def scorable_checkpoints(run: Path, final: dict) -> list[tuple[int, dict]]:
+    """(step, trainable weights) of every checkpoint of ``run`` in step order that can be loaded into the final
+    model whose state dict is ``final``; a checkpoint holding weights final/ lacks (LoRA adapters, merged into
+    final/) is reported and left out."""
+    out = []
+    for ckpt in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(ckpt.name.split("-")[1])
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        if set(weights) - set(final):
+            print(f"step {step}: checkpoint holds weights final/ has not (LoRA?), not scored")
+            continue
+        out.append((step, weights))
+    return out
 
 
 def existence_by_parts(check: Path, questions: list[dict], answers: list[str]) -> Counter:
@@ -178,25 +197,20 @@ def main() -> int:
     questions = [q for q in read_questions(check) if q.get("category") == args.category]
     engine = Engine.load(run / "final")
     final = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    rows = []
-    for ckpt in sorted((run / "checkpoints").glob("step-*")):
-        step = int(ckpt.name.split("-")[1])
-        weights = load_file(str(ckpt / "trainable.safetensors"))
-        if set(weights) - set(final):  # LoRA adapters, merged into final/: only final/ can be scored
-            print(f"step {step}: checkpoint holds weights final/ has not (LoRA?), not scored")
-            continue
+    rows, answers = [], []  # answers: the last evaluation's, i.e. the final model's
+    for step, weights in scorable_checkpoints(run, final):
         engine.model.load_state_dict(weights, strict=False)
-        rows.append((step, *evaluate(engine, check, questions, args.category)))
+        own, none, answers = evaluate(engine, check, questions, args.category)
+        rows.append((step, own, none))
     if not rows or rows[-1][0] != args.steps:
         engine.model.load_state_dict(final)
-        rows.append((args.steps, *evaluate(engine, check, questions, args.category)))
+        own, none, answers = evaluate(engine, check, questions, args.category)
+        rows.append((args.steps, own, none))
     print(f"\n{args.category}, {len(questions)} check-set questions ({check}), accuracy in %")
     print(f"{'step':>6} {'aux on':>8} {'no aux':>8} {'gain':>7}")
     for step, own, none in rows:
         print(f"{step:>6} {own:8.1f} {none:8.1f} {own - none:+7.1f}")
     if args.category == "existence":
-        engine.model.load_state_dict(final)
-        answers = texts(answer_all(engine, check, questions))
         parts = existence_by_parts(check, questions, answers)
         print("\nfinal model, existence questions whose pair is absent: answered yes / asked")
         for has_colour in (False, True):

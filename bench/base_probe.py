@@ -24,13 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safetensors.torch import load_file  # noqa: E402
-
 from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
 from moai.train.loop import read_metrics  # noqa: E402
 from moai.worlds.shapes import CATEGORIES  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aux_probe import scorable_checkpoints  # noqa: E402
 
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
 
@@ -79,9 +80,8 @@ def main() -> int:
     engine = Engine.load(out / "final")
     losses = {m["step"]: m["loss"] for m in read_metrics(out) if "loss" in m}
     rows = []
-    for ckpt in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
-        engine.model.load_state_dict(load_file(str(ckpt / "trainable.safetensors")), strict=False)
-        step = int(ckpt.name.split("-")[1])
+    for step, weights in scorable_checkpoints(out, engine.model.state_dict()):
+        engine.model.load_state_dict(weights, strict=False)
         rows.append((step, accuracy_by_category(questions, texts(answer_all(engine, check, questions)))))
     print(
         f"\nbase from {args.start} on {world} ({len(questions)} check-set questions, {check}), accuracy in %"
