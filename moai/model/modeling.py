@@ -58,7 +58,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .compressor import MoAICompressor
 from .configuration import MoAICompressorConfig, MoAIConfig, MoAIMixerConfig, PLoRAConfig
-from .constants import IGNORE_INDEX, STREAM_IMAGE, STREAM_NONE
+from .constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE
 from .mixer import MixerInputs, MixerSettings, MoAIMixer
 from .plora import PLoRAFactor, PLoRALinear, plora_down
 from .processing import token_streams
@@ -1016,7 +1016,18 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         never enter the mixer nor receive PLoRA, with or without a KV cache (docs/model.md §8: the official
         decode steps skip both). A call that continues a returned cache (``cache=`` / ``past_key_values=``)
         needs neither the image nor the aux inputs again: the tokens after the cache are stream 0 too.
+
+        With mixers in ``causal`` scope the answer tokens were in the mixer's language stream in training, so
+        generated tokens join it here too (stream 3, `_update_model_kwargs_for_generation`); a KV cache does not
+        keep the mixer's streams, so such a model decodes without one (each step runs the whole sequence).
         """
+        if self._decodes_in_causal_scope():
+            if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+                raise ValueError(
+                    "cache: a model whose mixers run in causal scope decodes without a KV cache; "
+                    "set the prompt scope (model.set_mixer(scope='prompt')) to continue a cache"
+                )
+            kwargs["use_cache"] = False
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             past_length = cache.get_seq_length() if isinstance(cache, Cache) else 0
@@ -1024,6 +1035,27 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                 input_ids, None, self.config.image_token_id, kwargs.get("attention_mask"), None, past_length
             )
         return super().generate(input_ids=input_ids, **kwargs)
+
+    def _decodes_in_causal_scope(self) -> bool:
+        return self.mixer_settings.scope == "causal" and bool(self.language_model.mixer_layers)
+
+    def _update_model_kwargs_for_generation(
+        self,
+        outputs: ModelOutput,
+        model_kwargs: dict[str, Any],
+        is_encoder_decoder: bool = False,
+        num_new_tokens: int = 1,
+    ) -> dict[str, Any]:
+        """transformers' update (the new tokens get stream 0); in ``causal`` mixer scope the new tokens of a
+        sample with an image get `STREAM_ANSWER` instead, the stream its answer tokens had in training."""
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+        )
+        streams = model_kwargs.get("mm_token_type_ids")
+        if streams is not None and self._decodes_in_causal_scope():
+            with_image = (streams == STREAM_IMAGE).any(dim=1)  # [B]; text-only samples stay the plain LLM
+            streams[with_image, -num_new_tokens:] = STREAM_ANSWER
+        return model_kwargs
 
     def prepare_inputs_for_generation(
         self,
