@@ -1,15 +1,20 @@
 """How far does the ShapesWorld base get with more steps, or with more scenes? Check-set accuracy per checkpoint.
 
     python bench/base_probe.py --recipe runs/shapesworld --name more --steps 2000 \
-        [--start runs/shapesworld/base/final] [--world runs/shapesworld/world]
+        [--start runs/shapesworld/base/final] [--world runs/shapesworld/world] \
+        [--pretrain-tower 1200 [--colour-weight 1.0]] [--trainable all]
 
-Trains a base stage with the recipe's own ``base.yaml`` (vision tower, projector and LLM, no aux; only the
-data, the run directory, the starting model, the step count and the checkpoint interval changed) from
+Trains a base stage with the recipe's own ``base.yaml`` (no aux; only the data, the run directory, the starting
+model, the step count and the checkpoint interval changed) from
 ``--start`` (a saved base to continue, or the preset ``shapes`` to start from nothing) on ``--world``'s
 training conversations (a world made by `moai worlds shapes`; more scenes than the recipe's 6,000 with
 ``--scenes`` there), and scores every ``--every`` steps on the recipe's check set (150 scenes of another
 seed), per category, as the recipe's base check does (`moai.recipes.shapesworld.answer_all`). A base that is
 short of steps keeps climbing; one short of data stops while its training loss still falls.
+
+``--pretrain-tower STEPS`` first pretrains the vision tower of the preset ``--start`` on ``--world``'s patch
+labels (moai/recipes/tower.py, the recipe's stage 0; ``--colour-weight`` as `TowerConfig.colour_weight`), saved
+in the run directory as ``start/``; ``--trainable`` replaces ``base.yaml``'s policy (``all`` trains the tower too).
 
 Writes RECIPE/base-probe-NAME/ (the run, probe.json) and prints a table.
 """
@@ -27,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
-from moai.train.loop import read_metrics  # noqa: E402
+from moai.recipes.tower import TowerConfig, pretrain_tower  # noqa: E402
+from moai.train.config import TrainConfig  # noqa: E402
+from moai.train.loop import build_model, read_metrics  # noqa: E402
 from moai.worlds.shapes import CATEGORIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,12 +62,37 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=2000, help="base steps (default: 2000)")
     parser.add_argument("--every", type=int, default=500, help="score every N steps (default: 500)")
+    parser.add_argument(
+        "--pretrain-tower",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="pretrain the preset's vision tower on the world's patch labels first (default: 0, no)",
+    )
+    parser.add_argument(
+        "--colour-weight",
+        type=float,
+        default=TowerConfig.colour_weight,
+        help="weight of the colour target in --pretrain-tower (default: %(default)s)",
+    )
+    parser.add_argument("--trainable", default=None, help="trainable policy (default: base.yaml's)")
     args = parser.parse_args()
 
     recipe = args.recipe.resolve()
     world = (args.world or recipe / "world").resolve()
     out = recipe / f"base-probe-{args.name}"
     start = str(Path(args.start).resolve()) if Path(args.start).is_dir() else args.start
+    if args.pretrain_tower and not (out / "start/config.json").is_file():
+        if Path(args.start).is_dir():
+            parser.error("--pretrain-tower starts from a preset (--start shapes), not a saved model")
+        base = TrainConfig.load(BASE, [f"model={start}"])
+        model, processor = build_model(base)  # the model the base stage builds from the preset
+        config = TowerConfig(steps=args.pretrain_tower, colour_weight=args.colour_weight, seed=base.seed)
+        print(pretrain_tower(model, processor, world, config))
+        model.save_pretrained(out / "start")
+        processor.save_pretrained(out / "start")
+    if args.pretrain_tower:
+        start = str(out / "start")
     overrides = {
         "output_dir": str(out),
         "model": start,
@@ -70,6 +102,8 @@ def main() -> int:
         "keep_checkpoints": str(args.steps // args.every + 1),
         "progress": "false",
     }
+    if args.trainable:
+        overrides["trainable"] = args.trainable
     if not (out / "final/config.json").is_file():
         argv = ["train", str(BASE)] + [f"--override={k}={v}" for k, v in overrides.items()]
         if moai_main(argv) != 0:

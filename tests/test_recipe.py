@@ -4,11 +4,14 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from moai.engine import Engine
 from moai.recipes.shapesworld import (
     BASE_CHECKED,
     STAGES,
+    TOWER,
     RecipeOptions,
     accuracy_by_category,
     check_base,
@@ -58,7 +61,7 @@ def test_shipped_stage_configs_chain_base_step1_step2(tmp_path):
     assert [c.step for c in configs.values()] == ["base", "step1", "step2"]
     assert (
         configs["base"].aux == "none"
-        and configs["base"].trainable == "all"
+        and configs["base"].trainable == "projector+llm"  # on the frozen pretrained tower
         and configs["base"].model.endswith("prev")
     )
     for stage in ("step1", "step2"):  # the MoAI steps train the MoAI modules only, on the frozen base
@@ -79,13 +82,26 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
         out=tmp_path / "run",
         scenes=6,
         check_scenes=3,
-        steps={s: 2 for s in STAGES},
+        steps={s: 2 for s in (TOWER, *STAGES)},
         batch_size=2,
         checks=False,
     )
     lines = []
     report = run_recipe(options, say=lines.append)
-    assert [k for k in STAGES if k in report] == list(STAGES)
+    assert [k for k in (TOWER, *STAGES) if k in report] == [TOWER, *STAGES]
+    assert (
+        report[TOWER]["summary"]["steps"] == 2
+        and (tmp_path / "run" / TOWER / "final" / "config.json").is_file()
+    )
+    base = TrainConfig.load(
+        tmp_path / "run" / "base" / "config.yaml"
+    )  # the base starts from the pretrained tower
+    assert base.model == str(tmp_path / "run" / TOWER / "final")
+    tower = load_file(str(tmp_path / "run" / TOWER / "final" / "model.safetensors"))
+    trained = load_file(str(tmp_path / "run" / "base" / "final" / "model.safetensors"))
+    vision = [k for k in tower if ".vision_tower." in k]
+    assert vision and all(torch.equal(tower[k], trained[k]) for k in vision)  # and keeps it frozen
+    assert not torch.equal(tower["model.projector.0.weight"], trained["model.projector.0.weight"])
     assert set(report["base"]["check"]) >= {"baseline", "base", "failed"}
     assert 0.0 <= report["step2"]["check"]["changed_by_swapped_aux"] <= 1.0
     for stage in STAGES:
@@ -114,7 +130,9 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     from moai.recipes import ablation, variants
 
     run = tmp_path / "run"
-    options = RecipeOptions(out=run, scenes=6, check_scenes=3, steps={s: 2 for s in STAGES}, batch_size=2)
+    options = RecipeOptions(
+        out=run, scenes=6, check_scenes=3, steps={s: 2 for s in (TOWER, *STAGES)}, batch_size=2
+    )
     run_recipe(RecipeOptions(**{**options.__dict__, "checks": False}), say=lambda _m: None)
     with pytest.raises(ValueError, match="no base/final model"):
         variants.train_variants(tmp_path / "elsewhere", say=lambda _m: None)

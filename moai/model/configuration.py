@@ -5,7 +5,7 @@ Presets (`MoAIConfig.from_preset`):
   * ``tiny``     random, 112 px images (64 image tokens), 4 decoder layers, one mixer layer; for tests.
   * ``shapes``   random, the bundled ShapesWorld model's architecture (docs/shapesworld.md): 224 px images
                  in 28 px patches (64 image tokens), a 128-wide 4-layer LLM over a word-level vocabulary, mixers in layers 1
-                 and 3 with causal scope, a 64-latent compressor with aux positions.
+                 and 3, a 64-latent compressor with aux positions.
   * ``mid``      random, ~100M-parameter LLM, ViT-B/16-class tower at 224 px, mixers every 4th layer; benchmarks.
   * ``moai-7b``  exactly the published MoAI-7B (docs/model.md), official compatibility options on.
 
@@ -343,7 +343,7 @@ def _shapes() -> dict[str, Any]:
             max_aux_positions=1024,
             latent_init_std=0.02,
         ),
-        mixer_config=dict(layers=[1, 3], num_heads=4, rank=32, scope="causal"),
+        mixer_config=dict(layers=[1, 3], num_heads=4, rank=32),
         plora_config=dict(r=16, alpha=16.0),
     )
 

@@ -42,7 +42,7 @@ def balanced_questions(world: Path, per_category: int) -> list[dict]:
 def official_mode(engine: Engine) -> Engine:
     """The same weights with the official model's run-time behaviour where a trained model allows it: RoPE
     positions 0..S-1 under left padding, the compressor attending to padded aux tokens, float16 gate softmax
-    (docs/official.md §4). Architecture choices the model was trained with (aux positions, causal scope) stay."""
+    (docs/official.md §4). Architecture choices the model was trained with (aux positions, the mixer scope) stay."""
     config = engine.model.config
     config.position_ids_from_mask = False
     config.compressor_config.key_padding_mask = False

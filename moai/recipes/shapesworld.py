@@ -1,11 +1,12 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
-    world (train + check sets) -> perception cache -> base stage -> check -> MoAI step 1 -> step 2 -> check
-    -> model card + install
+    world (train + check sets) -> perception cache -> vision tower -> base stage -> check -> MoAI step 1
+    -> step 2 -> check -> model card + install
 
-Stages are ``moai train`` runs of the shipped configs ``moai/train/configs/shapesworld/{base,step1,step2}.yaml``
-(the paper's recipe in miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained from scratch without aux,
-then the MoAI modules trained on the frozen base in two steps). The checks between stages are measured on a
+The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
+pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the shipped configs
+``moai/train/configs/shapesworld/{base,step1,step2}.yaml`` (the paper's recipe in miniature, arXiv 2403.07508
+§3.3: a LLaVA-style base trained without aux, then the MoAI modules trained on the frozen base in two steps). The checks between stages are measured on a
 check set (its own world seed, never trained on) and stop the recipe when a stage did not learn:
 
 * base: beats the majority-answer-per-template baseline on existence, colour and shape;
@@ -34,6 +35,9 @@ from ..worlds.shapes import CATEGORIES, COLOURS, KINDS, PLURALS, QUESTIONS_FILE,
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
 STAGES = ("base", "step1", "step2")
+"""The `moai train` stages, after the tower stage (`make_tower`)."""
+TOWER = "tower"
+"""Stage 0: the vision tower pretrained on patch labels (moai/recipes/tower.py)."""
 TRAIN_SEED = 1000
 """World seed of the training scenes."""
 CHECK_SEED = 2000
@@ -61,9 +65,9 @@ class RecipeOptions:
     check_scenes: int = 150
     """Scenes of the check set."""
     steps: dict[str, int] = field(default_factory=dict)
-    """Override the optimizer steps of a stage (``{"base": 10}``); the configs' values otherwise."""
+    """Override the optimizer steps of a stage (``{"base": 10}``, ``tower`` too); the configs' values otherwise."""
     batch_size: int | None = None
-    """Override every stage's batch size."""
+    """Override every stage's batch size (the tower's too)."""
     checks: bool = True
     """Stop when a check fails (off: report and go on)."""
 
@@ -184,6 +188,41 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
     return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
 
 
+def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None]) -> Path:
+    """Stage 0: the model the base stage would build from its preset, with the vision tower pretrained on the
+    training world's patch labels (moai/recipes/tower.py); saved in ``out/tower/final`` (reused if there)."""
+    # heavy: torch, transformers
+    from ..train.loop import build_model
+    from .tower import TowerConfig, pretrain_tower
+
+    run = options.out / TOWER
+    final = run / "final"
+    if (run / "summary.json").is_file() and (final / "config.json").is_file():
+        say(f"[recipe] stage {TOWER}: already trained in {run}, reused (delete it to train again)")
+        report[TOWER] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
+        return final
+    base = stage_config("base", options, "shapes")
+    model, processor = build_model(base)
+    config = TowerConfig(
+        steps=options.steps.get(TOWER, TowerConfig.steps),
+        batch_size=options.batch_size or TowerConfig.batch_size,
+        seed=base.seed,
+    )
+    say(
+        f"[recipe] stage {TOWER}: {config.steps} steps of batch {config.batch_size} (vision tower, patch labels)"
+    )
+    summary = {
+        "steps": config.steps,
+        **pretrain_tower(model, processor, options.out / "world", config, lambda m: say(f"  {m}")),
+    }
+    say(f"  tower: patch accuracy {summary['accuracy']:.1f}% (last 20 batches)")
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    report[TOWER] = {"summary": summary}
+    return final
+
+
 def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> dict:
     """Make the ShapesWorld model in ``options.out``; returns (and writes to recipe.json) the measurements."""
     # heavy: torch, transformers
@@ -215,7 +254,8 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     say(f"[recipe] {summary.line()}")
     lap("perception")
 
-    model = "shapes"
+    model = str(make_tower(options, report, say))
+    lap("tower")
     for stage in STAGES:
         config = stage_config(stage, options, model)
         run = Path(config.output_dir)
@@ -280,8 +320,8 @@ def install(report: dict, dest: Path) -> Path:
 def model_card(report: dict) -> str:
     """The bundled model's card: how it was made, its check-set scores, its limits."""
     opts = report["options"]
-    steps = {s: report[s]["summary"]["steps"] for s in STAGES if s in report}
-    train_minutes = sum(report[s]["summary"]["seconds"] for s in STAGES if s in report) / 60
+    steps = {s: report[s]["summary"]["steps"] for s in (TOWER, *STAGES) if s in report}
+    train_minutes = sum(report[s]["summary"]["seconds"] for s in (TOWER, *STAGES) if s in report) / 60
     checks = [
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
@@ -303,12 +343,17 @@ def model_card(report: dict) -> str:
         "",
         "## How it was made",
         "",
-        f"`make shapesworld-model` (moai/recipes/shapesworld.py); the three stages trained for {train_minutes:.0f} minutes",
+        f"`make shapesworld-model` (moai/recipes/shapesworld.py); the four stages trained for {train_minutes:.0f} minutes",
         "on the 2-core machine that made it:",
         f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
-        "then three `moai train` stages with the configs in moai/train/configs/shapesworld/:",
+        "a vision tower pretrained on them, then three `moai train` stages with the configs in",
+        "moai/train/configs/shapesworld/:",
         "",
-        f"1. base ({steps.get('base')} steps): vision tower, projector and LLM trained together from scratch, no aux"
+        f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind of the item under each patch",
+        "   centre (circle / square / triangle / sign), from the ground truth the world writes for training; what a",
+        "   pretrained CLIP is to MoAI-7B"
+        + (" (this run reused the tower of an earlier run);" if reused(TOWER) else ";"),
+        f"1. base ({steps.get('base')} steps): vision tower, projector and LLM trained together, no aux"
         + (" (this run reused the base of an earlier run of the same config);" if reused("base") else ";"),
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
         f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",

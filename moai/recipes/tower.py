@@ -1,0 +1,169 @@
+# Copyright 2026 The moai authors. SPDX-License-Identifier: MIT
+"""Stage 0 of the ShapesWorld recipe: the vision tower pretrained on the training scenes' ground truth.
+
+MoAI-7B starts from a pretrained CLIP tower (paper §3, "Model architecture"); the bundled model has no such
+tower to start from. Trained from nothing inside the LLaVA-style base, a tower learns the colour of a shape but
+not its kind: its patch feature tells the kind no better than the raw pixels of the patch (bench/vision_probe.py,
+docs/shapesworld.md "What limits the model"). This stage gives it what CLIP pretraining gives the real tower, a
+supervised signal: at the patch under the centre of every item of a training scene, the item's kind
+(circle, square, triangle, sign) and colour, predicted from the patch features MoAI reads
+(`select_patch_features`) by two linear heads that are dropped afterwards. The ground truth is the one the world
+writes beside each image for training (`moai worlds shapes`: ``scenes.jsonl``); perception never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..model.vision import select_patch_features
+from ..worlds.shapes import COLOURS, KINDS, SCENES_FILE, Scene, image_path
+
+ITEM_CLASSES: tuple[str, ...] = (*KINDS, "sign")
+"""What an item is: a shape of one kind, or a sign."""
+COLOUR_CLASSES: tuple[str, ...] = (*COLOURS, "none")
+"""The colour of an item (``none``: a sign)."""
+IGNORE = -100
+"""Label of a patch under no item's centre (no loss there)."""
+
+
+@dataclass
+class TowerConfig:
+    """Pretraining of the vision tower on patch labels (`pretrain_tower`)."""
+
+    steps: int = 1200
+    """Optimizer steps (AdamW, linear warm-up, cosine decay to a tenth)."""
+    batch_size: int = 32
+    """Images a step."""
+    lr: float = 3e-4
+    """Peak learning rate of the tower and the two heads."""
+    warmup_steps: int = 30
+    """Linear warm-up steps."""
+    colour_weight: float = 1.0
+    """Weight of the second target, the item's colour, beside its kind (0: the kind alone). A base on a tower
+    taught the kind alone learned colour slowly; with both, the kind needs more steps (docs/shapesworld.md)."""
+    seed: int = 0
+    """Seed of the heads' init and of the order of the scenes."""
+
+
+def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Item class and colour class of every patch, row-major: two [grid * grid] long tensors.
+
+    The patch under the centre of an item's bounding box takes the item's kind and colour; every other patch
+    is `IGNORE`. Labelling each item at one patch asks the tower to gather the whole item there from the pieces
+    its neighbours see (the shapes straddle the patch grid). Measured on ShapesWorld (docs/shapesworld.md):
+    labelling every patch an item covers, or the empty patches as background, teaches the kinds far less (the
+    many easy labels outweigh the few hard ones).
+    The scene's coordinates are those of the image the tower reads (`_batch` checks that the sizes agree).
+    """
+    grid = image_size // patch
+    items = [(KINDS.index(s.kind), list(COLOURS).index(s.colour), s.box) for s in scene.shapes]
+    items += [(len(ITEM_CLASSES) - 1, len(COLOUR_CLASSES) - 1, s.box) for s in scene.signs]
+    kinds = torch.full((grid, grid), IGNORE, dtype=torch.long)
+    colours = torch.full((grid, grid), IGNORE, dtype=torch.long)
+    for kind, colour, (x0, y0, x1, y1) in items:
+        row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+        kinds[row, col], colours[row, col] = kind, colour
+    return kinds.flatten(), colours.flatten()  # [grid * grid] each
+
+
+def read_scenes(world: Path) -> list[Scene]:
+    """The ground truth of a world made by `moai worlds shapes` (``scenes.jsonl``)."""
+    path = world / SCENES_FILE
+    if not path.is_file():
+        raise ValueError(f"world {world}: no {SCENES_FILE} (make it with `moai worlds shapes --out {world}`)")
+    with path.open() as f:
+        return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+def _batch(model, processor, world: Path, scenes: Sequence[Scene]) -> tuple[torch.Tensor, ...]:
+    """Pixel values [B, 3, S, S] and patch labels (kind, colour) [B, N] of some scenes."""
+    vision = model.config.vision_config
+    images = [Image.open(world / image_path(s)) for s in scenes]
+    if images[0].width != vision.image_size:
+        raise ValueError(
+            f"world {world}: images are {images[0].width} px, the tower reads {vision.image_size} px"
+        )
+    pixels = processor.preprocess_images(images)
+    labels = [patch_labels(s, vision.image_size, vision.patch_size) for s in scenes]
+    return pixels, torch.stack([k for k, _ in labels]), torch.stack([c for _, c in labels])
+
+
+def pretrain_tower(
+    model,
+    processor,
+    world: Path,
+    config: TowerConfig,
+    say: Callable[[str], None] = print,
+    on_step: Callable[[float], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model``'s vision tower in place on ``world``'s patch labels; returns the final loss and the
+    accuracy on the labelled patches of the last 20 steps' batches (each scored before its update).
+
+    Only the tower trains (the projector and the LLM are untouched); the linear heads are made here and dropped.
+    ``on_step`` gets each step's loss.
+    """
+    tower = model.model.vision_tower
+    width, layer = model.config.vision_config.hidden_size, model.config.vision_feature_layer
+    torch.manual_seed(config.seed)
+    head, colour_head = nn.Linear(width, len(ITEM_CLASSES)), nn.Linear(width, len(COLOUR_CLASSES))
+    params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
+    params += list(colour_head.parameters()) if config.colour_weight > 0 else []
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.45 * (1 + math.cos(progress * math.pi))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scenes = read_scenes(world)
+    order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    tower.train()
+    start, cursor, hits, scored = time.perf_counter(), 0, 0, 0
+    loss = torch.zeros(())
+    for step in range(config.steps):
+        if cursor + config.batch_size > len(order):
+            cursor = 0
+        chunk = [scenes[i] for i in order[cursor : cursor + config.batch_size]]
+        cursor += config.batch_size
+        pixels, labels, colours = _batch(model, processor, world, chunk)
+        outputs = tower(pixels.to(tower.dtype), output_hidden_states=layer != -1)
+        features = select_patch_features(outputs, layer)  # [B, N, C]
+        logits = head(features)  # [B, N, kinds]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if config.colour_weight > 0:
+            colour_logits = colour_head(features).flatten(0, 1)  # [B * N, colours]
+            loss = loss + config.colour_weight * F.cross_entropy(
+                colour_logits, colours.flatten(), ignore_index=IGNORE
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if on_step is not None:
+            on_step(loss.item())
+        if step >= config.steps - 20:
+            kept = labels != IGNORE
+            hits += int((logits.argmax(-1)[kept] == labels[kept]).sum())
+            scored += int(kept.sum())
+        if (step + 1) % 100 == 0 or step + 1 == config.steps:
+            say(
+                f"tower step {step + 1}/{config.steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
+            )
+    tower.eval()
+    return {
+        "loss": round(loss.item(), 4),
+        "accuracy": round(100 * hits / max(1, scored), 2),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
