@@ -70,9 +70,7 @@ def test_pretraining_fits_the_labels_and_changes_only_the_tower(world):
     losses = []
     result = pretrain_tower(model, processor, world, config, say=lambda m: None, on_step=losses.append)
     assert set(result) == {"loss", "accuracy", "seconds"}
-    assert (
-        losses[-1] < 0.5 * losses[0]
-    )  # it learns these scenes (at chance: ln 4 + ln 5 = 3.0)
+    assert losses[-1] < 0.5 * losses[0]  # it learns these scenes (at chance: ln 4 + ln 5 = 3.0)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("model.vision_tower.") for k in changed)
     assert "model.vision_tower.embeddings.patch_embedding.weight" in changed
