@@ -349,11 +349,11 @@ def model_card(report: dict) -> str:
         "a vision tower pretrained on them, then three `moai train` stages with the configs in",
         "moai/train/configs/shapesworld/:",
         "",
-        f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind of the item under each patch",
-        "   centre (circle / square / triangle / sign), from the ground truth the world writes for training; what a",
+        f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind (circle / square / triangle /",
+        "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
         "   pretrained CLIP is to MoAI-7B"
         + (" (this run reused the tower of an earlier run);" if reused(TOWER) else ";"),
-        f"1. base ({steps.get('base')} steps): vision tower, projector and LLM trained together, no aux"
+        f"1. base ({steps.get('base')} steps): projector and LLM trained on the frozen tower, no aux"
         + (" (this run reused the base of an earlier run of the same config);" if reused("base") else ";"),
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
         f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",
