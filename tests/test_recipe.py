@@ -124,6 +124,22 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     )
 
 
+def test_a_world_of_another_size_is_made_again_not_reused(tmp_path):
+    write_world(tmp_path / "world", 3, seed=1000)  # an earlier run's world, smaller than asked
+    options = RecipeOptions(
+        out=tmp_path,
+        scenes=4,
+        check_scenes=2,
+        steps={s: 1 for s in (TOWER, *STAGES)},
+        batch_size=2,
+        checks=False,
+    )
+    lines = []
+    run_recipe(options, say=lines.append)
+    assert len((tmp_path / "world" / "scenes.jsonl").read_text().splitlines()) == 4
+    assert any("world: 3 scenes" in line and "4 asked: made again" in line for line in lines)
+
+
 def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_path):
     """Every trained variant of the ablation for two steps on a miniature recipe run, then the ablation with them."""
     from moai.perception.settings import AuxSettings

@@ -30,7 +30,16 @@ from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
 from ..worlds.score import is_correct
-from ..worlds.shapes import CATEGORIES, COLOURS, KINDS, PLURALS, QUESTIONS_FILE, TRAIN_FILE, write_world
+from ..worlds.shapes import (
+    CATEGORIES,
+    COLOURS,
+    KINDS,
+    PLURALS,
+    QUESTIONS_FILE,
+    SCENES_FILE,
+    TRAIN_FILE,
+    write_world,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
@@ -188,6 +197,14 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
     return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
 
 
+def _count_lines(path: Path) -> int:
+    """Non-empty lines of a JSONL file (0 if it is missing)."""
+    if not path.is_file():
+        return 0
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
 def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None]) -> Path:
     """Stage 0: the model the base stage would build from its preset, with the vision tower pretrained on the
     training world's patch labels (moai/recipes/tower.py); saved in ``out/tower/final`` (reused if there)."""
@@ -243,7 +260,10 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         clock = now
 
     for name, seed, n in (("world", TRAIN_SEED, options.scenes), ("check", CHECK_SEED, options.check_scenes)):
-        if not (out / name / QUESTIONS_FILE).is_file():
+        scenes = out / name / SCENES_FILE
+        if not (out / name / QUESTIONS_FILE).is_file() or _count_lines(scenes) != n:
+            if scenes.is_file():  # an earlier run's world of another size: made again, never reused silently
+                say(f"[recipe] {name}: {_count_lines(scenes)} scenes in {out / name}, {n} asked: made again")
             shutil.rmtree(out / name, ignore_errors=True)
             write_world(out / name, n, seed)
     lap("worlds")
