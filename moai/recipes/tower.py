@@ -60,9 +60,9 @@ def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tenso
 
     The patch under the centre of an item's bounding box takes the item's kind and colour; every other patch
     is `IGNORE`. Labelling each item at one patch asks the tower to gather the whole item there from the pieces
-    its neighbours see (the shapes straddle the patch grid). Measured on ShapesWorld (docs/shapesworld.md):
-    labelling every patch an item covers, or the empty patches as background, teaches the kinds far less (the
-    many easy labels outweigh the few hard ones).
+    its neighbours see (the shapes straddle the patch grid). Chosen after a development comparison that is not a
+    repository command (so no numbers here): labelling every patch an item covers, or the empty patches as
+    background, taught the kinds far less (the many easy labels outweigh the few hard ones).
     The scene's coordinates are those of the image the tower reads (`_batch` checks that the sizes agree).
     """
     grid = image_size // patch
@@ -106,7 +106,7 @@ def pretrain_tower(
     say: Callable[[str], None] = print,
     on_step: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
-    """Train ``model``'s vision tower in place on ``world``'s patch labels; returns the final loss and the
+    """Train ``model``'s vision tower in place on ``world``'s patch labels; returns the final loss and the kind
     accuracy on the labelled patches of the last 20 steps' batches (each scored before its update).
 
     Only the tower trains (the projector and the LLM are untouched); the linear heads are made here and dropped.
