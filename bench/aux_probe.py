@@ -20,6 +20,11 @@ model that binds neither answers by the colour, or the kind, alone).
 (``N`` steps on the labels of fresh scenes, `compressor_probe.teach_pairs`) and starts step 2 from that copy
 (RECIPE/probe-.../step1-pairs): does step 2 read the aux when the compressed aux already holds the answer?
 With ``--override trainable=mixers`` the compressor then stays as taught.
+
+``--blank-image`` takes the pixels away: every training and check question is asked about one blank canvas,
+with the aux text and panoptic map of its own scene (training: from the recipe's perception cache, as
+``aux: record`` data; check set: perceived now), so the aux is the only source of the answer. How well the MoAI
+modules read it is then measured alone, without a base that already answers from the pixels.
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
-from moai.perception.verbalize import MODULES  # noqa: E402
+from moai.perception.cache import PerceptionCache  # noqa: E402
+from moai.perception.config import PerceptionConfig  # noqa: E402
+from moai.perception.settings import AuxSettings  # noqa: E402
+from moai.perception.verbalize import MODULES, aux_inputs  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
 from moai.worlds.shapes import CATEGORIES, generate_scene  # noqa: E402
 
@@ -47,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compressor_probe import teach_pairs  # noqa: E402
 
 STEP2 = ROOT / "moai/train/configs/shapesworld/step2.yaml"
+BLANK_RGB = (235, 235, 235)
+"""The ``--blank-image`` canvas: one light grey, as the world's pale backgrounds."""
 
 
 def single_category_data(world: Path, category: str, out: Path) -> int:
@@ -68,15 +79,61 @@ def single_category_data(world: Path, category: str, out: Path) -> int:
     return len(records)
 
 
+def blank_canvas(like: Path, out: Path) -> Path:
+    """A canvas of ``like``'s size in `BLANK_RGB`, written to ``out``."""
+    with Image.open(like) as image:
+        size = image.size
+    Image.new("RGB", size, BLANK_RGB).save(out)
+    return out
+
+
+def blank_image_data(train: Path, cache: Path, settings: AuxSettings, blank: Path, maps: Path) -> None:
+    """Rewrite the training file ``train`` (written by `single_category_data`) so that every record asks about
+    ``blank``, carrying the aux text and panoptic map (a PNG under ``maps``) of its own image from the
+    perception ``cache``, made as ``settings`` say (the start model's verbalizer and map style)."""
+    store = PerceptionCache(cache, config=PerceptionConfig.from_preset(settings.perception_preset))
+    maps.mkdir(parents=True, exist_ok=True)
+    records = json.loads(train.read_text())
+    for record in records:
+        perception = store.get(record["image"])
+        if perception is None:
+            raise SystemExit(f"{record['image']}: not in the perception cache {cache}")
+        text, colour_map = aux_inputs(perception, settings.verbalizer, settings.map_style)
+        map_path = maps / f"{record['id']}.png"
+        Image.fromarray(colour_map).save(map_path)
+        record.update(image=str(blank), aux_text=text, aux_map=str(map_path.resolve()))
+    train.write_text(json.dumps(records))
+
+
 def evaluate(
-    engine: Engine, check: Path, questions: list[dict], category: str
+    engine: Engine, check: Path, questions: list[dict], category: str, blank: Path | None = None
 ) -> tuple[float, float, list[str]]:
     """Check-set accuracy (%) on ``questions`` with the aux on and with every module removed, and the answers
-    with the aux on."""
-    answers = texts(answer_all(engine, check, questions))
+    with the aux on. With ``blank`` each question is asked about that canvas with its own scene's aux."""
+    if blank is None:
+        answers = texts(answer_all(engine, check, questions))
+        none_answers = texts(answer_all(engine, check, questions, drop=MODULES))
+    else:
+        answers, none_answers = blank_answers(engine, check, questions, blank)
     own = accuracy_by_category(questions, answers)
-    none = accuracy_by_category(questions, texts(answer_all(engine, check, questions, drop=MODULES)))
+    none = accuracy_by_category(questions, none_answers)
     return own[category], none[category], answers
+
+
+def blank_answers(
+    engine: Engine, check: Path, questions: list[dict], blank: Path, batch_size: int = 32
+) -> tuple[list[str], list[str]]:
+    """Answers to ``questions`` asked about ``blank`` with the perception of their own image, with the aux
+    on and with every module removed."""
+    canvas = Image.open(blank).convert("RGB")
+    own, none = [], []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        perceptions = engine.perceive([Image.open(check / q["image"]).convert("RGB") for q in chunk])
+        asked = ([canvas] * len(chunk), [q["text"] for q in chunk])
+        own += texts(engine.answer(*asked, perceptions=perceptions))
+        none += texts(engine.answer(*asked, perceptions=perceptions, drop=MODULES))
+    return own, none
 
 
 def scorable_checkpoints(run: Path, final: dict) -> list[tuple[int, dict]]:
@@ -163,25 +220,38 @@ def main() -> int:
     parser.add_argument(
         "--pair-seed", type=int, default=4000, help="world seed of those scenes (default: 4000)"
     )
+    parser.add_argument(
+        "--blank-image",
+        action="store_true",
+        help="ask every question about one blank canvas with its own scene's aux: the aux is the only source "
+        "of the answer (default: off, the scene's image)",
+    )
     args = parser.parse_args()
 
     recipe = args.recipe.resolve()
-    out = recipe / f"probe-{args.category}{'-' + args.name if args.name else ''}"
+    suffix = ("-blank" if args.blank_image else "") + (f"-{args.name}" if args.name else "")
+    out = recipe / f"probe-{args.category}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     n = single_category_data(recipe / "world", args.category, out / "train.json")
     print(f"{n} {args.category} questions of {recipe / 'world'} -> {out / 'train.json'}")
     run = out / "step2"
+    start = (
+        start_with_taught_compressor(recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed)
+        if args.compressor_on_pairs
+        else recipe / "step1/final"
+    )
+    blank = None
+    if args.blank_image:
+        first = json.loads((out / "train.json").read_text())[0]["image"]
+        blank = blank_canvas(Path(first), out / "blank.png")
+        blank_image_data(out / "train.json", recipe / "cache", AuxSettings.load(start), blank, out / "maps")
+        print(f"every question asked about {blank}, with its own scene's aux text and map")
     overrides = {
         "output_dir": str(run),
-        "model": str(
-            start_with_taught_compressor(
-                recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed
-            )
-            if args.compressor_on_pairs
-            else recipe / "step1/final"
-        ),
+        "model": str(start),
         "data": f"[{{path: {out / 'train.json'}}}]",
         "perception_cache": str(recipe / "cache"),
+        **({"aux": "record"} if blank else {}),
         "max_steps": str(args.steps),
         "save_every": str(args.every),
         "keep_checkpoints": str(args.steps // args.every + 1),
@@ -200,11 +270,11 @@ def main() -> int:
     rows, answers = [], []  # answers: the last evaluation's, i.e. the final model's
     for step, weights in scorable_checkpoints(run, final):
         engine.model.load_state_dict(weights, strict=False)
-        own, none, answers = evaluate(engine, check, questions, args.category)
+        own, none, answers = evaluate(engine, check, questions, args.category, blank)
         rows.append((step, own, none))
     if not rows or rows[-1][0] != args.steps:
         engine.model.load_state_dict(final)
-        own, none, answers = evaluate(engine, check, questions, args.category)
+        own, none, answers = evaluate(engine, check, questions, args.category, blank)
         rows.append((args.steps, own, none))
     print(f"\n{args.category}, {len(questions)} check-set questions ({check}), accuracy in %")
     print(f"{'step':>6} {'aux on':>8} {'no aux':>8} {'gain':>7}")

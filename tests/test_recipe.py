@@ -22,6 +22,7 @@ from moai.recipes.shapesworld import (
     stage_config,
     template_key,
 )
+from moai.recipes.shapesworld import main as shapesworld_main
 from moai.train.config import TrainConfig
 from moai.worlds.shapes import write_world
 
@@ -74,6 +75,21 @@ def test_shipped_stage_configs_chain_base_step1_step2(tmp_path):
     assert step1.verbalizer == configs["step2"].verbalizer == "compact"
     assert all(c.data[0].path == str(tmp_path / "world" / "train.json") for c in configs.values())
     assert all(isinstance(c, TrainConfig) for c in configs.values())
+
+
+def test_stage_overrides_reach_their_stage_only(tmp_path, capsys):
+    options = RecipeOptions(out=tmp_path, overrides={"step2": ["mixer_scope=causal", "lr=3e-3"]})
+    configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
+    assert configs["step2"].mixer_scope == "causal" and configs["step2"].lr == 3e-3
+    assert configs["step2"].output_dir == str(tmp_path / "step2")  # the run's paths stay
+    assert configs["step1"].mixer_scope is None and configs["step1"].lr == 1e-3
+    for bad in ("step3.lr=1", "step2.lr", "step2.lrr=1", "step2.lr=abc"):  # refused before anything runs
+        with pytest.raises(SystemExit) as exit_info:
+            shapesworld_main(["--out", str(tmp_path / "run"), "--override", bad])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert "--override" in error and bad.split(".")[0] in error
+    assert not (tmp_path / "run").exists()
 
 
 def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):

@@ -79,6 +79,9 @@ class RecipeOptions:
     """Override every stage's batch size (the tower's too)."""
     checks: bool = True
     """Stop when a check fails (off: report and go on)."""
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    """Further ``KEY=VALUE`` config overrides of a training stage (``{"step2": ["lr=3e-3"]}``), applied after
+    the run's paths and sizes: experiments on the recipe; the shipped model uses none."""
 
 
 def template_key(text: str) -> str:
@@ -194,6 +197,7 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
         overrides.append(f"warmup_steps={min(options.steps[stage] // 10, 50)}")
     if options.batch_size:
         overrides.append(f"batch_size={options.batch_size}")
+    overrides += options.overrides.get(stage, [])
     return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
 
 
@@ -443,14 +447,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="install the model of an earlier run of --out, train nothing",
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="a config override of one training stage (base, step1, step2), as moai train takes KEY=VALUE; "
+        "repeatable, recorded in recipe.json (default: none, the shipped recipe)",
+    )
     args = parser.parse_args(argv)
+    overrides: dict[str, list[str]] = {}
+    for item in args.override:
+        stage, dot, setting = item.partition(".")
+        if not dot or stage not in STAGES or "=" not in setting:
+            parser.error(
+                f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}"
+            )
+        overrides.setdefault(stage, []).append(setting)
+    for stage, settings in overrides.items():  # a bad key or value fails now, not after the stages before it
+        try:
+            TrainConfig.load(CONFIGS / f"{stage}.yaml", settings)
+        except ValueError as err:
+            parser.error(f"--override {stage}: {err}")
     if args.install_only:
         if not args.install:
             parser.error("--install-only needs --install DIR")
         report = json.loads((Path(args.out) / "recipe.json").read_text())
         print(f"[recipe] installed {install(report, Path(args.install))}")
         return 0
-    options = RecipeOptions(out=Path(args.out).resolve(), scenes=args.scenes, checks=args.checks)
+    options = RecipeOptions(
+        out=Path(args.out).resolve(), scenes=args.scenes, checks=args.checks, overrides=overrides
+    )
     try:
         report = run_recipe(options, say=lambda m: print(m, flush=True))
     except CheckFailed as err:
