@@ -31,9 +31,10 @@ demo: $(STAMP)
 	$(BIN)/moai demo
 
 # The bundled model from nothing (docs/shapesworld.md): world, perception cache, three training stages,
-# checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about 45 minutes on 2 cores).
-# --no-checks: the current recipe's base fails its check on shape questions (docs/shapesworld.md, "Where the
-# recipe stands"); checks are measured, printed and written to recipe.json and the model card, not stopping the run.
+# checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about 50 minutes on 2 cores).
+# --no-checks: the current recipe's MoAI stages fail their check (another scene's aux changes too few answers;
+# docs/shapesworld.md, "Where the recipe stands"); checks are measured, printed and written to recipe.json and
+# the model card, not stopping the run.
 shapesworld-model: $(STAMP)
 	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --no-checks --install checkpoints/moai-tiny-shapes
 
