@@ -50,6 +50,7 @@ from moai.perception.config import PerceptionConfig  # noqa: E402
 from moai.perception.settings import AuxSettings  # noqa: E402
 from moai.perception.verbalize import MODULES, aux_inputs  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
+from moai.train.config import TrainConfig  # noqa: E402
 from moai.worlds.shapes import CATEGORIES, generate_scene  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -240,23 +241,27 @@ def main() -> int:
         if args.compressor_on_pairs
         else recipe / "step1/final"
     )
-    blank = None
-    if args.blank_image:
-        first = json.loads((out / "train.json").read_text())[0]["image"]
-        blank = blank_canvas(Path(first), out / "blank.png")
-        blank_image_data(out / "train.json", recipe / "cache", AuxSettings.load(start), blank, out / "maps")
-        print(f"every question asked about {blank}, with its own scene's aux text and map")
     overrides = {
         "output_dir": str(run),
         "model": str(start),
         "data": f"[{{path: {out / 'train.json'}}}]",
         "perception_cache": str(recipe / "cache"),
-        **({"aux": "record"} if blank else {}),
+        **({"aux": "record"} if args.blank_image else {}),
         "max_steps": str(args.steps),
         "save_every": str(args.every),
         "keep_checkpoints": str(args.steps // args.every + 1),
         "progress": "false",
     }
+    blank = None
+    if args.blank_image:  # the aux text as step 2 would make it (its verbalizer, overrides included)
+        config = TrainConfig.load(STEP2, [f"{k}={v}" for k, v in overrides.items()] + args.override)
+        settings = AuxSettings(config.perception_preset, config.verbalizer, AuxSettings.load(start).map_style)
+        first = json.loads((out / "train.json").read_text())[0]["image"]
+        blank = blank_canvas(Path(first), out / "blank.png")
+        blank_image_data(out / "train.json", recipe / "cache", settings, blank, out / "maps")
+        print(
+            f"every question asked about {blank}, with its own scene's aux ({settings.verbalizer} verbalizer)"
+        )
     if not (run / "final/config.json").is_file():
         argv = ["train", str(STEP2)] + [f"--override={k}={v}" for k, v in overrides.items()]
         argv += [f"--override={o}" for o in args.override]

@@ -1031,3 +1031,28 @@ def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_pat
         build_model(TrainConfig.from_dict({**fields, "aux_text_layers": layers + 1}))
     with pytest.raises(ValueError, match="compat official reads the bare word embeddings"):
         build_model(TrainConfig.from_dict({**fields, "aux_text_layers": 1, "compat": "official"}))
+
+
+def test_mixer_rank_sets_new_mixers_and_refuses_trained_ones(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    rank = config.mixer_config.rank + 8
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1", "mixer_rank": rank}
+    model = build_model(TrainConfig.from_dict(fields))[0]
+    expert = model.language_model.layers[1].self_attn.moai_mixer.lang_aux
+    assert model.config.mixer_config.rank == rank and expert.q_proj[0].out_features == rank
+    preset = build_model(TrainConfig.from_dict({"model": "tiny", "step": "step1", "mixer_rank": 4}))[0]
+    assert preset.config.mixer_config.rank == 4
+    model.save_pretrained(tmp_path / "step1")  # trained mixers keep their rank
+    assert (
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[0].config.mixer_config.rank
+        == rank
+    )
+    with pytest.raises(ValueError, match=f"has trained mixers of rank {rank}"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_rank": 4}))
+    with pytest.raises(ValueError, match="config.mixer_rank: must be >= 1"):
+        TrainConfig.from_dict({**fields, "mixer_rank": 0})

@@ -95,6 +95,10 @@ class TrainConfig:
     """``compressor_config.text_layers`` of a compressor this run creates (a preset's, or that of a saved model
     without mixers): the aux text goes through that many frozen LLM layers before the compressor. None keeps
     the model's; a trained compressor keeps its own (another value is an error)."""
+    mixer_rank: int | None = None
+    """``mixer_config.rank`` (the experts' low-rank width) of a model whose mixers this run creates all of (a
+    preset, or a saved model without mixers). None keeps the model's; a model with trained mixers keeps its
+    own (another value is an error)."""
     data: list[DataSource] = field(default_factory=list)
     """The data mixture."""
     aux: Literal["record", "cache", "perceive", "none"] = "record"
@@ -155,6 +159,8 @@ class TrainConfig:
     """Show a progress bar with ETA."""
 
     def __post_init__(self) -> None:
+        if self.mixer_rank is not None and self.mixer_rank < 1:
+            raise ValueError(f"config.mixer_rank: must be >= 1, got {self.mixer_rank!r}")
         for name, low, high in _RANGES:
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
