@@ -281,7 +281,10 @@ def main() -> int:
         engine.model.load_state_dict(final)
         own, none, answers = evaluate(engine, check, questions, args.category, blank)
         rows.append((args.steps, own, none))
-    print(f"\n{args.category}, {len(questions)} check-set questions ({check}), accuracy in %")
+    shown = (
+        check.relative_to(ROOT) if check.is_relative_to(ROOT) else check
+    )  # no machine path in a pasted table
+    print(f"\n{args.category}, {len(questions)} check-set questions ({shown}), accuracy in %")
     print(f"{'step':>6} {'aux on':>8} {'no aux':>8} {'gain':>7}")
     for step, own, none in rows:
         print(f"{step:>6} {own:8.1f} {none:8.1f} {own - none:+7.1f}")
