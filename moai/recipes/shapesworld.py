@@ -265,9 +265,10 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
 
     for name, seed, n in (("world", TRAIN_SEED, options.scenes), ("check", CHECK_SEED, options.check_scenes)):
         scenes = out / name / SCENES_FILE
-        if not (out / name / QUESTIONS_FILE).is_file() or _count_lines(scenes) != n:
+        have = _count_lines(scenes)
+        if not (out / name / QUESTIONS_FILE).is_file() or have != n:
             if scenes.is_file():  # an earlier run's world of another size: made again, never reused silently
-                say(f"[recipe] {name}: {_count_lines(scenes)} scenes in {out / name}, {n} asked: made again")
+                say(f"[recipe] {name}: {have} scenes in {out / name}, {n} asked: made again")
             shutil.rmtree(out / name, ignore_errors=True)
             write_world(out / name, n, seed)
     lap("worlds")

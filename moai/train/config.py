@@ -159,10 +159,10 @@ class TrainConfig:
     """Show a progress bar with ETA."""
 
     def __post_init__(self) -> None:
-        if self.mixer_rank is not None and self.mixer_rank < 1:
-            raise ValueError(f"config.mixer_rank: must be >= 1, got {self.mixer_rank!r}")
         for name, low, high in _RANGES:
             value = getattr(self, name)
+            if value is None:  # an optional field left unset
+                continue
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"config.{name}: must be a finite number, got {value!r}")
             if value < low or (high is not None and value >= high):
@@ -233,7 +233,7 @@ def _yaml_reason(err: yaml.YAMLError) -> str:
     return " ".join(str(getattr(err, "problem", None) or err).split())
 
 
-# (field, lowest allowed value, first value above the range or None): checked on every config
+# (field, lowest allowed value, first value above the range or None): checked on every config whose field is set
 _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("lora_r", 1, None),
     ("lora_alpha", 0, None),
@@ -254,6 +254,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("save_every", 0, None),
     ("keep_checkpoints", 1, None),
     ("log_every", 1, None),
+    ("mixer_rank", 1, None),
 )
 
 
