@@ -889,6 +889,27 @@ def test_multi_turn_labels_cover_only_the_answers_and_their_end_tokens():
     assert "And the shape?" in second_question
 
 
+def test_split_turns_puts_every_question_in_the_prompt_stream():
+    from moai import MoAIConfig, MoAIProcessor
+    from moai.model.constants import IGNORE_INDEX, IMAGE_TOKEN, STREAM_PROMPT
+    from moai.train.data import Example, split_turns
+
+    processor = MoAIProcessor.from_config(MoAIConfig.from_preset("tiny"))
+    turns = (("<image>\nWhat colour?", "red"), ("And the shape?", "a square"), ("How many?", "2"))
+    record = Example("r", Path("x.png"), turns, "objects: red square.", None, "data.json", 7)
+    single = Example("s", Path("y.png"), turns[:1], "", None, "data.json", 8)
+    split = split_turns([record, single])
+    assert [e.id for e in split] == ["r#0", "r#1", "r#2", "s"]
+    assert all(len(e.turns) == 1 and e.turns[0][0].count(IMAGE_TOKEN) == 1 for e in split)
+    assert all((e.source, e.line, e.aux_text) == ("data.json", 7, record.aux_text) for e in split[:3])
+    for example, (question, answer) in zip(split, turns):
+        ids, streams, labels = processor.encode_turns(example.turns)
+        prompt = processor.tokenizer.decode([t for t, s in zip(ids, streams) if s == STREAM_PROMPT])
+        assert question.removeprefix(IMAGE_TOKEN + "\n") in prompt  # the question enters the mixer
+        labelled = processor.tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+        assert labelled.startswith(answer)
+
+
 def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
     from collections import Counter
 

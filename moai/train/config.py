@@ -116,6 +116,12 @@ class TrainConfig:
     """Probability that one CV module's (PS, OWOD, SGG, OCR) outputs are removed from a sample's aux text
     and map, each module independently, drawn per sample and seeded by (seed, global position); needs
     ``aux: cache`` or ``perceive``. Trains a model that answers from whichever modules are left."""
+    split_turns: bool = False
+    """Train on each question-answer turn of a multi-turn conversation as a sample of its own, the image
+    token before each question (the form in which `moai predict` and the engine ask). With the mixer's
+    ``prompt`` scope only the first question of a conversation enters the mixer, so the whole-conversation
+    form trains the aux path on one question a conversation (docs/shapesworld.md, "One question a
+    sample")."""
     max_length: int = 2048
     """Maximum tokens per sample (image tokens included); longer samples are truncated at the end."""
     batch_size: int = 4

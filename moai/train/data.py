@@ -242,6 +242,21 @@ def load_examples(
     return examples
 
 
+def split_turns(examples: Sequence[Example]) -> list[Example]:
+    """One example per question-answer turn, the image token before each later question as the first
+    turn has it (`TrainConfig.split_turns`); ids get ``#<turn>``, source and line stay those of the record."""
+    out = []
+    for example in examples:
+        if len(example.turns) == 1:
+            out.append(example)
+            continue
+        for i, (question, answer) in enumerate(example.turns):
+            if i > 0:
+                question = f"{IMAGE_TOKEN}\n{question}"
+            out.append(Example(**{**example.__dict__, "id": f"{example.id}#{i}", "turns": ((question, answer),)}))
+    return out
+
+
 class Mixture:
     """A deterministic, resumable stream of examples from several files with sampling weights.
 

@@ -53,6 +53,7 @@ from .data import (
     ModuleDropout,
     Problem,
     load_examples,
+    split_turns,
 )
 from .lora import add_lora, merge_lora
 from .vocab import PRESET_TOKENIZERS
@@ -546,6 +547,8 @@ def _load_mixture(
                     raise DataError(str(problem))
                 report.problems.append(problem)
                 say(f"skipped {problem}")
+        if config.split_turns:  # after the aux is resolved: a record's turns share its aux text and map
+            examples = split_turns(examples)
         usable = []
         for example in examples:
             reason = collator.check(example)
