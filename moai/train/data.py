@@ -253,7 +253,9 @@ def split_turns(examples: Sequence[Example]) -> list[Example]:
         for i, (question, answer) in enumerate(example.turns):
             if i > 0:
                 question = f"{IMAGE_TOKEN}\n{question}"
-            out.append(Example(**{**example.__dict__, "id": f"{example.id}#{i}", "turns": ((question, answer),)}))
+            out.append(
+                Example(**{**example.__dict__, "id": f"{example.id}#{i}", "turns": ((question, answer),)})
+            )
     return out
 
 
