@@ -179,6 +179,21 @@ def test_predict_writes_resumes_and_reports_bad_lines(world, model_dir, tmp_path
     assert code == 2 and err.count("\n") == 1 and ":2: malformed JSON" in err
 
 
+def test_predict_keeps_integer_ids_and_reads_a_file_with_a_byte_order_mark(
+    world, model_dir, tmp_path, capsys
+):
+    rows = [{**r, "question_id": i} for i, r in enumerate(_questions(world)[:2], start=10)]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8-sig")
+    out = tmp_path / "answers.jsonl"
+    args = ["--questions", str(questions), "--images-root", str(world), "--out", str(out)]
+    code, _, err = _predict([*args, "--model", str(model_dir)], capsys)
+    assert code == 0, err
+    assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == [10, 11]
+    code, _, err = _predict([*args, "--model", str(model_dir)], capsys)  # integer ids resume too
+    assert code == 0 and "2 question(s) already answered" in err
+
+
 def test_predict_bad_arguments_are_one_line(world, model_dir, tmp_path, capsys):
     q = world / "questions.jsonl"
     cases = [

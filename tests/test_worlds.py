@@ -364,6 +364,20 @@ def test_bad_input_of_both_commands(tmp_path, capsys):
     )
 
 
+def test_score_reads_a_byte_order_mark_and_line_separators_inside_strings(tmp_path, capsys):
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question_id": "a", "answer": "yes"}, {"question_id": "b\u2028c", "answer": "no"}]
+    questions.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8-sig"
+    )
+    answers = write_lines(
+        tmp_path / "a.jsonl", [{"question_id": "a", "text": "Yes"}, {"question_id": "b\u2028c", "text": "no"}]
+    )
+    assert main(["worlds", "score", "--questions", str(questions), "--answers", str(answers)]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines()[-1] == "overall          2      2   100.0%" and out.err == ""
+
+
 def test_score_integer_ids_and_answers_and_no_category(tmp_path, capsys):
     """LLaVA ``model_vqa`` files use integer ids; ``category`` is optional in the question file."""
     questions = write_lines(tmp_path / "q.jsonl", [{"question_id": 7, "answer": 3}, QUESTIONS[2]])

@@ -70,12 +70,13 @@ class Score:
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
-    """``(line number, parsed object or Problem)`` for every non-blank line of a UTF-8 JSONL file."""
+    """``(line number, parsed object or Problem)`` for every non-blank line of a UTF-8 JSONL file (a leading
+    byte-order mark is allowed; lines end at ``\n`` only, as JSONL's, so a U+2028 inside a string stays)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file (expected JSONL)") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
