@@ -25,6 +25,10 @@ With ``--override trainable=mixers`` the compressor then stays as taught.
 with the aux text and panoptic map of its own scene (training: from the recipe's perception cache, as
 ``aux: record`` data; check set: perceived now), so the aux is the only source of the answer. How well the MoAI
 modules read it is then measured alone, without a base that already answers from the pixels.
+
+``--bypass-compressor`` (a diagnostic, this process only) replaces the compressor's output by its input: the
+experts attend to every aux token (word embedding + the compressor's position embedding, through its final
+LayerNorm) instead of the 64 latents. Does the Perceiver hold the reading back?
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
+from moai.model.compressor import MoAICompressor  # noqa: E402
 from moai.perception.cache import PerceptionCache  # noqa: E402
 from moai.perception.config import PerceptionConfig  # noqa: E402
 from moai.perception.settings import AuxSettings  # noqa: E402
@@ -185,6 +191,22 @@ def start_with_taught_compressor(recipe: Path, out: Path, steps: int, scenes: in
     return dest
 
 
+def bypass_compressor() -> None:
+    """Make every `MoAICompressor` of this process return its (position-embedded, normalised) input."""
+
+    def forward(self: MoAICompressor, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None = None):
+        if self.position_embedding is not None:
+            if aux_mask is None:
+                positions = torch.arange(aux_embeds.shape[1]).expand(aux_embeds.shape[:2])
+            else:  # positions over real tokens only, as the compressor counts them
+                positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
+            positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)
+            aux_embeds = aux_embeds + self.position_embedding(positions.to(aux_embeds.device))
+        return self.norm(aux_embeds)  # [B, T, D]: every aux token, not L latents
+
+    MoAICompressor.forward = forward
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -227,7 +249,14 @@ def main() -> int:
         help="ask every question about one blank canvas with its own scene's aux: the aux is the only source "
         "of the answer (default: off, the scene's image)",
     )
+    parser.add_argument(
+        "--bypass-compressor",
+        action="store_true",
+        help="the experts read every aux token instead of the compressor's latents (a diagnostic; default: off)",
+    )
     args = parser.parse_args()
+    if args.bypass_compressor:
+        bypass_compressor()
 
     recipe = args.recipe.resolve()
     suffix = ("-blank" if args.blank_image else "") + (f"-{args.name}" if args.name else "")
