@@ -910,6 +910,21 @@ def test_split_turns_puts_every_question_in_the_prompt_stream():
         assert labelled.startswith(answer)
 
 
+def test_split_turns_trains_one_sample_a_turn(tmp_path):
+    data = write_dataset(tmp_path, n=3)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    records[0]["conversations"] += [
+        {"from": "human", "value": "Is it a square?"},
+        {"from": "gpt", "value": "yes"},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    config = TrainConfig.load(write_config(tmp_path, data, max_steps=1, split_turns=True))
+    lines = []
+    summary = train(config, log=lines.append)
+    assert f"split_turns: 3 conversations of {data} -> 4 one-turn samples" in lines
+    assert summary["data"]["loaded"] == 3 and summary["steps"] == 1
+
+
 def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
     from collections import Counter
 

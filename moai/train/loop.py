@@ -548,7 +548,8 @@ def _load_mixture(
                 report.problems.append(problem)
                 say(f"skipped {problem}")
         if config.split_turns:  # after the aux is resolved: a record's turns share its aux text and map
-            examples = split_turns(examples)
+            records, examples = len(examples), split_turns(examples)
+            say(f"split_turns: {records} conversations of {source.path} -> {len(examples)} one-turn samples")
         usable = []
         for example in examples:
             reason = collator.check(example)
