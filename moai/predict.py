@@ -41,8 +41,8 @@ class PredictQuestion:
     image: Path
     text: str
     line: int
-    raw_id: str | int | None = None
-    """The id as the file wrote it (an integer stays an integer in the answer file); None: ``question_id``."""
+    written_id: str | int
+    """The id as the file wrote it: the answer file writes it back (an integer stays an integer)."""
 
 
 def read_questions(path: Path, images_root: Path) -> Iterator[PredictQuestion | Problem]:
@@ -134,12 +134,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     images, [q.text for q in batch], drop=drop, max_new_tokens=args.max_new_tokens
                 )
                 for q, a in zip(batch, answers):
-                    sink.write(
-                        json.dumps(
-                            {"question_id": q.question_id if q.raw_id is None else q.raw_id, "text": a.text}
-                        )
-                        + "\n"
-                    )
+                    sink.write(json.dumps({"question_id": q.written_id, "text": a.text}) + "\n")
                     if args.verbose:
                         print(f"{q.question_id}\t{q.text}\t{a.text}", file=sys.stderr)
                 sink.flush()
