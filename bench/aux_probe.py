@@ -195,14 +195,9 @@ def bypass_compressor() -> None:
     """Make every `MoAICompressor` of this process return its (position-embedded, normalised) input."""
 
     def forward(self: MoAICompressor, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None = None):
-        if self.position_embedding is not None:
-            if aux_mask is None:
-                positions = torch.arange(aux_embeds.shape[1]).expand(aux_embeds.shape[:2])
-            else:  # positions over real tokens only, as the compressor counts them
-                positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
-            positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)
-            aux_embeds = aux_embeds + self.position_embedding(positions.to(aux_embeds.device))
-        return self.norm(aux_embeds)  # [B, T, D]: every aux token, not L latents
+        return self.norm(
+            self.add_positions(aux_embeds, aux_mask)
+        )  # [B, T, D]: every aux token, not L latents
 
     MoAICompressor.forward = forward
 

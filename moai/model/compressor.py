@@ -87,17 +87,22 @@ class MoAICompressor(nn.Module):
         self.layers = nn.ModuleList(CompressorBlock(dim, config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
+    def add_positions(self, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None) -> torch.Tensor:
+        """aux_embeds [B, T, D] plus the aux position embeddings (unchanged when the config has none)."""
+        if self.position_embedding is None:
+            return aux_embeds
+        if aux_mask is None:
+            positions = torch.arange(aux_embeds.shape[1], device=aux_embeds.device).expand(
+                aux_embeds.shape[:2]
+            )
+        else:  # count positions over real tokens only, so left padding does not shift them
+            positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)
+        return aux_embeds + self.position_embedding(positions)
+
     def forward(self, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D]."""
-        if self.position_embedding is not None:
-            if aux_mask is None:
-                positions = torch.arange(aux_embeds.shape[1], device=aux_embeds.device).expand(
-                    aux_embeds.shape[:2]
-                )
-            else:  # count positions over real tokens only, so left padding does not shift them
-                positions = (aux_mask.long().cumsum(-1) - 1).clamp(min=0)
-            positions = positions.clamp(max=self.position_embedding.num_embeddings - 1)
-            aux_embeds = aux_embeds + self.position_embedding(positions)
+        aux_embeds = self.add_positions(aux_embeds, aux_mask)
         key_mask = aux_mask if self.config.key_padding_mask else None
         latents = self.latents.to(aux_embeds.dtype).expand(aux_embeds.shape[0], -1, -1)  # [B, L, D]
         for block in self.layers:
