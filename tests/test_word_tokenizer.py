@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import random_images
+from transformers import AutoTokenizer
 
 from moai import MoAIConfig, MoAIForConditionalGeneration, MoAIProcessor
 from moai.model.constants import IMAGE_TOKEN
@@ -83,3 +84,33 @@ def test_processor_and_model_with_the_word_tokenizer(tokenizer, tmp_path):
     processor.save_pretrained(tmp_path)
     again = MoAIProcessor.from_pretrained(tmp_path)
     assert again.tokenizer(CORPUS[5]).input_ids == tokenizer(CORPUS[5]).input_ids
+
+
+def test_phrases_are_one_token_where_they_stand_as_whole_words(tmp_path):
+    words = [w for w, _ in word_counts(CORPUS).most_common()]
+    plain = build_word_tokenizer(words, vocab_size=200)
+    tok = build_word_tokenizer(
+        words, vocab_size=200, phrases=["red circle", "blue square", "red circle left"]
+    )
+    named = {k: v for k, v in plain.get_vocab().items() if not k.startswith("<reserved_")}
+    assert named == {
+        k: tok.get_vocab()[k] for k in named
+    }  # the words keep their ids; phrases take reserved rows
+    cases = {
+        "Is there a Red Circle?": ["is", "there", "a", "red circle", "?"],
+        "red circles, red circle left of": ["red", "circle", "##s", ",", "red circle left", "of"],
+        "a redcircle red circle.": ["a", "red", "##c", "##i", "##r", "##c", "##l", "##e", "red circle", "."],
+        "[0.55, 0.60] blue square.": ["[", "0", ".", "55", ",", "0", ".", "60", "]", "blue square", "."],
+    }
+    for text, pieces in cases.items():
+        ids = tok(text).input_ids
+        assert tok.convert_ids_to_tokens(ids)[1:] == pieces, text
+        assert tok.decode(ids, skip_special_tokens=True) == tok.decode(
+            plain(text).input_ids, skip_special_tokens=True
+        )
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert (
+        again("Is the red circle above the blue square?").input_ids
+        == tok("Is the red circle above the blue square?").input_ids
+    )

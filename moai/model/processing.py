@@ -10,6 +10,7 @@ values. `MoAIProcessor.build_batch` is where every batch is assembled (``__call_
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -134,13 +135,22 @@ WORD_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>")
 """The word tokenizer's first ids: padding, BOS, EOS, unknown, and the chatml tags."""
 
 
-def _word_tokenizer_parts():
+def _word_tokenizer_parts(phrases: Sequence[str] = ()):
     """The normaliser (NFKC, lower case) and pre-tokeniser (whitespace, then punctuation) of the word
-    tokenizer, shared by `word_counts` and `build_word_tokenizer` so the vocabulary is counted as encoded."""
-    from tokenizers import normalizers, pre_tokenizers  # heavy: tokenizers' Rust extension
+    tokenizer, shared by `word_counts` and `build_word_tokenizer` so the vocabulary is counted as encoded.
+
+    A phrase of ``phrases`` (lower-case words separated by single spaces) is kept as one piece where it
+    stands as whole words; every other run of non-space characters is a piece of its own."""
+    from tokenizers import Regex, normalizers, pre_tokenizers  # heavy: tokenizers' Rust extension
 
     normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    if phrases:  # longest first, so a phrase that extends another wins
+        alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
+        pieces = Regex(rf"\b(?:{alternatives})\b|\S+")
+        split = pre_tokenizers.Split(pieces, behavior="removed", invert=True)
+    else:
+        split = pre_tokenizers.WhitespaceSplit()
+    pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.Punctuation()])
     return normalizer, pre_tokenizer
 
 
@@ -153,7 +163,9 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
     return counts
 
 
-def build_word_tokenizer(words: Iterable[str], vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(
+    words: Iterable[str], vocab_size: int | None = None, phrases: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
     """A word-level tokenizer for a small closed world (e.g. ShapesWorld, docs/shapesworld.md), built offline.
 
     Text is NFKC-normalised, lower-cased and split on whitespace and punctuation; a word in ``words`` is
@@ -163,20 +175,24 @@ def build_word_tokenizer(words: Iterable[str], vocab_size: int | None = None) ->
     listing, 138 -> 51 tokens), which is what the compressor's attention pays for.
 
     Ids: ``WORD_SPECIALS`` first, then the characters, then ``words`` in the order given (most frequent
-    first, e.g. ``[w for w, _ in word_counts(texts).most_common()]``), reserved rows up to ``vocab_size``,
-    and ``<image>`` = the vocabulary size (the extra embedding row, as MoAI-7B).
+    first, e.g. ``[w for w, _ in word_counts(texts).most_common()]``), then ``phrases``, reserved rows up
+    to ``vocab_size``, and ``<image>`` = the vocabulary size (the extra embedding row, as MoAI-7B).
+
+    ``phrases`` are multi-word names made one token each wherever they stand as whole words (ShapesWorld's
+    ``red circle``: the object's colour and kind bound in one token, in the question and in the aux text
+    alike; docs/shapesworld.md, "One token an object").
     """
     from tokenizers import Tokenizer, decoders, models, processors  # heavy: tokenizers' Rust extension
 
     chars = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     punctuation = [c for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"]
     vocab: dict[str, int] = {}
-    for token in [*WORD_SPECIALS, *chars, *(f"##{c}" for c in chars), *punctuation, *words]:
+    for token in [*WORD_SPECIALS, *chars, *(f"##{c}" for c in chars), *punctuation, *words, *phrases]:
         vocab.setdefault(token, len(vocab))
     size = len(vocab) if vocab_size is None else vocab_size
     if size < len(vocab):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the {len(vocab)} tokens the words need")
-    normalizer, pre_tokenizer = _word_tokenizer_parts()
+    normalizer, pre_tokenizer = _word_tokenizer_parts(phrases)
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", continuing_subword_prefix="##"))
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer

@@ -52,9 +52,18 @@ def shapes_words() -> list[str]:
     return words + [f"{n:02d}" for n in range(100)]
 
 
+def shapes_phrases() -> list[str]:
+    """The object names of ShapesWorld, ``{colour} {kind}``: one token each (a shape's colour and kind bound
+    in one token wherever the name stands, in the questions and in the aux text; docs/shapesworld.md,
+    "One token an object")."""
+    return [f"{colour} {kind}" for colour in shapes.COLOURS for kind in shapes.KINDS]
+
+
 def shapes_tokenizer(vocab_size: int = SHAPES_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """The word-level tokenizer of the ``shapes`` preset (``<image>`` = ``vocab_size``)."""
-    return build_word_tokenizer(shapes_words(), vocab_size=vocab_size)
+    """The word-level tokenizer of the ``shapes`` preset (``<image>`` = ``vocab_size``): the words of
+    `shapes_words`, then the object names of `shapes_phrases` (ids after the words', so a model trained
+    before the names were phrases keeps its word ids)."""
+    return build_word_tokenizer(shapes_words(), vocab_size=vocab_size, phrases=shapes_phrases())
 
 
 PRESET_TOKENIZERS = {"shapes": shapes_tokenizer}
