@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from moai.engine import Engine
 from moai.recipes.shapesworld import (
@@ -18,6 +19,7 @@ from moai.recipes.shapesworld import (
     check_moai,
     install,
     majority_answers,
+    make_tower,
     run_recipe,
     stage_config,
     template_key,
@@ -262,3 +264,16 @@ def test_checks_pass_and_fail_on_scripted_answers(tmp_path):
     result = check_moai(ignores, tmp_path / "check", say.append)
     assert result["failed"] == ["swap"] and result["changed_by_swapped_aux"] == 0.0
     assert "does not read the aux" in result["message"]
+
+
+def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without(tmp_path):
+    """``--phrases``: the tower stage saves the phrase tokenizer the later stages load; a tower of the other
+    kind is refused, not silently reused."""
+    write_world(tmp_path / "world", 3, seed=1000)
+    options = RecipeOptions(out=tmp_path, scenes=3, steps={TOWER: 1}, batch_size=2, phrases=True)
+    final = make_tower(options, {}, say=lambda m: None)
+    tok = AutoTokenizer.from_pretrained(final)
+    assert tok.tokenize("Is there a red circle?") == ["is", "there", "a", "red circle", "?"]
+    with pytest.raises(ValueError, match="phrases"):
+        make_tower(RecipeOptions(out=tmp_path, scenes=3, phrases=False), {}, say=lambda m: None)
+    assert make_tower(options, {}, say=lambda m: None) == final  # the same kind: reused

@@ -82,6 +82,9 @@ class RecipeOptions:
     overrides: dict[str, list[str]] = field(default_factory=dict)
     """Further ``KEY=VALUE`` config overrides of a training stage (``{"step2": ["lr=3e-3"]}``), applied after
     the run's paths and sizes: experiments on the recipe; the shipped model uses none."""
+    phrases: bool = False
+    """Make each colour-kind object name one token (``shapes_tokenizer(phrases=True)``), in the questions
+    and the aux text: an experiment (docs/shapesworld.md, "One token an object"); the shipped model does not."""
 
 
 def template_key(text: str) -> str:
@@ -214,16 +217,24 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
     training world's patch labels (moai/recipes/tower.py); saved in ``out/tower/final`` (reused if there)."""
     # heavy: torch, transformers
     from ..train.loop import build_model
+    from ..train.vocab import shapes_tokenizer
     from .tower import TowerConfig, pretrain_tower
 
     run = options.out / TOWER
     final = run / "final"
     if (run / "summary.json").is_file() and (final / "config.json").is_file():
+        if _has_phrases(final) != options.phrases:
+            raise ValueError(
+                f"{run}: its tokenizer {'has' if not options.phrases else 'lacks'} the object-name phrases "
+                f"this run asks {'for' if options.phrases else 'without'} (--phrases); delete it or use another --out"
+            )
         say(f"[recipe] stage {TOWER}: already trained in {run}, reused (delete it to train again)")
         report[TOWER] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
         return final
     base = stage_config("base", options, "shapes")
     model, processor = build_model(base)
+    if options.phrases:
+        processor.tokenizer = shapes_tokenizer(phrases=True)
     config = TowerConfig(
         steps=options.steps.get(TOWER, TowerConfig.steps),
         batch_size=options.batch_size or TowerConfig.batch_size,
@@ -242,6 +253,17 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     report[TOWER] = {"summary": summary}
     return final
+
+
+def _has_phrases(model_dir: Path) -> bool:
+    """Whether the tokenizer saved in ``model_dir`` makes a colour-kind name one token (`RecipeOptions.phrases`)."""
+    # heavy: transformers
+    from transformers import AutoTokenizer
+
+    from ..train.vocab import shapes_phrases
+
+    name = shapes_phrases()[0]
+    return len(AutoTokenizer.from_pretrained(model_dir).tokenize(name)) == 1
 
 
 def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> dict:
@@ -449,6 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="install the model of an earlier run of --out, train nothing",
     )
     parser.add_argument(
+        "--phrases",
+        action="store_true",
+        help="an experiment: each colour-kind object name one token (default: off, as the shipped model)",
+    )
+    parser.add_argument(
         "--override",
         action="append",
         default=[],
@@ -477,7 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[recipe] installed {install(report, Path(args.install))}")
         return 0
     options = RecipeOptions(
-        out=Path(args.out).resolve(), scenes=args.scenes, checks=args.checks, overrides=overrides
+        out=Path(args.out).resolve(),
+        scenes=args.scenes,
+        checks=args.checks,
+        overrides=overrides,
+        phrases=args.phrases,
     )
     try:
         report = run_recipe(options, say=lambda m: print(m, flush=True))
