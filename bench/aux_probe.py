@@ -26,6 +26,11 @@ with the aux text and panoptic map of its own scene (training: from the recipe's
 ``aux: record`` data; check set: perceived now), so the aux is the only source of the answer. How well the MoAI
 modules read it is then measured alone, without a base that already answers from the pixels.
 
+``--aux-in-prompt`` (with ``--blank-image``) takes the MoAI modules away instead: the recipe's base is trained
+(base.yaml: projector and LLM) on the same blank-canvas questions with their scene's aux text written into the
+prompt before the question, and scored with it there ("aux on") and without it ("no aux"). Can the LLM itself
+read the aux text, in its own context, with every weight trainable?
+
 ``--bypass-compressor`` (a diagnostic, this process only) replaces the compressor's output by its input: the
 experts attend to every aux token (word embedding + the compressor's position embedding, through its final
 LayerNorm) instead of the 64 latents. Does the Perceiver hold the reading back?
@@ -63,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compressor_probe import teach_pairs  # noqa: E402
 
 STEP2 = ROOT / "moai/train/configs/shapesworld/step2.yaml"
+BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
 BLANK_RGB = (235, 235, 235)
 """The ``--blank-image`` canvas: one light grey, as the world's pale backgrounds."""
 
@@ -94,10 +100,13 @@ def blank_canvas(like: Path, out: Path) -> Path:
     return out
 
 
-def blank_image_data(train: Path, cache: Path, settings: AuxSettings, blank: Path, maps: Path) -> None:
+def blank_image_data(
+    train: Path, cache: Path, settings: AuxSettings, blank: Path, maps: Path, in_prompt: bool = False
+) -> None:
     """Rewrite the training file ``train`` (written by `single_category_data`) so that every record asks about
     ``blank``, carrying the aux text and panoptic map (a PNG under ``maps``) of its own image from the
-    perception ``cache``, made as ``settings`` say (the start model's verbalizer and map style)."""
+    perception ``cache``, made as ``settings`` say (the start model's verbalizer and map style); with
+    ``in_prompt`` the aux text is written into the question instead (`prompt_with_aux`) and no map is kept."""
     store = PerceptionCache(cache, config=PerceptionConfig.from_preset(settings.perception_preset))
     maps.mkdir(parents=True, exist_ok=True)
     records = json.loads(train.read_text())
@@ -106,20 +115,38 @@ def blank_image_data(train: Path, cache: Path, settings: AuxSettings, blank: Pat
         if perception is None:
             raise SystemExit(f"{record['image']}: not in the perception cache {cache}")
         text, colour_map = aux_inputs(perception, settings.verbalizer, settings.map_style)
+        if in_prompt:
+            question = record["conversations"][0]["value"].removeprefix("<image>\n")
+            record["conversations"][0]["value"] = f"<image>\n{prompt_with_aux(text, question)}"
+            record["image"] = str(blank)
+            continue
         map_path = maps / f"{record['id']}.png"
         Image.fromarray(colour_map).save(map_path)
         record.update(image=str(blank), aux_text=text, aux_map=str(map_path.resolve()))
     train.write_text(json.dumps(records))
 
 
+def prompt_with_aux(aux_text: str, question: str) -> str:
+    """The ``--aux-in-prompt`` question: the scene's aux text, then the question."""
+    return f"{aux_text} {question}"
+
+
 def evaluate(
-    engine: Engine, check: Path, questions: list[dict], category: str, blank: Path | None = None
+    engine: Engine,
+    check: Path,
+    questions: list[dict],
+    category: str,
+    blank: Path | None = None,
+    aux: AuxSettings | None = None,
 ) -> tuple[float, float, list[str]]:
     """Check-set accuracy (%) on ``questions`` with the aux on and with every module removed, and the answers
-    with the aux on. With ``blank`` each question is asked about that canvas with its own scene's aux."""
+    with the aux on. With ``blank`` each question is asked about that canvas with its own scene's aux; with
+    ``aux`` too, that aux is verbalized as ``aux`` says and written into the prompt (``--aux-in-prompt``)."""
     if blank is None:
         answers = texts(answer_all(engine, check, questions))
         none_answers = texts(answer_all(engine, check, questions, drop=MODULES))
+    elif aux is not None:
+        answers, none_answers = prompt_answers(engine, check, questions, blank, aux)
     else:
         answers, none_answers = blank_answers(engine, check, questions, blank)
     own = accuracy_by_category(questions, answers)
@@ -140,6 +167,25 @@ def blank_answers(
         asked = ([canvas] * len(chunk), [q["text"] for q in chunk])
         own += texts(engine.answer(*asked, perceptions=perceptions))
         none += texts(engine.answer(*asked, perceptions=perceptions, drop=MODULES))
+    return own, none
+
+
+def prompt_answers(
+    engine: Engine, check: Path, questions: list[dict], blank: Path, aux: AuxSettings, batch_size: int = 32
+) -> tuple[list[str], list[str]]:
+    """Answers to ``questions`` asked about ``blank`` with their own scene's aux text in the prompt, and
+    without it."""
+    canvas = Image.open(blank).convert("RGB")
+    own, none = [], []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        perceptions = engine.perceive([Image.open(check / q["image"]).convert("RGB") for q in chunk])
+        prompts = [
+            prompt_with_aux(aux_inputs(p, aux.verbalizer, aux.map_style)[0], q["text"])
+            for p, q in zip(perceptions, chunk)
+        ]
+        own += texts(engine.answer([canvas] * len(chunk), prompts))
+        none += texts(engine.answer([canvas] * len(chunk), [q["text"] for q in chunk]))
     return own, none
 
 
@@ -245,32 +291,43 @@ def main() -> int:
         "of the answer (default: off, the scene's image)",
     )
     parser.add_argument(
+        "--aux-in-prompt",
+        action="store_true",
+        help="with --blank-image: train the base (projector and LLM) with the aux text written into the "
+        "prompt, no MoAI modules (default: off)",
+    )
+    parser.add_argument(
         "--bypass-compressor",
         action="store_true",
         help="the experts read every aux token instead of the compressor's latents (a diagnostic; default: off)",
     )
     args = parser.parse_args()
+    if args.aux_in_prompt and not args.blank_image:
+        parser.error("--aux-in-prompt needs --blank-image")
     if args.bypass_compressor:
         bypass_compressor()
 
     recipe = args.recipe.resolve()
-    suffix = ("-blank" if args.blank_image else "") + (f"-{args.name}" if args.name else "")
+    suffix = ("-blank" if args.blank_image else "") + ("-prompt" if args.aux_in_prompt else "")
+    suffix += f"-{args.name}" if args.name else ""
     out = recipe / f"probe-{args.category}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     n = single_category_data(recipe / "world", args.category, out / "train.json")
     print(f"{n} {args.category} questions of {recipe / 'world'} -> {out / 'train.json'}")
     run = out / "step2"
-    start = (
-        start_with_taught_compressor(recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed)
-        if args.compressor_on_pairs
-        else recipe / "step1/final"
-    )
+    if args.compressor_on_pairs:
+        start = start_with_taught_compressor(
+            recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed
+        )
+    else:
+        start = recipe / ("base/final" if args.aux_in_prompt else "step1/final")
+    stage = BASE if args.aux_in_prompt else STEP2
     overrides = {
         "output_dir": str(run),
         "model": str(start),
         "data": f"[{{path: {out / 'train.json'}}}]",
         "perception_cache": str(recipe / "cache"),
-        **({"aux": "record"} if args.blank_image else {}),
+        **({"aux": "record"} if args.blank_image and not args.aux_in_prompt else {}),
         "max_steps": str(args.steps),
         "save_every": str(args.every),
         "keep_checkpoints": str(args.steps // args.every + 1),
@@ -278,16 +335,20 @@ def main() -> int:
     }
     blank = None
     if args.blank_image:  # the aux text as step 2 would make it (its verbalizer, overrides included)
-        config = TrainConfig.load(STEP2, [f"{k}={v}" for k, v in overrides.items()] + args.override)
-        settings = AuxSettings(config.perception_preset, config.verbalizer, AuxSettings.load(start).map_style)
+        step2 = TrainConfig.load(STEP2, [f"{k}={v}" for k, v in overrides.items()] + args.override)
+        settings = AuxSettings(step2.perception_preset, step2.verbalizer, AuxSettings.load(start).map_style)
         first = json.loads((out / "train.json").read_text())[0]["image"]
         blank = blank_canvas(Path(first), out / "blank.png")
-        blank_image_data(out / "train.json", recipe / "cache", settings, blank, out / "maps")
+        blank_image_data(
+            out / "train.json", recipe / "cache", settings, blank, out / "maps", args.aux_in_prompt
+        )
+        where = "in the prompt" if args.aux_in_prompt else "as aux"
         print(
-            f"every question asked about {blank}, with its own scene's aux ({settings.verbalizer} verbalizer)"
+            f"every question asked about {blank}, with its own scene's aux {where} "
+            f"({settings.verbalizer} verbalizer)"
         )
     if not (run / "final/config.json").is_file():
-        argv = ["train", str(STEP2)] + [f"--override={k}={v}" for k, v in overrides.items()]
+        argv = ["train", str(stage)] + [f"--override={k}={v}" for k, v in overrides.items()]
         argv += [f"--override={o}" for o in args.override]
         if moai_main(argv) != 0:
             return 1
@@ -296,14 +357,15 @@ def main() -> int:
     questions = [q for q in read_questions(check) if q.get("category") == args.category]
     engine = Engine.load(run / "final")
     final = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    prompt_aux = settings if args.aux_in_prompt else None
     rows, answers = [], []  # answers: the last evaluation's, i.e. the final model's
     for step, weights in scorable_checkpoints(run, final):
         engine.model.load_state_dict(weights, strict=False)
-        own, none, answers = evaluate(engine, check, questions, args.category, blank)
+        own, none, answers = evaluate(engine, check, questions, args.category, blank, prompt_aux)
         rows.append((step, own, none))
     if not rows or rows[-1][0] != args.steps:
         engine.model.load_state_dict(final)
-        own, none, answers = evaluate(engine, check, questions, args.category, blank)
+        own, none, answers = evaluate(engine, check, questions, args.category, blank, prompt_aux)
         rows.append((args.steps, own, none))
     shown = (
         check.relative_to(ROOT) if check.is_relative_to(ROOT) else check
