@@ -266,7 +266,7 @@ def test_checks_pass_and_fail_on_scripted_answers(tmp_path):
     assert "does not read the aux" in result["message"]
 
 
-def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without(tmp_path):
+def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without(tmp_path, capsys):
     """``--phrases``: the tower stage saves the phrase tokenizer the later stages load; a tower of the other
     kind is refused, not silently reused."""
     write_world(tmp_path / "world", 3, seed=1000)
@@ -277,3 +277,5 @@ def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without
     with pytest.raises(ValueError, match="phrases"):
         make_tower(RecipeOptions(out=tmp_path, scenes=3, phrases=False), {}, say=lambda m: None)
     assert make_tower(options, {}, say=lambda m: None) == final  # the same kind: reused
+    assert shapesworld_main(["--out", str(tmp_path), "--scenes", "3"]) == 2  # the CLI: one line, exit 2
+    assert "a tower made with the object-name phrases" in capsys.readouterr().err

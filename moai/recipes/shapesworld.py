@@ -224,9 +224,10 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
     final = run / "final"
     if (run / "summary.json").is_file() and (final / "config.json").is_file():
         if _has_phrases(final) != options.phrases:
+            made, asked = ("without", "with") if options.phrases else ("with", "without")
             raise ValueError(
-                f"{run}: its tokenizer {'has' if not options.phrases else 'lacks'} the object-name phrases "
-                f"this run asks {'for' if options.phrases else 'without'} (--phrases); delete it or use another --out"
+                f"{run}: a tower made {made} the object-name phrases, this run is {asked} them (--phrases); "
+                "delete it or use another --out"
             )
         say(f"[recipe] stage {TOWER}: already trained in {run}, reused (delete it to train again)")
         report[TOWER] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
@@ -515,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckFailed as err:
         print(f"shapesworld recipe: check failed: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # a run directory that does not fit the options: one line, no traceback
+        print(f"shapesworld recipe: {err}", file=sys.stderr)
+        return 2
     print(f"[recipe] model in {report['model']}")
     if args.install:
         print(f"[recipe] installed {install(report, Path(args.install))}")
