@@ -19,7 +19,7 @@ from train_data import write_config, write_dataset
 from moai.cli import main
 from moai.train.config import TrainConfig
 from moai.train.data import DataError, DataReport, load_examples
-from moai.train.loop import read_metrics, train
+from moai.train.loop import build_model, read_metrics, train
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -1092,3 +1092,30 @@ def test_mixer_rank_sets_new_mixers_and_refuses_trained_ones(tmp_path):
         build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_rank": 4}))
     with pytest.raises(ValueError, match="config.mixer_rank: must be >= 1"):
         TrainConfig.from_dict({**fields, "mixer_rank": 0})
+
+
+def test_other_lr_scale_moves_the_llm_slower_than_the_moai_modules(tmp_path):
+    """``other_lr_scale: 0`` with ``trainable: all``: the MoAI modules train, every other weight stays put."""
+    from moai.train.loop import optimizer_groups
+
+    data = write_dataset(tmp_path, n=4)
+    config = TrainConfig.load(
+        write_config(tmp_path, data, max_steps=2, trainable="all", other_lr_scale=0.0, save_every=0)
+    )
+    model, _ = build_model(config)
+    model.set_trainable("all")
+    groups = optimizer_groups(model, config)
+    assert [(g["name"], g["lr"]) for g in groups] == [("moai", 1e-3), ("others", 0.0)]
+    assert {id(p) for p in groups[0]["params"]} == {
+        id(p) for n, p in model.named_parameters() if n in set(model.moai_parameter_names())
+    }
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    lines = []
+    train(config, log=lines.append)
+    assert any(line.startswith("learning rates: moai 0.001 (") and "others 0 (" in line for line in lines)
+    final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    moai = set(model.moai_parameter_names())
+    assert any(not torch.equal(final[k], start[k]) for k in moai if k in final)
+    assert all(torch.equal(final[k], start[k]) for k in final if k not in moai and k in start)
+    one = TrainConfig.load(write_config(tmp_path, data, trainable="all"))
+    assert [g["name"] for g in optimizer_groups(model, one)] == ["all"]

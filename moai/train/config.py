@@ -134,6 +134,11 @@ class TrainConfig:
     """Peak learning rate (official config value 2e-5)."""
     min_lr: float = 1e-6
     """Final learning rate of the cosine schedule (official 1e-6)."""
+    other_lr_scale: float = 1.0
+    """Learning rate of the trained parameters outside the MoAI modules (LLM, LM head, projector, vision
+    tower, PLoRA, LoRA adapters: whatever ``trainable`` adds to compressor, experts and gates) as a fraction of
+    ``lr`` (and ``min_lr``), so a policy that also trains the LLM can move it slower than the new modules; 1:
+    one learning rate for all."""
     warmup_steps: int = 0
     """Linear warm-up steps before the cosine decay."""
     weight_decay: float = 0.0
@@ -251,6 +256,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("max_steps", 1, None),
     ("lr", 0, None),
     ("min_lr", 0, None),
+    ("other_lr_scale", 0, None),
     ("warmup_steps", 0, None),
     ("weight_decay", 0, None),
     ("adam_eps", 1e-30, None),

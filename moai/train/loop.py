@@ -39,7 +39,7 @@ from ..model.constants import (
     LANGUAGE_EXPERTS,
 )
 from ..model.mixer import gate_statistics
-from ..model.modeling import MoAIForConditionalGeneration
+from ..model.modeling import TRAINABLE_POLICIES, MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
 from .config import TrainConfig
@@ -255,6 +255,22 @@ def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int],
             mixer = model.language_model.layers[idx].self_attn.moai_mixer
             for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
                 getattr(mixer, name).o_proj[1].weight.normal_(0.0, std)
+
+
+def optimizer_groups(model: MoAIForConditionalGeneration, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as AdamW groups: the MoAI modules (compressor, experts, gates) at ``lr``, the
+    others the policy trains at ``lr * other_lr_scale`` (one group when the scale is 1 or nothing else
+    trains). The schedule (`lr_lambda`) scales every group alike."""
+    groups = model.parameter_groups()
+    moai = {id(p) for group in TRAINABLE_POLICIES["moai"] for _, p in groups.get(group, [])}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    others = [p for p in trainable if id(p) not in moai]
+    if config.other_lr_scale == 1.0 or not others:
+        return [{"name": "all", "params": trainable, "lr": config.lr}]
+    return [
+        {"name": "moai", "params": [p for p in trainable if id(p) in moai], "lr": config.lr},
+        {"name": "others", "params": others, "lr": config.lr * config.other_lr_scale},
+    ]
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -719,9 +735,13 @@ def _train(
     mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = optimizer_groups(model, config)
+    say(
+        "learning rates: "
+        + ", ".join(f"{g['name']} {g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in groups)
+    )
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
+        groups, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
