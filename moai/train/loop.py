@@ -39,7 +39,7 @@ from ..model.constants import (
     LANGUAGE_EXPERTS,
 )
 from ..model.mixer import gate_statistics
-from ..model.modeling import TRAINABLE_POLICIES, MoAIForConditionalGeneration
+from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
 from .config import TrainConfig
@@ -261,14 +261,14 @@ def optimizer_groups(model: MoAIForConditionalGeneration, config: TrainConfig) -
     """The trainable parameters as AdamW groups: the MoAI modules (compressor, experts, gates) at ``lr``, the
     others the policy trains at ``lr * other_lr_scale`` (one group when the scale is 1 or nothing else
     trains). The schedule (`lr_lambda`) scales every group alike."""
-    groups = model.parameter_groups()
-    moai = {id(p) for group in TRAINABLE_POLICIES["moai"] for _, p in groups.get(group, [])}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    others = [p for p in trainable if id(p) not in moai]
+    names = set(model.moai_parameter_names())
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    moai = [p for name, p in trainable if name in names]
+    others = [p for name, p in trainable if name not in names]
     if config.other_lr_scale == 1.0 or not others:
-        return [{"name": "all", "params": trainable, "lr": config.lr}]
+        return [{"name": "all", "params": [p for _, p in trainable], "lr": config.lr}]  # the model's order
     return [
-        {"name": "moai", "params": [p for p in trainable if id(p) in moai], "lr": config.lr},
+        {"name": "moai", "params": moai, "lr": config.lr},
         {"name": "others", "params": others, "lr": config.lr * config.other_lr_scale},
     ]
 
