@@ -2,8 +2,9 @@
 
 ``Engine.load(path)`` loads a saved MoAI directory with the perception preset and verbalizer it was trained
 with (``aux_config.json`` in the directory, written by ``moai train``); ``answer`` runs the whole
-pipeline batched. Perception results are kept per image content hash in a bounded LRU cache, so asking
-several questions about one image perceives it once. ``moai predict`` and ``moai demo`` use this class;
+pipeline batched. Perception results, and the aux text and colour map verbalized from them, are kept per
+image content hash in bounded LRU caches, so asking several questions about one image perceives and
+verbalizes it once. ``moai predict`` and ``moai demo`` use this class;
 nothing else re-implements the pipeline.
 """
 
@@ -73,7 +74,7 @@ class Engine:
         processor: its processor.
         perceiver: the perception models (None: built on first use from ``inference.perception_preset``).
         aux_settings: perception preset, verbalizer and map style the model expects.
-        cache_size: perception results kept per image content hash (LRU).
+        cache_size: perception results (and verbalized aux inputs) kept per image content hash (LRU).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Engine:
         self._perceiver = perceiver
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Perception] = OrderedDict()
+        self._aux_cache: OrderedDict[tuple[str, frozenset[str]], tuple[str, np.ndarray]] = OrderedDict()
         self._worker: ThreadPoolExecutor | None = None
 
     @property
@@ -130,6 +132,10 @@ class Engine:
 
     def perceive(self, images: Sequence[Image.Image]) -> list[Perception]:
         """Perception of each image, from the in-process cache (keyed by pixel content) when seen before."""
+        return self._perceive_keyed(images)[1]
+
+    def _perceive_keyed(self, images: Sequence[Image.Image]) -> tuple[list[str], list[Perception]]:
+        """(pixel hash, perception) of each image (`perceive`)."""
         keys = [_pixel_hash(img) for img in images]
         todo = {k: img for k, img in zip(keys, images) if k not in self._cache}
         if todo:
@@ -140,12 +146,25 @@ class Engine:
         for key in keys:
             self._cache.move_to_end(key)
             out.append(self._cache[key])
-        return out
+        return keys, out
 
     def _remember(self, key: str, perception: Perception) -> None:
         self._cache[key] = perception
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _cached_aux_inputs(
+        self, key: str, perception: Perception, drop: Iterable[str]
+    ) -> tuple[str, np.ndarray]:
+        """`aux_inputs` of the perception of the image with pixel hash ``key``, verbalized once per drop set.
+        The colour map is shared between calls: read it, never write it."""
+        slot = (key, frozenset(drop))
+        if slot not in self._aux_cache:
+            self._aux_cache[slot] = self.aux_inputs(perception, slot[1])
+            while len(self._aux_cache) > self.cache_size:
+                self._aux_cache.popitem(last=False)
+        self._aux_cache.move_to_end(slot)
+        return self._aux_cache[slot]
 
     def aux_inputs(self, perception: Perception, drop: Iterable[str] = ()) -> tuple[str, np.ndarray]:
         """The aux text and panoptic map of a perception with the modules in ``drop`` removed."""
@@ -207,11 +226,14 @@ class Engine:
         if answers is not None and len(answers) != len(questions):
             raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        drop = tuple(drop)
         if perceptions is None:
-            perceptions = self.perceive(loaded)
+            keys, perceptions = self._perceive_keyed(loaded)
+            aux = [self._cached_aux_inputs(k, p, drop) for k, p in zip(keys, perceptions)]
         elif len(perceptions) != len(loaded):
             raise ValueError(f"{len(perceptions)} perceptions for {len(loaded)} images")
-        aux = [self.aux_inputs(p, drop) for p in perceptions]
+        else:
+            aux = [self.aux_inputs(p, drop) for p in perceptions]
         rows = [
             self.processor.encode_turns(
                 [*(history[i] if history else ()), (q, answers[i] if answers else None)]

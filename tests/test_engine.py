@@ -76,6 +76,24 @@ def test_engine_perceives_each_image_once_and_batches_like_one_by_one(world, eng
     assert all(a.aux_text == s.aux_text and a.aux_text for a, s in zip(batched, single))
 
 
+def test_engine_verbalizes_each_image_once_per_drop_set(world, engine, monkeypatch):
+    image = world / "images" / "31-000000.png"
+    engine._cache.clear()
+    engine._aux_cache.clear()
+    calls = []
+    real = engine.aux_inputs
+    monkeypatch.setattr(engine, "aux_inputs", lambda p, drop=(): calls.append(tuple(drop)) or real(p, drop))
+    first = engine.prepare([image, image], ["How many circles are there?", "What color is the circle?"])[1]
+    again = engine.prepare([image], ["Is there a red square in the image?"])[1]
+    dropped = engine.prepare([image], ["What color is the square?"], drop=["owod"])[1]
+    assert len(calls) == 2 and set(calls[1]) == {"owod"}  # once for the full aux, once without OWOD
+    perception = engine.perceive([engine.perceiver.load(image)])[0]
+    for (text, colour_map), drop in ((first[0], ()), (first[1], ()), (again[0], ()), (dropped[0], ["owod"])):
+        expected_text, expected_map = real(perception, drop)  # uncached: the same inputs
+        assert text == expected_text and (colour_map == expected_map).all()
+    assert dropped[0][0] != first[0][0]
+
+
 def test_dropping_a_module_removes_its_sentence_and_changes_the_model_input(world, engine):
     image = world / "images" / "31-000000.png"
     perception = engine.perceive([engine.perceiver.load(image)])[0]

@@ -405,7 +405,8 @@ class MoAIProcessor:
         """[B, H, W, 3] in 0..255 units -> [B, 3, H, W], ``(x - 255 mean) / (255 std)`` as the official."""
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.image_std).view(1, 3, 1, 1) * 255
-        return (x.permute(0, 3, 1, 2) - mean) / std
+        # contiguous first: broadcasting over a permuted view is several times slower on CPU
+        return (x.permute(0, 3, 1, 2).contiguous() - mean) / std
 
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
         """Resize to image_size x image_size (PIL bilinear, no crop) and normalise: [B, 3, S, S] float32."""

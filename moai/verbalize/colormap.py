@@ -13,6 +13,8 @@ reproduces that input for checkpoint parity; ``corrected_panoptic_map`` returns 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: 133 COCO-panoptic classes + 1 background entry, as the official ``create_pascal_label_colormap(1+133)``.
@@ -23,8 +25,9 @@ _CHANNELS = 3
 _MAX_COLOR = 255.0
 
 
+@functools.lru_cache(maxsize=8)
 def pascal_colormap(n: int = PANOPTIC_NUM_COLORS) -> np.ndarray:
-    """The standard PASCAL-VOC label colormap, (n, 3) uint8.
+    """The standard PASCAL-VOC label colormap, (n, 3) uint8 (read-only: one array per ``n`` is shared).
 
     Entry ``i`` spreads the bits of ``i`` over the channels: bit ``3*j + c`` of ``i`` becomes bit
     ``7 - j`` of channel ``c`` (so 1 -> (128, 0, 0), 2 -> (0, 128, 0), 8 -> (64, 0, 0), ...).
@@ -36,7 +39,9 @@ def pascal_colormap(n: int = PANOPTIC_NUM_COLORS) -> np.ndarray:
         for channel in range(_CHANNELS):
             bit = (index >> (_CHANNELS * level + channel)) & 1
             colors[:, channel] |= bit << shift
-    return colors.astype(np.uint8)
+    colors = colors.astype(np.uint8)
+    colors.flags.writeable = False
+    return colors
 
 
 def _segment_indices(segment_id_map: np.ndarray, num_colors: int) -> np.ndarray:
