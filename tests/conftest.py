@@ -16,12 +16,17 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def randomize_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give the zero-initialised factors (PLoRA B, expert output) random values so every path matters."""
+    """Give the zero-initialised factors (PLoRA B, expert output, attention sinks) random values so every path
+    matters."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
             if getattr(module, "_moai_zero_init", False):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.2)
+            for name in ("sink_key", "sink_value"):  # the experts' attention sinks, when configured
+                sink = getattr(module, name, None)
+                if isinstance(sink, torch.nn.Parameter):
+                    sink.copy_(torch.randn(sink.shape, generator=gen))
 
 
 def tiny_model(seed: int = 0, randomize: bool = True, **mixer: object) -> MoAIForConditionalGeneration:

@@ -9,8 +9,9 @@ from moai import MoAIConfig, MoAIForConditionalGeneration
 from moai.model.modeling import MoAIModel
 
 
-def test_batch_invariance_logits_and_greedy(batch4, processor):
-    model = tiny_model()
+@pytest.mark.parametrize("sink", [False, True])
+def test_batch_invariance_logits_and_greedy(batch4, processor, sink):
+    model = tiny_model(attention_sink=sink)
     with torch.no_grad():
         batched = model(**batch4).logits
         batched_ids = model.generate(**batch4, max_new_tokens=6, do_sample=False)
@@ -98,6 +99,33 @@ def test_auto_classes(tmp_path, batch4):
     with torch.no_grad():
         hidden = base(**batch4).last_hidden_state
         torch.testing.assert_close(full(**batch4).logits, model.lm_head(hidden), atol=0, rtol=0)
+
+
+def test_attention_sink_is_a_learned_key_and_value_every_query_may_attend_to():
+    """With ``attention_sink`` an expert's queries attend to the sink when every token is masked, and the
+    sink takes its share of the attention otherwise; zero at init, as the other MoAI weights' identity init."""
+    from moai.model.mixer import ExpertAttention
+
+    torch.manual_seed(0)
+    dim, heads, rank = 16, 2, 4
+    expert = ExpertAttention(dim, heads, rank, sink=True)
+    assert not expert.sink_key.any() and not expert.sink_value.any()
+    plain = ExpertAttention(dim, heads, rank)
+    assert plain.sink_key is None and set(plain.state_dict()) < set(expert.state_dict())
+    with torch.no_grad():
+        expert.sink_key.normal_()
+        expert.sink_value.normal_()
+    x_q, x_kv = torch.randn(2, 3, dim), torch.randn(2, 5, dim)
+    nothing = torch.zeros(2, 1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        # every token masked: the sink's value alone
+        alone = x_q + torch.nn.functional.gelu(expert.o_proj(expert.sink_value)).expand_as(x_q)
+        torch.testing.assert_close(expert(x_q, x_kv, nothing), alone, atol=1e-6, rtol=0)
+        # the same weights without the sink read the tokens only: another output
+        plain.load_state_dict({k: v for k, v in expert.state_dict().items() if "sink" not in k})
+        everything = torch.ones(2, 1, 5, dtype=torch.bool)
+        assert (expert(x_q, x_kv, everything) - plain(x_q, x_kv, everything)).abs().max() > 1e-3
+        torch.testing.assert_close(expert(x_q, x_kv), expert(x_q, x_kv, everything), atol=1e-6, rtol=0)
 
 
 def test_identity_init_equals_base_model(batch4):

@@ -1069,7 +1069,7 @@ def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_pat
         build_model(TrainConfig.from_dict({**fields, "aux_text_layers": 1, "compat": "official"}))
 
 
-def test_mixer_rank_sets_new_mixers_and_refuses_trained_ones(tmp_path):
+def test_mixer_rank_and_sink_set_new_mixers_and_refuse_trained_ones(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
     from moai.train.loop import build_model
 
@@ -1078,9 +1078,13 @@ def test_mixer_rank_sets_new_mixers_and_refuses_trained_ones(tmp_path):
     MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
     rank = config.mixer_config.rank + 8
     fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1", "mixer_rank": rank}
-    model = build_model(TrainConfig.from_dict(fields))[0]
+    model = build_model(TrainConfig.from_dict({**fields, "mixer_sink": True}))[0]
     expert = model.language_model.layers[1].self_attn.moai_mixer.lang_aux
     assert model.config.mixer_config.rank == rank and expert.q_proj[0].out_features == rank
+    assert (
+        model.config.mixer_config.attention_sink and not expert.sink_key.any() and not expert.sink_value.any()
+    )
+    assert any(name.endswith("lang_aux.sink_key") for name in model.moai_parameter_names())
     preset = build_model(TrainConfig.from_dict({"model": "tiny", "step": "step1", "mixer_rank": 4}))[0]
     assert preset.config.mixer_config.rank == 4
     model.save_pretrained(tmp_path / "step1")  # trained mixers keep their rank
@@ -1088,8 +1092,14 @@ def test_mixer_rank_sets_new_mixers_and_refuses_trained_ones(tmp_path):
         build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[0].config.mixer_config.rank
         == rank
     )
-    with pytest.raises(ValueError, match=f"has trained mixers of rank {rank}"):
+    reloaded = build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[0]
+    assert reloaded.language_model.layers[3].self_attn.moai_mixer.img_aux.sink_key is not None
+    with pytest.raises(ValueError, match=f"has trained mixers with rank {rank}"):
         build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_rank": 4}))
+    with pytest.raises(ValueError, match="has trained mixers with attention_sink True"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_sink": False}))
+    with pytest.raises(ValueError, match="compat official has no attention sinks"):
+        build_model(TrainConfig.from_dict({**fields, "mixer_sink": True, "compat": "official"}))
     with pytest.raises(ValueError, match="config.mixer_rank: must be >= 1"):
         TrainConfig.from_dict({**fields, "mixer_rank": 0})
 

@@ -102,6 +102,10 @@ class MoAIMixerConfig(PreTrainedConfig):
     identity_init: bool = True
     """Zero the last factor of every expert's output projection at init, so that each expert returns its
     query input and the mixer is the identity (docs/model.md §6): training starts from the base model."""
+    attention_sink: bool = False
+    """Give every expert a learned key and value (zero at init) that its queries may attend to instead of any
+    token, so that an expert can find "nothing here" (an attention sink; docs/model.md §6). Not in the
+    official model, whose experts attend to their tokens only."""
 
 
 class PLoRAConfig(PreTrainedConfig):
@@ -362,6 +366,7 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
             gate_softmax_dtype=gate_dtype,
             identity_init=False,
             expert_padding_mask=True,
+            attention_sink=False,
         ),
         plora=dict(dropout=0.05, zero_init_b=False),
     )

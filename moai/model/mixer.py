@@ -185,21 +185,35 @@ class ExpertAttention(nn.Module):
 
     ``out = x_q + GELU(o(attn(GELU(q(x_q)), GELU(k(x_kv)), GELU(v(x_kv)))))`` (docs/model.md §6): the internal
     residual around the whole expert makes an expert with a zero last ``o`` factor the identity.
+
+    With ``sink`` (`MoAIMixerConfig.attention_sink`, not in the official model) a learned key and value,
+    zero at init, stand before the keys: a query may attend to it instead of any token (docs/model.md §6).
     """
 
-    def __init__(self, dim: int, num_heads: int, rank: int) -> None:
+    def __init__(self, dim: int, num_heads: int, rank: int, sink: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q_proj = LowRankLinear(dim, rank)
         self.k_proj = LowRankLinear(dim, rank)
         self.v_proj = LowRankLinear(dim, rank)
         self.o_proj = LowRankLinear(dim, rank)
+        if sink:
+            self.sink_key = nn.Parameter(torch.zeros(dim))
+            self.sink_value = nn.Parameter(torch.zeros(dim))
+        else:
+            self.sink_key = self.sink_value = None
 
     def forward(
         self, x_q: torch.Tensor, x_kv: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Args: x_q [B, Nq, D]; x_kv [B, Nk, D]; keep [B, Nq, Nk] or [B, 1, Nk] bool (True = may attend)."""
         q, k, v = F.gelu(self.q_proj(x_q)), F.gelu(self.k_proj(x_kv)), F.gelu(self.v_proj(x_kv))
+        if self.sink_key is not None:
+            batch = x_kv.shape[0]
+            k = torch.cat([self.sink_key.expand(batch, 1, -1), k], dim=1)  # [B, 1 + Nk, D]
+            v = torch.cat([self.sink_value.expand(batch, 1, -1), v], dim=1)  # [B, 1 + Nk, D]
+            if keep is not None:  # the sink is always there
+                keep = F.pad(keep, (1, 0), value=True)  # [B, Nq or 1, 1 + Nk]
         q, k, v = (z.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for z in (q, k, v))  # [B, H, N, E]
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # [B, H, Nq, Nk]
         if keep is not None:
@@ -249,7 +263,7 @@ class MoAIMixer(nn.Module):
         super().__init__()
         self.expert_padding_mask = config.expert_padding_mask
         for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
-            expert = ExpertAttention(dim, config.num_heads, config.rank)
+            expert = ExpertAttention(dim, config.num_heads, config.rank, sink=config.attention_sink)
             if (
                 config.identity_init
             ):  # a zero last output factor makes the expert, hence the mixer, the identity

@@ -59,7 +59,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .compressor import MoAICompressor
 from .configuration import MoAICompressorConfig, MoAIConfig, MoAIMixerConfig, PLoRAConfig
 from .constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE
-from .mixer import MixerInputs, MixerSettings, MoAIMixer
+from .mixer import ExpertAttention, MixerInputs, MixerSettings, MoAIMixer
 from .plora import PLoRAFactor, PLoRALinear, plora_down
 from .processing import token_streams
 from .vision import MoAIProjector, select_patch_features
@@ -307,6 +307,9 @@ class MoAITextModel(LlamaPreTrainedModel):
         super()._init_weights(module)
         if getattr(module, "_moai_zero_init", False):
             init.zeros_(module.weight)
+        if isinstance(module, ExpertAttention) and module.sink_key is not None:
+            init.zeros_(module.sink_key)
+            init.zeros_(module.sink_value)
 
     @property
     def mixer_layers(self) -> list[int]:
@@ -456,6 +459,9 @@ class MoAIPreTrainedModel(PreTrainedModel):
             init.normal_(module.latents, 0.0, module.config.latent_init_std)
         if getattr(module, "_moai_zero_init", False):
             init.zeros_(module.weight)
+        if isinstance(module, ExpertAttention) and module.sink_key is not None:
+            init.zeros_(module.sink_key)
+            init.zeros_(module.sink_value)
 
 
 def _group_parameters(
@@ -857,8 +863,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def reset_mixers(self, layers: list[int] | None = None) -> None:
-        """(Re-)initialise the mixers of ``layers`` (default: all): normal weights, zero biases, and the
-        identity init when configured. Used when mixers are added to a base model trained without them.
+        """(Re-)initialise the mixers of ``layers`` (default: all): normal weights, zero biases and attention
+        sinks, and the identity init when configured. Used when mixers are added to a base model trained
+        without them.
         """
         std = self.config.text_config.initializer_range
         chosen = self.language_model.mixer_layers if layers is None else layers
@@ -870,6 +877,9 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
                         sub.bias.zero_()
                     if getattr(sub, "_moai_zero_init", False):
                         sub.weight.zero_()
+                if isinstance(sub, ExpertAttention) and sub.sink_key is not None:
+                    sub.sink_key.zero_()
+                    sub.sink_value.zero_()
 
     # -- parameter groups and trainable sets -------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:

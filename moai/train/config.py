@@ -99,6 +99,9 @@ class TrainConfig:
     """``mixer_config.rank`` (the experts' low-rank width) of a model whose mixers this run creates all of (a
     preset, or a saved model without mixers). None keeps the model's; a model with trained mixers keeps its
     own (another value is an error)."""
+    mixer_sink: bool | None = None
+    """``mixer_config.attention_sink`` (a learned key and value each expert may attend to instead of any token)
+    of a model whose mixers this run creates all of, as ``mixer_rank``. Not with ``compat: official``."""
     data: list[DataSource] = field(default_factory=list)
     """The data mixture."""
     aux: Literal["record", "cache", "perceive", "none"] = "record"

@@ -86,7 +86,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=had_mixers)
-        _set_mixer_rank(config, model_config, trained=had_mixers)
+        _set_new_mixer_options(config, model_config, trained=had_mixers)
         model = _load_with_new_mixers(path, model_config, added)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
@@ -113,7 +113,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=False)
-        _set_mixer_rank(config, model_config, trained=False)
+        _set_new_mixer_options(config, model_config, trained=False)
         model = MoAIForConditionalGeneration(model_config)
         layers = model_config.mixer_config.layers
         _init_new_moai_modules(model, config, layers, new_compressor=bool(layers))
@@ -158,17 +158,22 @@ def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained:
     model_config.compressor_config.text_layers = value
 
 
-def _set_mixer_rank(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.mixer_rank`` onto ``model_config`` (``trained``: the model's mixers are trained)."""
-    value, current = config.mixer_rank, model_config.mixer_config.rank
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"mixer_rank {value}: model {config.model} has trained mixers of rank {current}; "
-            "start from its base (a model without mixers)"
-        )
-    model_config.mixer_config.rank = value
+def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
+    """``TrainConfig.mixer_rank`` and ``mixer_sink`` onto ``model_config`` (``trained``: the model's mixers
+    are trained, and keep theirs)."""
+    options = (("mixer_rank", "rank", config.mixer_rank), ("mixer_sink", "attention_sink", config.mixer_sink))
+    for key, field_name, value in options:
+        current = getattr(model_config.mixer_config, field_name)
+        if value is None or value == current:
+            continue
+        if trained:
+            raise ValueError(
+                f"{key} {value}: model {config.model} has trained mixers with {field_name} {current}; "
+                "start from its base (a model without mixers)"
+            )
+        if key == "mixer_sink" and config.compat == "official":
+            raise ValueError(f"{key} {value}: compat official has no attention sinks")
+        setattr(model_config.mixer_config, field_name, value)
 
 
 def _load_with_new_mixers(
