@@ -185,7 +185,7 @@ def plot(results: dict[str, dict[str, float]], gates: dict[str, dict[str, float]
     ax.set_title("ShapesWorld held-out set: accuracy per category")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=110)
+    fig.savefig(out / "ablation.png", dpi=110, bbox_inches="tight")  # the legend stands outside the axes
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 4))
