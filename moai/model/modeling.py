@@ -305,11 +305,7 @@ class MoAITextModel(LlamaPreTrainedModel):
         """Llama's init, then zeros for the identity-preserving factors (PLoRA ``B``, the experts' last
         ``o`` factor; docs/model.md §6, §7), so that a new model starts as its base LLM."""
         super()._init_weights(module)
-        if getattr(module, "_moai_zero_init", False):
-            init.zeros_(module.weight)
-        if isinstance(module, ExpertAttention) and module.sink_key is not None:
-            init.zeros_(module.sink_key)
-            init.zeros_(module.sink_value)
+        _init_moai_zeros(module)
 
     @property
     def mixer_layers(self) -> list[int]:
@@ -457,11 +453,17 @@ class MoAIPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, MoAICompressor):
             init.normal_(module.latents, 0.0, module.config.latent_init_std)
-        if getattr(module, "_moai_zero_init", False):
-            init.zeros_(module.weight)
-        if isinstance(module, ExpertAttention) and module.sink_key is not None:
-            init.zeros_(module.sink_key)
-            init.zeros_(module.sink_value)
+        _init_moai_zeros(module)
+
+
+def _init_moai_zeros(module: nn.Module) -> None:
+    """The zero inits of the MoAI weights (docs/model.md §6, §7), for both `_init_weights`: the identity-preserving
+    factors (PLoRA ``B``, the experts' last ``o`` factor) and the experts' attention sinks."""
+    if getattr(module, "_moai_zero_init", False):
+        init.zeros_(module.weight)
+    if isinstance(module, ExpertAttention) and module.sink_key is not None:
+        init.zeros_(module.sink_key)
+        init.zeros_(module.sink_value)
 
 
 def _group_parameters(
