@@ -2,16 +2,18 @@
 
 import pytest
 import torch
-from conftest import QUESTIONS, random_images, randomize_zero_inits, select, tiny_model
+from conftest import AUX, QUESTIONS, random_images, randomize_zero_inits, select, tiny_model
 from transformers import DynamicCache, LlamaModel
 
 from moai import MoAIConfig, MoAIForConditionalGeneration
 from moai.model.modeling import MoAIModel
 
 
-@pytest.mark.parametrize("sink", [False, True])
-def test_batch_invariance_logits_and_greedy(batch4, processor, sink):
-    model = tiny_model(attention_sink=sink)
+@pytest.mark.parametrize(
+    "mixer", [{}, {"attention_sink": True}, {"into_residual": True}], ids=["plain", "sink", "residual"]
+)
+def test_batch_invariance_logits_and_greedy(batch4, processor, mixer):
+    model = tiny_model(**mixer)
     with torch.no_grad():
         batched = model(**batch4).logits
         batched_ids = model.generate(**batch4, max_new_tokens=6, do_sample=False)
@@ -99,6 +101,34 @@ def test_auto_classes(tmp_path, batch4):
     with torch.no_grad():
         hidden = base(**batch4).last_hidden_state
         torch.testing.assert_close(full(**batch4).logits, model.lm_head(hidden), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("into_residual", [False, True])
+def test_into_residual_sends_the_mixers_change_past_the_attention(processor, into_residual):
+    """With the mixer layer's attention output zeroed, the aux can reach the logits only through the residual
+    stream: not at all in the official layout, through the mixer's change with ``into_residual``."""
+    model = tiny_model(into_residual=into_residual)
+    text_model = model.model.language_model
+    with torch.no_grad():
+        for i in text_model.mixer_layers:
+            for weight in text_model.layers[i].self_attn.o_proj.parameters():
+                weight.zero_()
+        for name, module in model.named_modules():  # experts strong enough that the aux shows in the logits
+            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
+                module.weight.mul_(50)
+    images, maps = random_images(4), random_images(4, seed=1, size=(112, 112))
+    own = processor(images=images, text=QUESTIONS, aux_text=AUX, aux_images=maps, return_tensors="pt")
+    other = processor(
+        images=images, text=QUESTIONS, aux_text=AUX[::-1], aux_images=maps[::-1], return_tensors="pt"
+    )
+    assert torch.equal(own["input_ids"], other["input_ids"])
+    with torch.no_grad():
+        own_logits, other_logits = model(**own).logits, model(**other).logits
+    gap = (own_logits - other_logits).abs().max().item()
+    if into_residual:  # far above fp32 rounding of the logits (~1e-7 at their size, < 1)
+        assert gap > 1e-4
+    else:  # the aux touches nothing that reaches the logits: bitwise equal
+        assert gap == 0.0
 
 
 def test_attention_sink_is_a_learned_key_and_value_every_query_may_attend_to():

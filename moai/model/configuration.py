@@ -106,6 +106,10 @@ class MoAIMixerConfig(PreTrainedConfig):
     """Give every expert a learned key and value (zero at init) that its queries may attend to instead of any
     token, so that an expert can find "nothing here" (an attention sink; docs/model.md §6). Not in the
     official model, whose experts attend to their tokens only."""
+    into_residual: bool = False
+    """Also add the mixer's change of the normalised states to the decoder layer's residual stream, so that the
+    experts' output reaches the later layers and the LM head directly, not only through this layer's attention
+    (docs/model.md §6). Not in the official model, whose residual keeps the un-mixed input."""
 
 
 class PLoRAConfig(PreTrainedConfig):
@@ -367,6 +371,7 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
             identity_init=False,
             expert_padding_mask=True,
             attention_sink=False,
+            into_residual=False,
         ),
         plora=dict(dropout=0.05, zero_init_b=False),
     )

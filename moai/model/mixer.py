@@ -262,6 +262,7 @@ class MoAIMixer(nn.Module):
     def __init__(self, dim: int, config: MoAIMixerConfig) -> None:
         super().__init__()
         self.expert_padding_mask = config.expert_padding_mask
+        self.into_residual = config.into_residual
         for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
             expert = ExpertAttention(dim, config.num_heads, config.rank, sink=config.attention_sink)
             if (

@@ -230,17 +230,20 @@ class MoAIDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
 
-        # MoAI-Mixer: rewrites the normalised image and language states that feed q/k/v only; the residual
-        # keeps the un-mixed input (the official behaviour, docs/model.md §6)
+        # MoAI-Mixer: rewrites the normalised image and language states that feed q/k/v; the residual keeps the
+        # un-mixed input (the official behaviour, docs/model.md §6) unless the mixer is `into_residual`
         gate_weights = None
         if self.mixer is not None and mixer_inputs is not None:
-            hidden_states, gate_weights = self.mixer(
+            mixed, gate_weights = self.mixer(
                 hidden_states,
                 mixer_inputs.streams,
                 mixer_inputs.aux,
                 settings=mixer_inputs.settings,
                 choice=mixer_inputs.choices.get(self.layer_idx),
             )
+            if self.mixer.into_residual:
+                residual = residual + (mixed - hidden_states)
+            hidden_states = mixed
 
         # Self attention, PLoRA at image tokens
         hidden_states, _ = self.self_attn(

@@ -102,6 +102,9 @@ class TrainConfig:
     mixer_sink: bool | None = None
     """``mixer_config.attention_sink`` (a learned key and value each expert may attend to instead of any token)
     of a model whose mixers this run creates all of, as ``mixer_rank``. Not with ``compat: official``."""
+    mixer_residual: bool | None = None
+    """``mixer_config.into_residual`` (the mixer's change also enters the residual stream) of a model whose
+    mixers this run creates all of, as ``mixer_rank``. Not with ``compat: official``."""
     data: list[DataSource] = field(default_factory=list)
     """The data mixture."""
     aux: Literal["record", "cache", "perceive", "none"] = "record"

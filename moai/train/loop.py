@@ -159,9 +159,13 @@ def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained:
 
 
 def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.mixer_rank`` and ``mixer_sink`` onto ``model_config`` (``trained``: the model's mixers
-    are trained, and keep theirs)."""
-    options = (("mixer_rank", "rank", config.mixer_rank), ("mixer_sink", "attention_sink", config.mixer_sink))
+    """``TrainConfig.mixer_rank``, ``mixer_sink`` and ``mixer_residual`` onto ``model_config`` (``trained``:
+    the model's mixers are trained, and keep theirs)."""
+    options = (
+        ("mixer_rank", "rank", config.mixer_rank),
+        ("mixer_sink", "attention_sink", config.mixer_sink),
+        ("mixer_residual", "into_residual", config.mixer_residual),
+    )
     for key, field_name, value in options:
         current = getattr(model_config.mixer_config, field_name)
         if value is None or value == current:
@@ -171,8 +175,10 @@ def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, traine
                 f"{key} {value}: model {config.model} has trained mixers with {field_name} {current}; "
                 "start from its base (a model without mixers)"
             )
-        if key == "mixer_sink" and config.compat == "official":
+        if key == "mixer_sink" and value and config.compat == "official":
             raise ValueError(f"{key} {value}: compat official has no attention sinks")
+        if key == "mixer_residual" and value and config.compat == "official":
+            raise ValueError(f"{key} {value}: compat official keeps the un-mixed residual")
         setattr(model_config.mixer_config, field_name, value)
 
 
