@@ -336,7 +336,8 @@ def main() -> int:
     blank = None
     if args.blank_image:  # the aux text as step 2 would make it (its verbalizer, overrides included)
         step2 = TrainConfig.load(STEP2, [f"{k}={v}" for k, v in overrides.items()] + args.override)
-        settings = AuxSettings(step2.perception_preset, step2.verbalizer, AuxSettings.load(start).map_style)
+        map_style = AuxSettings.load(Path(step2.model)).map_style  # the model trained on, overrides included
+        settings = AuxSettings(step2.perception_preset, step2.verbalizer, map_style)
         first = json.loads((out / "train.json").read_text())[0]["image"]
         blank = blank_canvas(Path(first), out / "blank.png")
         blank_image_data(
