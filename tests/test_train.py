@@ -1069,7 +1069,7 @@ def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_pat
         build_model(TrainConfig.from_dict({**fields, "aux_text_layers": 1, "compat": "official"}))
 
 
-def test_mixer_rank_sink_and_residual_set_new_mixers_and_refuse_trained_ones(tmp_path):
+def test_mixer_rank_heads_sink_and_residual_set_new_mixers_and_refuse_trained_ones(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
     from moai.train.loop import build_model
 
@@ -1078,8 +1078,11 @@ def test_mixer_rank_sink_and_residual_set_new_mixers_and_refuse_trained_ones(tmp
     MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
     rank = config.mixer_config.rank + 8
     fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1", "mixer_rank": rank}
-    model = build_model(TrainConfig.from_dict({**fields, "mixer_sink": True, "mixer_residual": True}))[0]
+    heads = 2 * config.mixer_config.num_heads
+    new = {"mixer_sink": True, "mixer_residual": True, "mixer_heads": heads}
+    model = build_model(TrainConfig.from_dict({**fields, **new}))[0]
     expert = model.language_model.layers[1].self_attn.moai_mixer.lang_aux
+    assert model.config.mixer_config.num_heads == heads and expert.num_heads == heads
     assert model.config.mixer_config.into_residual
     assert all(model.language_model.layers[i].self_attn.moai_mixer.into_residual for i in (1, 3))
     assert model.config.mixer_config.rank == rank and expert.q_proj[0].out_features == rank
@@ -1102,6 +1105,10 @@ def test_mixer_rank_sink_and_residual_set_new_mixers_and_refuse_trained_ones(tmp
         build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_sink": False}))
     with pytest.raises(ValueError, match="compat official has no attention sinks"):
         build_model(TrainConfig.from_dict({**fields, "mixer_sink": True, "compat": "official"}))
+    with pytest.raises(ValueError, match=f"has trained mixers with num_heads {heads}"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_heads": 1}))
+    with pytest.raises(ValueError, match="not divisible by mixer num_heads=3"):
+        build_model(TrainConfig.from_dict({**fields, "mixer_heads": 3}))
     with pytest.raises(ValueError, match="has trained mixers with into_residual True"):
         build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "mixer_residual": False}))
     with pytest.raises(ValueError, match="compat official keeps the un-mixed residual"):

@@ -99,6 +99,9 @@ class TrainConfig:
     """``mixer_config.rank`` (the experts' low-rank width) of a model whose mixers this run creates all of (a
     preset, or a saved model without mixers). None keeps the model's; a model with trained mixers keeps its
     own (another value is an error)."""
+    mixer_heads: int | None = None
+    """``mixer_config.num_heads`` (attention heads of every expert, each ``hidden_size / heads`` wide) of a model
+    whose mixers this run creates all of, as ``mixer_rank``."""
     mixer_sink: bool | None = None
     """``mixer_config.attention_sink`` (a learned key and value each expert may attend to instead of any token)
     of a model whose mixers this run creates all of, as ``mixer_rank``. Not with ``compat: official``."""
@@ -273,6 +276,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("keep_checkpoints", 1, None),
     ("log_every", 1, None),
     ("mixer_rank", 1, None),
+    ("mixer_heads", 1, None),
 )
 
 

@@ -159,10 +159,11 @@ def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained:
 
 
 def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.mixer_rank``, ``mixer_sink`` and ``mixer_residual`` onto ``model_config`` (``trained``:
-    the model's mixers are trained, and keep theirs)."""
+    """``TrainConfig.mixer_rank``, ``mixer_heads``, ``mixer_sink`` and ``mixer_residual`` onto ``model_config``
+    (``trained``: the model's mixers are trained, and keep theirs)."""
     options = (
         ("mixer_rank", "rank", config.mixer_rank),
+        ("mixer_heads", "num_heads", config.mixer_heads),
         ("mixer_sink", "attention_sink", config.mixer_sink),
         ("mixer_residual", "into_residual", config.mixer_residual),
     )
@@ -180,6 +181,7 @@ def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, traine
         if key == "mixer_residual" and value and config.compat == "official":
             raise ValueError(f"{key} {value}: compat official keeps the un-mixed residual")
         setattr(model_config.mixer_config, field_name, value)
+    model_config.validate_moai()  # e.g. heads that do not divide the LLM's width
 
 
 def _load_with_new_mixers(
