@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/moai demo
 
 # The bundled model from nothing (docs/shapesworld.md): world, perception cache, three training stages,
-# checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about 50 minutes on 2 cores).
+# checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about 65 minutes on 2 cores).
 # --no-checks: the current recipe's MoAI stages fail their check (another scene's aux changes too few answers;
 # docs/shapesworld.md, "Where the recipe stands"); checks are measured, printed and written to recipe.json and
 # the model card, not stopping the run.
@@ -42,7 +42,7 @@ shapesworld-model: $(STAMP)
 # "Ablation"): about 70 minutes of step-2 training at 500 steps a variant on 2 cores.
 shapesworld-ablation: $(STAMP)
 	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
-	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base/final \
+	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base2/final \
 		--variants runs/shapesworld/variants/variants.json --out docs/figures/shapesworld
 
 lint: $(STAMP)

@@ -320,7 +320,7 @@ def main() -> int:
             recipe, out, args.compressor_on_pairs, args.pair_scenes, args.pair_seed
         )
     else:
-        start = recipe / ("base/final" if args.aux_in_prompt else "step1/final")
+        start = recipe / ("base2/final" if args.aux_in_prompt else "step1/final")
     stage = BASE if args.aux_in_prompt else STEP2
     overrides = {
         "output_dir": str(run),

@@ -1,6 +1,6 @@
 """Can the base's vision tower tell the kind of a shape? Linear probes on its patch features and on raw pixels.
 
-    python bench/vision_probe.py [--model runs/shapesworld/base/final] [--scenes 1200] [--seed 5000]
+    python bench/vision_probe.py [--model runs/shapesworld/base2/final] [--scenes 1200] [--seed 5000]
 
 For every shape of a fresh world (``--seed``, not a training seed), a linear classifier (held-out 20 %) says its
 kind (circle / square / triangle) and its colour from:
@@ -51,8 +51,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
-        default=str(ROOT / "runs/shapesworld/base/final"),
-        help="a model with a vision tower (default: the recipe's base, runs/shapesworld/base/final)",
+        default=str(ROOT / "runs/shapesworld/base2/final"),
+        help="a model with a vision tower (default: the recipe's base, runs/shapesworld/base2/final)",
     )
     parser.add_argument("--scenes", type=int, default=1200, help="scenes (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=5000, help="world seed (default: %(default)s)")

@@ -58,15 +58,20 @@ def test_majority_baseline_and_accuracy_by_hand():
     assert acc == {"existence": 50.0, "colour": 100.0, "overall": pytest.approx(200 / 3)}
 
 
-def test_shipped_stage_configs_chain_base_step1_step2(tmp_path):
+def test_shipped_stage_configs_chain_base_base2_step1_step2(tmp_path):
     options = RecipeOptions(out=tmp_path)
     configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
-    assert [c.step for c in configs.values()] == ["base", "step1", "step2"]
-    assert (
-        configs["base"].aux == "none"
-        and configs["base"].trainable == "projector+llm"  # on the frozen pretrained tower
-        and configs["base"].model.endswith("prev")
-    )
+    assert [c.step for c in configs.values()] == ["base", "base", "step1", "step2"]
+    for stage in ("base", "base2"):  # the base in two runs, the second restarting the first's schedule
+        assert (
+            configs[stage].aux == "none"
+            and configs[stage].trainable == "projector+llm"  # on the frozen pretrained tower
+            and configs[stage].model.endswith("prev")
+            and configs[stage].perception_cache is None
+        )
+    first, second = configs["base"], configs["base2"]
+    assert (first.lr, first.min_lr, first.batch_size) == (second.lr, second.min_lr, second.batch_size)
+    assert second.output_dir == str(tmp_path / "base2")
     for stage in ("step1", "step2"):  # the MoAI steps train the MoAI modules only, on the frozen base
         assert configs[stage].trainable == "moai" and configs[stage].aux == "cache"
         assert configs[stage].perception_cache == str(tmp_path / "cache")
@@ -120,7 +125,11 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     vision = [k for k in tower if ".vision_tower." in k]
     assert vision and all(torch.equal(tower[k], trained[k]) for k in vision)  # and keeps it frozen
     assert not torch.equal(tower["model.projector.0.weight"], trained["model.projector.0.weight"])
-    assert set(report["base"]["check"]) >= {"baseline", "base", "failed"}
+    assert "check" not in report["base"]  # the base is checked after its second run
+    assert set(report["base2"]["check"]) >= {"baseline", "base", "failed"}
+    assert TrainConfig.load(tmp_path / "run" / "base2" / "config.yaml").model == str(
+        tmp_path / "run" / "base" / "final"
+    )
     assert 0.0 <= report["step2"]["check"]["changed_by_swapped_aux"] <= 1.0
     for stage in STAGES:
         assert (tmp_path / "run" / stage / "training.png").is_file()
@@ -168,7 +177,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
         out=run, scenes=6, check_scenes=3, steps={s: 2 for s in (TOWER, *STAGES)}, batch_size=2
     )
     run_recipe(RecipeOptions(**{**options.__dict__, "checks": False}), say=lambda _m: None)
-    with pytest.raises(ValueError, match="no base/final model"):
+    with pytest.raises(ValueError, match="no base2/final model"):
         variants.train_variants(tmp_path / "elsewhere", say=lambda _m: None)
     lines: list[str] = []
     report = variants.train_variants(run, step2_steps=2, batch_size=2, say=lines.append)
@@ -196,7 +205,14 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     assert any("already trained" in line for line in lines)
 
     out = tmp_path / "ablation"
-    argv = ["--model", report["reference"]["model"], "--base", str(run / "base" / "final"), "--out", str(out)]
+    argv = [
+        "--model",
+        report["reference"]["model"],
+        "--base",
+        str(run / "base2" / "final"),
+        "--out",
+        str(out),
+    ]
     argv += ["--world", str(tmp_path / "heldout"), "--scenes", "12", "--per-category", "1"]
     assert ablation.main([*argv, "--variants", str(run / "variants" / "variants.json")]) == 0
     rows = json.loads((out / "results.json").read_text())["accuracy"]

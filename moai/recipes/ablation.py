@@ -1,6 +1,6 @@
 """The removed-module ablation of the paper (arXiv 2403.07508, Table 4) in miniature, on ShapesWorld.
 
-    python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base/final \\
+    python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base2/final \\
         --out docs/figures/shapesworld [--variants runs/shapesworld/variants/variants.json] [--seed 7000] \\
         [--per-category 350]
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m moai.recipes.ablation", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", default=None, help="the MoAI model (default: the bundled one)")
-    parser.add_argument("--base", help="the base model trained without aux (the recipe's base/final)")
+    parser.add_argument("--base", help="the base model trained without aux (the recipe's base2/final)")
     parser.add_argument("--dropout-model", help="the MoAI model trained with module dropout (optional)")
     parser.add_argument(
         "--variants",

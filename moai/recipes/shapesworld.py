@@ -1,12 +1,13 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
-    world (train + check sets) -> perception cache -> vision tower -> base stage -> check -> MoAI step 1
+    world (train + check sets) -> perception cache -> vision tower -> base (two runs) -> check -> MoAI step 1
     -> step 2 -> check -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
 pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the shipped configs
-``moai/train/configs/shapesworld/{base,step1,step2}.yaml`` (the paper's recipe in miniature, arXiv 2403.07508
-§3.3: a LLaVA-style base trained without aux, then the MoAI modules trained on the frozen base in two steps). The checks between stages are measured on a
+``moai/train/configs/shapesworld/{base,base2,step1,step2}.yaml`` (the paper's recipe in miniature, arXiv
+2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules trained on the frozen
+base in two steps). The checks between stages are measured on a
 check set (its own world seed, never trained on) and stop the recipe when a stage did not learn:
 
 * base: beats the majority-answer-per-template baseline on existence, colour and shape;
@@ -43,8 +44,11 @@ from ..worlds.shapes import (
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
-STAGES = ("base", "step1", "step2")
-"""The `moai train` stages, after the tower stage (`make_tower`)."""
+STAGES = ("base", "base2", "step1", "step2")
+"""The `moai train` stages, after the tower stage (`make_tower`): the base in two runs (``base2`` restarts
+``base``'s schedule from its model), then MoAI steps 1 and 2."""
+BASE_STAGES = ("base", "base2")
+"""The stages that train the base (no aux); the check runs after the last."""
 TOWER = "tower"
 """Stage 0: the vision tower pretrained on patch labels (moai/recipes/tower.py)."""
 TRAIN_SEED = 1000
@@ -68,7 +72,7 @@ class RecipeOptions:
     """Sizes of one recipe run (the defaults make the bundled model)."""
 
     out: Path
-    """Run directory: world/, check/, cache/, base/, step1/, step2/, recipe.json."""
+    """Run directory: world/, check/, cache/, base/, base2/, step1/, step2/, recipe.json."""
     scenes: int = 6000
     """Training scenes (about 5.4 questions each)."""
     check_scenes: int = 150
@@ -193,7 +197,7 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
         f"model={model}",
         "progress=false",
     ]
-    if stage != "base":
+    if stage not in BASE_STAGES:
         overrides.append(f"perception_cache={options.out / 'cache'}")
     if stage in options.steps:
         overrides.append(f"max_steps={options.steps[stage]}")
@@ -318,7 +322,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
             plot_run(run)
         model = str(run / "final")
         lap(stage)
-        if stage == "base":
+        if stage == BASE_STAGES[-1]:
             result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
         elif stage == "step2":
             result = check_moai(Engine.load(model), out / "check", say)
@@ -374,7 +378,7 @@ def model_card(report: dict) -> str:
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
         else f"- {stage}: passed"
-        for stage in ("base", "step2")
+        for stage in (*BASE_STAGES, "step2")
         if "check" in report.get(stage, {})
     ]
 
@@ -401,8 +405,13 @@ def model_card(report: dict) -> str:
         "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
         "   pretrained CLIP is to MoAI-7B"
         + (" (this run reused the tower of an earlier run);" if reused(TOWER) else ";"),
-        f"1. base ({steps.get('base')} steps): projector and LLM trained on the frozen tower, no aux"
-        + (" (this run reused the base of an earlier run of the same config);" if reused("base") else ";"),
+        f"1. base ({steps.get('base')} + {steps.get('base2')} steps): projector and LLM trained on the frozen tower,"
+        " no aux, in two runs (base.yaml, then base2.yaml restarting its schedule from the first run's model)"
+        + (
+            " (this run reused the base of an earlier run of the same configs);"
+            if reused("base") or reused("base2")
+            else ";"
+        ),
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
         f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",
         f"   {moai.compressor_query_scale:g});",
@@ -414,11 +423,10 @@ def model_card(report: dict) -> str:
         "",
     ]
     rows = {}
-    if "check" in report.get("base", {}):
-        rows.update(
-            report["base"]["check"]["baseline"] and {"majority baseline": report["base"]["check"]["baseline"]}
-        )
-        rows["base (no aux)"] = report["base"]["check"]["base"]
+    base = next((report[s]["check"] for s in BASE_STAGES[::-1] if "check" in report.get(s, {})), None)
+    if base is not None:
+        rows.update(base["baseline"] and {"majority baseline": base["baseline"]})
+        rows["base (no aux)"] = base["base"]
     if "check" in report.get("step2", {}):
         check = report["step2"]["check"]
         for name in ("MoAI", "MoAI, another scene's aux", "MoAI, no aux"):
@@ -481,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help="a config override of one training stage (base, step1, step2), as moai train takes KEY=VALUE; "
+        help="a config override of one training stage (base, base2, step1, step2), as moai train takes KEY=VALUE; "
         "repeatable, recorded in recipe.json (default: none, the shipped recipe)",
     )
     args = parser.parse_args(argv)

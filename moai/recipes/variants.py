@@ -12,8 +12,9 @@ finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``
 * ``module-dropout``: ``step2_dropout.yaml`` (each module's aux removed from a sample with probability 0.3);
 * ``official-mode``: step 1 and step 2 with ``compat: official`` (the official compressor and mixer behaviour);
 * ``v2-verbalizer`` / ``official-verbalizer``: step 1 and step 2 on the v2 / official verbalization;
-* ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base) until its
-  training time equals that of the three stages of the recipe together, as measured in their summaries.
+* ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base, base2/final)
+  until its training time equals that of the recipe's stages together (both base runs, step 1 and step 2), as
+  measured in their summaries.
 
 A rerun keeps the stages already trained; ``variants.json`` maps each variant to its final model.
 """
@@ -40,7 +41,8 @@ class Variant:
     name: str
     """Directory and row name."""
     start: str
-    """The recipe stage whose final model the first stage starts from (``base`` or ``step1``)."""
+    """The recipe stage whose final model the first stage starts from (``base2``, the recipe's base, or
+    ``step1``)."""
     stages: tuple[str, ...]
     """Shipped stage configs run in order (``step1``, ``step2``, ``step2_dropout``, ``base``)."""
     overrides: tuple[str, ...] = ()
@@ -54,20 +56,20 @@ VARIANTS = (
     Variant("module-dropout", "step1", ("step2_dropout",), label="MoAI-tiny + module dropout"),
     Variant(
         "official-mode",
-        "base",
+        "base2",
         ("step1", "step2"),
         ("compat=official",),
         "MoAI-tiny trained in official mode",
     ),
-    Variant("v2-verbalizer", "base", ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
+    Variant("v2-verbalizer", "base2", ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
     Variant(
         "official-verbalizer",
-        "base",
+        "base2",
         ("step1", "step2"),
         ("verbalizer=official",),
         "MoAI-tiny, official verbalizer",
     ),
-    Variant("base-equal-compute", "base", ("base",), label="base (no aux), same compute as MoAI"),
+    Variant("base-equal-compute", "base2", ("base",), label="base (no aux), same compute as MoAI"),
 )
 """Every variant, in the order they are trained and reported."""
 NAMES = tuple(v.name for v in VARIANTS)
@@ -79,11 +81,13 @@ def _seconds(run: Path) -> float:
 
 
 def equal_compute_steps(recipe: Path) -> int:
-    """More base steps so that the base's training time equals base + step 1 + step 2 of the recipe run: the
-    base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each ``summary.json``)."""
-    base = json.loads((recipe / "base" / "summary.json").read_text())
+    """More base steps so that the base's training time equals the recipe run's base (both runs) + step 1 +
+    step 2: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each
+    ``summary.json``)."""
+    runs = [json.loads((recipe / stage / "summary.json").read_text()) for stage in ("base", "base2")]
+    steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
     moai = _seconds(recipe / "step1") + _seconds(recipe / "step2")
-    return max(1, round(base["steps"] * moai / max(float(base["seconds"]), 1e-3)))
+    return max(1, round(steps * moai / max(seconds, 1e-3)))
 
 
 def stage_config(
@@ -119,7 +123,7 @@ def train_variants(
     from ..train.loop import train
     from ..train.plot import plot_run
 
-    for stage in ("base", "step1"):
+    for stage in ("base2", "step1"):
         if not (recipe / stage / "final" / "config.json").is_file():
             raise ValueError(
                 f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"
