@@ -395,7 +395,7 @@ def model_card(report: dict) -> str:
         "",
         "## How it was made",
         "",
-        f"`make shapesworld-model` (moai/recipes/shapesworld.py); the four stages trained for {train_minutes:.0f} minutes",
+        f"`make shapesworld-model` (moai/recipes/shapesworld.py); the training stages took {train_minutes:.0f} minutes",
         "on the 2-core machine that made it:",
         f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
         "a vision tower pretrained on them, then three `moai train` stages with the configs in",
