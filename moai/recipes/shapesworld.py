@@ -398,18 +398,19 @@ def model_card(report: dict) -> str:
         f"`make shapesworld-model` (moai/recipes/shapesworld.py); the training stages took {train_minutes:.0f} minutes",
         "on the 2-core machine that made it:",
         f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
-        "a vision tower pretrained on them, then three `moai train` stages with the configs in",
+        "a vision tower pretrained on them, then `moai train` stages with the configs in",
         "moai/train/configs/shapesworld/:",
         "",
         f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind (circle / square / triangle /",
         "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
         "   pretrained CLIP is to MoAI-7B"
         + (" (this run reused the tower of an earlier run);" if reused(TOWER) else ";"),
-        f"1. base ({steps.get('base')} + {steps.get('base2')} steps): projector and LLM trained on the frozen tower,"
-        " no aux, in two runs (base.yaml, then base2.yaml restarting its schedule from the first run's model)"
+        f"1. base ({' + '.join(str(steps.get(s)) for s in BASE_STAGES)} steps): projector and LLM trained on the"
+        " frozen tower, no aux, in two runs (base.yaml, then base2.yaml restarting its schedule from the first run's"
+        " model)"
         + (
             " (this run reused the base of an earlier run of the same configs);"
-            if reused("base") or reused("base2")
+            if any(reused(s) for s in BASE_STAGES)
             else ";"
         ),
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",

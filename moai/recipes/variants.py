@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..train.config import TrainConfig
 from ..worlds.shapes import TRAIN_FILE
-from .shapesworld import CONFIGS
+from .shapesworld import BASE_STAGES, CONFIGS
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,22 @@ VARIANTS = (
     Variant("module-dropout", "step1", ("step2_dropout",), label="MoAI-tiny + module dropout"),
     Variant(
         "official-mode",
-        "base2",
+        BASE_STAGES[-1],
         ("step1", "step2"),
         ("compat=official",),
         "MoAI-tiny trained in official mode",
     ),
-    Variant("v2-verbalizer", "base2", ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
+    Variant(
+        "v2-verbalizer", BASE_STAGES[-1], ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"
+    ),
     Variant(
         "official-verbalizer",
-        "base2",
+        BASE_STAGES[-1],
         ("step1", "step2"),
         ("verbalizer=official",),
         "MoAI-tiny, official verbalizer",
     ),
-    Variant("base-equal-compute", "base2", ("base",), label="base (no aux), same compute as MoAI"),
+    Variant("base-equal-compute", BASE_STAGES[-1], ("base",), label="base (no aux), same compute as MoAI"),
 )
 """Every variant, in the order they are trained and reported."""
 NAMES = tuple(v.name for v in VARIANTS)
@@ -84,7 +86,7 @@ def equal_compute_steps(recipe: Path) -> int:
     """More base steps so that the base's training time equals the recipe run's base (both runs) + step 1 +
     step 2: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each
     ``summary.json``)."""
-    runs = [json.loads((recipe / stage / "summary.json").read_text()) for stage in ("base", "base2")]
+    runs = [json.loads((recipe / stage / "summary.json").read_text()) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
     moai = _seconds(recipe / "step1") + _seconds(recipe / "step2")
     return max(1, round(steps * moai / max(seconds, 1e-3)))
@@ -123,7 +125,7 @@ def train_variants(
     from ..train.loop import train
     from ..train.plot import plot_run
 
-    for stage in ("base2", "step1"):
+    for stage in (BASE_STAGES[-1], "step1"):
         if not (recipe / stage / "final" / "config.json").is_file():
             raise ValueError(
                 f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"

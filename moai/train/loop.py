@@ -161,13 +161,13 @@ def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained:
 def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
     """``TrainConfig.mixer_rank``, ``mixer_heads``, ``mixer_sink`` and ``mixer_residual`` onto ``model_config``
     (``trained``: the model's mixers are trained, and keep theirs)."""
-    options = (
-        ("mixer_rank", "rank", config.mixer_rank),
-        ("mixer_heads", "num_heads", config.mixer_heads),
-        ("mixer_sink", "attention_sink", config.mixer_sink),
-        ("mixer_residual", "into_residual", config.mixer_residual),
+    options = (  # key, config field, value, why compat official refuses it switched on (None: it does not)
+        ("mixer_rank", "rank", config.mixer_rank, None),
+        ("mixer_heads", "num_heads", config.mixer_heads, None),
+        ("mixer_sink", "attention_sink", config.mixer_sink, "has no attention sinks"),
+        ("mixer_residual", "into_residual", config.mixer_residual, "keeps the un-mixed residual"),
     )
-    for key, field_name, value in options:
+    for key, field_name, value, official_refusal in options:
         current = getattr(model_config.mixer_config, field_name)
         if value is None or value == current:
             continue
@@ -176,10 +176,8 @@ def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, traine
                 f"{key} {value}: model {config.model} has trained mixers with {field_name} {current}; "
                 "start from its base (a model without mixers)"
             )
-        if key == "mixer_sink" and value and config.compat == "official":
-            raise ValueError(f"{key} {value}: compat official has no attention sinks")
-        if key == "mixer_residual" and value and config.compat == "official":
-            raise ValueError(f"{key} {value}: compat official keeps the un-mixed residual")
+        if official_refusal and value and config.compat == "official":
+            raise ValueError(f"{key} {value}: compat official {official_refusal}")
         setattr(model_config.mixer_config, field_name, value)
     model_config.validate_moai()  # e.g. heads that do not divide the LLM's width
 
