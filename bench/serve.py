@@ -5,9 +5,10 @@ loops over the bundled example images and one question per ShapesWorld category,
 most ``--max-requests`` requests per mode). Perception results are cached per image by the engine, so this
 measures the serving path (queueing, batching, generate). Writes bench/results/serve.json: per mode the
 requests, failures, requests/s and p50/p95/p99 latency, and the throughput ratio batched / unbatched,
-measured in the same run. Target (issue: serving): >= 4x at 16 clients, no failed request.
+measured in the same run. Target (issue: serving): >= 4x at 16 clients, no failed request. Without HTTP it
+also times one request and a batch of 8 with the engine's ``threads="auto"`` against torch's default threads.
 
-    python bench/serve.py [--seconds 30] [--clients 16]
+    python bench/serve.py [--seconds 30] [--clients 16] [--threads auto|N]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from timing import interleave, machine, median_ms
 
+from moai.args import thread_setting
 from moai.engine import Engine
 from moai.serve.app import ServeSettings, create_app
 from moai.serve.batcher import BatchSettings
@@ -159,31 +161,36 @@ def run(engine: Engine, clients: int, seconds: float, window: float, max_request
 
 
 def engine_ceiling(engine: Engine, most: int) -> dict:
-    """In-process, no HTTP: one batch of 8 requests (prepare + greedy generate) against one request, interleaved.
+    """In-process, no HTTP: one batch of 8 requests (prepare + greedy generate) against one request, interleaved,
+    with ``threads="auto"`` and with torch's default threads (``threads=0``) on the same model.
     8 x t(1) / t(8) is the most micro-batching can gain on this machine."""
     from PIL import Image
 
     images = [Image.open(p).convert("RGB") for p in sorted((ROOT / "examples").glob("*.png"))]
     batch = [(images[i % len(images)], QUESTIONS[i % len(QUESTIONS)]) for i in range(8)]
+    parts = (engine.model, engine.processor, engine.perceiver, engine.aux_settings)
+    engines = {"auto": Engine(*parts, threads="auto"), "default": Engine(*parts, threads=0)}
 
-    def answer(items: list) -> None:
-        inputs, _, _ = engine.prepare([i for i, _ in items], [q for _, q in items])
-        engine.generate(inputs, 16)
+    def answer(e: Engine, items: list) -> None:
+        inputs, _, _ = e.prepare([i for i, _ in items], [q for _, q in items])
+        e.generate(inputs, 16)
 
-    def on_worker(
-        items: list,
-    ) -> None:  # the engine's generate thread, as the server runs it (one OpenMP team)
-        engine.worker.submit(answer, items).result()
+    def on_worker(e: Engine, n: int) -> None:  # the engine's generate thread, as the server runs it
+        engine.worker.submit(answer, e, batch[:n]).result()
 
-    times = interleave(
-        {"one": lambda: on_worker(batch[:1]), "eight": lambda: on_worker(batch)}, most=most, warmup=2
-    )
-    one, eight = median_ms(times["one"]), median_ms(times["eight"])
-    return {
-        "one_request_ms": round(one, 1),
-        "batch_of_8_ms": round(eight, 1),
-        "ceiling_ratio": round(8 * one / eight, 2),
-    }
+    calls = {(name, n): (lambda e=e, n=n: on_worker(e, n)) for name, e in engines.items() for n in (1, 8)}
+    times = {key: median_ms(t) for key, t in interleave(calls, most=most, warmup=2).items()}
+    out = {}
+    for name in engines:
+        one, eight = times[(name, 1)], times[(name, 8)]
+        out[name] = {
+            "one_request_ms": round(one, 1),
+            "batch_of_8_ms": round(eight, 1),
+            "ceiling_ratio": round(8 * one / eight, 2),
+        }
+    out["auto_speedup_one"] = round(times[("default", 1)] / times[("auto", 1)], 2)
+    out["auto_speedup_eight"] = round(times[("default", 8)] / times[("auto", 8)], 2)
+    return out
 
 
 def main() -> None:
@@ -201,12 +208,18 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 s per mode, writes only with --out"
     )
+    parser.add_argument(
+        "--threads",
+        type=thread_setting,
+        default="auto",
+        help="the servers' engine threads (moai serve --threads; default: %(default)s)",
+    )
     parser.add_argument("--out", help="result file (default: bench/results/serve.json; none with --quick)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.window = 2.0, 1.0
     out = args.out or (None if args.quick else str(ROOT / "bench" / "results" / "serve.json"))
-    engine = Engine.load()
+    engine = Engine.load(threads=args.threads)
     ceiling = engine_ceiling(engine, most=5 if args.quick else 30)
     modes = run(engine, args.clients, args.seconds, args.window, args.max_requests)
     ratio = modes[8]["requests_per_s"] / modes[1]["requests_per_s"]
@@ -215,6 +228,7 @@ def main() -> None:
         "seconds_per_mode": args.seconds,
         "window_seconds": args.window,
         "model": "checkpoints/moai-tiny-shapes",
+        "threads": args.threads,
         "unbatched": modes[1],
         "batched": modes[8],
         "throughput_ratio_batched_over_unbatched": round(ratio, 2),
@@ -235,9 +249,15 @@ def main() -> None:
     print(
         f"throughput ratio (max batch 8 / max batch 1, {args.clients} clients): {ratio:.2f}x (target >= 4x)"
     )
+    for name, what in (("auto", "engine's threads (auto)"), ("default", "torch's default threads")):
+        c = ceiling[name]
+        print(
+            f"engine alone, {what}: one request {c['one_request_ms']} ms, a batch of 8 {c['batch_of_8_ms']} ms: "
+            f"micro-batching can gain at most {c['ceiling_ratio']}x on this machine"
+        )
     print(
-        f"engine alone: one request {ceiling['one_request_ms']} ms, a batch of 8 {ceiling['batch_of_8_ms']} ms: "
-        f"micro-batching can gain at most {ceiling['ceiling_ratio']}x on this machine"
+        f"engine's threads over torch's default: {ceiling['auto_speedup_one']}x faster for one request, "
+        f"{ceiling['auto_speedup_eight']}x for a batch of 8"
     )
     if out:
         print(f"wrote {out}")

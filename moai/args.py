@@ -44,6 +44,16 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def thread_setting(text: str) -> int | str:
+    """``--threads``: ``auto`` or a number of intra-op threads >= 0 (0: torch's setting; `moai.engine.Engine`)."""
+    if text == "auto":
+        return text
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer >= 0, got {text!r}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

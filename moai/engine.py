@@ -14,6 +14,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ from .perception.verbalize import MODULES, aux_inputs
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "moai-tiny-shapes"
 """The bundled ShapesWorld model (docs/shapesworld.md), the default of every inference command."""
+
+ONE_THREAD_WORK = 1e8
+"""``threads="auto"``: a forward whose prompt tokens (batch x length) times the LLM width squared is below this
+runs on one intra-op thread. Its matrix products are too small for a second OpenMP thread to pay for waking it:
+on the 2-core machine one thread was 3.0x faster for the bundled model at batch 1 and 1.9x at batch 8, and
+break-even at about 1e8 (batch 8 of 80 tokens, 384 wide; ``bench/infer_threads.py``, docs/serve.md)."""
 
 
 def parse_aux(value: str) -> tuple[str, ...]:
@@ -75,6 +82,9 @@ class Engine:
         perceiver: the perception models (None: built on first use from ``inference.perception_preset``).
         aux_settings: perception preset, verbalizer and map style the model expects.
         cache_size: perception results (and verbalized aux inputs) kept per image content hash (LRU).
+        threads: intra-op threads of the model's forward passes: ``"auto"`` (one thread for a small forward,
+            `ONE_THREAD_WORK`, else torch's setting), a number of threads, or 0 for torch's setting always.
+            Set per call in the calling thread and restored after it.
     """
 
     def __init__(
@@ -84,7 +94,11 @@ class Engine:
         perceiver: Perceiver | None = None,
         aux_settings: AuxSettings | None = None,
         cache_size: int = 256,
+        threads: int | str = "auto",
     ) -> None:
+        if threads != "auto" and not (isinstance(threads, int) and threads >= 0):
+            raise ValueError(f"threads {threads!r}: expected 'auto' or a number of threads >= 0")
+        self.threads = threads
         self.model = model.eval()
         self.processor = processor
         self.aux_settings = aux_settings or AuxSettings()
@@ -249,13 +263,21 @@ class Engine:
         ).to(self.model.device)
         return batch, aux, list(perceptions)
 
+    def threads_for(self, input_ids: torch.Tensor) -> int:
+        """Intra-op threads for a forward over ``input_ids`` [B, S] (0: leave torch's setting; see ``threads``)."""
+        if self.threads != "auto":
+            return int(self.threads)
+        width = self.model.config.text_config.hidden_size
+        return 1 if input_ids.numel() * width**2 < ONE_THREAD_WORK else 0
+
     @torch.no_grad()
     def generate(self, batch: Any, max_new_tokens: int = 16, **generation: Any) -> torch.Tensor:
         """``model.generate`` on `prepare`'s inputs (greedy unless ``do_sample``; the tokenizer's pad id).
         Returns the new tokens [B, T]. `answer`, `stream` and the server's batches all generate here."""
         generation.setdefault("do_sample", False)
         pad = self.processor.tokenizer.pad_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
+        with intra_op_threads(self.threads_for(batch["input_ids"])):
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **generation)
         return out[:, batch["input_ids"].shape[1] :]
 
     def stream(
@@ -298,7 +320,8 @@ class Engine:
 
     def gate_weights(self, batch: dict[str, torch.Tensor]) -> list[dict[str, dict[str, float]]]:
         """Per sample: the mean gate weight of each expert per mixer layer over the prompt (`gate_statistics`)."""
-        out = self.model(**batch)
+        with intra_op_threads(self.threads_for(batch["input_ids"])):
+            out = self.model(**batch)
         layers = self.model.language_model.mixer_layers
         streams = batch["mm_token_type_ids"]
         if not out.gate_weights:
@@ -307,6 +330,21 @@ class Engine:
             gate_statistics(tuple(w[i : i + 1] for w in out.gate_weights), streams[i : i + 1], layers)
             for i in range(streams.shape[0])
         ]
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` intra-op threads (0: as set), then restore torch's setting. OpenMP's
+    thread count is a per-thread setting, so a forward on another thread (the server's event loop) keeps its own."""
+    before = torch.get_num_threads()
+    if not threads or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pixel_hash(image: Image.Image) -> str:

@@ -245,6 +245,8 @@ ARGUMENT_CASES = [
     (["perceive"], "moai perceive", "give either IMAGE or --data"),
     (["perceive", "x.png", "--data", "d.json", "--out", "c"], "moai perceive", "give either IMAGE or --data"),
     (["perceive", "--data", "d.json"], "moai perceive", "--out"),
+    (["serve", "--threads", "-1"], "moai serve", "-1"),
+    (["serve", "--threads", "many"], "moai serve", "many"),
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import save_shapes_model
 
 from moai.cli import main
-from moai.engine import Engine, parse_aux
+from moai.engine import ONE_THREAD_WORK, Engine, parse_aux
 from moai.model.configuration import MoAIConfig
 from moai.model.constants import IGNORE_INDEX
 from moai.perception.settings import AUX_FILE, AuxSettings
@@ -74,6 +74,29 @@ def test_engine_perceives_each_image_once_and_batches_like_one_by_one(world, eng
     assert sum(calls) == len(set(images))  # the later calls hit the cache
     assert [a.text for a in batched] == [a.text for a in single]
     assert all(a.aux_text == s.aux_text and a.aux_text for a, s in zip(batched, single))
+
+
+def test_engine_threads_small_forwards_on_one_thread_and_restores_torchs_setting(world, engine, monkeypatch):
+    rows = _questions(world)[:4]
+    images, questions = [world / r["image"] for r in rows], [r["text"] for r in rows]
+    width = engine.model.config.text_config.hidden_size
+    assert engine.threads == "auto"
+    assert engine.threads_for(torch.zeros(8, 80)) == 1  # 8 x 80 x 128^2 ~ 1e7: one thread
+    assert engine.threads_for(torch.zeros(8, int(ONE_THREAD_WORK / width**2))) == 0  # torch's setting
+    seen = []
+    real = engine.model.generate
+    monkeypatch.setattr(
+        engine.model, "generate", lambda **kw: seen.append(torch.get_num_threads()) or real(**kw)
+    )
+    before = torch.get_num_threads()
+    auto = engine.answer(images, questions)
+    assert seen == [1] and torch.get_num_threads() == before
+    plain = Engine(engine.model, engine.processor, engine.perceiver, engine.aux_settings, threads=0)
+    assert [a.text for a in plain.answer(images, questions)] == [a.text for a in auto]
+    assert seen[-1] == before == torch.get_num_threads()
+    for bad in (-1, "two", 1.5):
+        with pytest.raises(ValueError, match="threads"):
+            Engine(engine.model, engine.processor, threads=bad)
 
 
 def test_engine_verbalizes_each_image_once_per_drop_set(world, engine, monkeypatch):

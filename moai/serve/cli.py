@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..args import non_negative_float, port_number, positive_int
+from ..args import non_negative_float, port_number, positive_int, thread_setting
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .protocol import ServeLimits
 
     hosts = tuple(h.strip() for h in (args.allow_remote_images or "").split(",") if h.strip())
-    engine = Engine.load(resolve_model(args.model))
+    engine = Engine.load(resolve_model(args.model), threads=args.threads)
     model_id = args.model_id or (args.model.rstrip("/").split("/")[-1] if args.model else DEFAULT_MODEL.name)
     settings = ServeSettings(
         model_id=model_id,
@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=256,
         help="largest max_tokens a request may ask (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=thread_setting,
+        default="auto",
+        help="intra-op threads of generate: auto (one thread for a small forward), N, or 0 for torch's "
+        "setting (default: %(default)s)",
     )
     p.add_argument(
         "--allow-remote-images",
