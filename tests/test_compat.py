@@ -197,9 +197,9 @@ def test_parity_fails_without_the_expert_residual(monkeypatch):
 def test_parity_fails_with_the_mixer_output_in_the_residual_stream(monkeypatch):
     """The mixer rewrites only the states that feed q/k/v; the decoder's residual stream keeps the un-mixed
     input (docs/model.md §6). Adding the mixer's change to the residual stream must be caught."""
-    from moai.model import modeling
+    from moai.model import decoder
 
-    original = modeling.MoAIDecoderLayer.forward
+    original = decoder.MoAIDecoderLayer.forward
 
     def leaky(self, hidden_states, *args, mixer_inputs=None, **kwargs):
         out, gates = original(self, hidden_states, *args, mixer_inputs=mixer_inputs, **kwargs)
@@ -212,7 +212,7 @@ def test_parity_fails_with_the_mixer_output_in_the_residual_stream(monkeypatch):
         )
         return out + (mixed - normed), gates
 
-    monkeypatch.setattr(modeling.MoAIDecoderLayer, "forward", leaky)
+    monkeypatch.setattr(decoder.MoAIDecoderLayer, "forward", leaky)
     code, report = _parity_report()
     assert code == 1
     assert not report["logits_eval_b1 (gates teacher-forced)"]["ok"]
