@@ -39,7 +39,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "moai-t
 ONE_THREAD_WORK = 1e8
 """``threads="auto"``: a forward whose prompt tokens (batch x length) times the LLM width squared is below this
 runs on one intra-op thread. Its matrix products are too small for a second OpenMP thread to pay for waking it:
-on the 2-core machine one thread was 3.0x faster for the bundled model at batch 1 and 1.9x at batch 8, and
+on the 2-core machine one thread was 2.7x faster for the bundled model at batch 1 and 1.7x at batch 8, and
 break-even at about 1e8 (batch 8 of 80 tokens, 384 wide; ``bench/infer_threads.py``, docs/serve.md)."""
 
 
@@ -96,7 +96,7 @@ class Engine:
         cache_size: int = 256,
         threads: int | str = "auto",
     ) -> None:
-        if threads != "auto" and not (isinstance(threads, int) and threads >= 0):
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
             raise ValueError(f"threads {threads!r}: expected 'auto' or a number of threads >= 0")
         self.threads = threads
         self.model = model.eval()

@@ -94,7 +94,7 @@ def test_engine_threads_small_forwards_on_one_thread_and_restores_torchs_setting
     plain = Engine(engine.model, engine.processor, engine.perceiver, engine.aux_settings, threads=0)
     assert [a.text for a in plain.answer(images, questions)] == [a.text for a in auto]
     assert seen[-1] == before == torch.get_num_threads()
-    for bad in (-1, "two", 1.5):
+    for bad in (-1, "two", 1.5, True):
         with pytest.raises(ValueError, match="threads"):
             Engine(engine.model, engine.processor, threads=bad)
 
