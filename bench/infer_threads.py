@@ -60,17 +60,13 @@ def measure(model: Any, batch: dict[str, Any], reps: int) -> dict[str, float]:
     """Median ms of a prefill forward on one thread and on torch's default threads, interleaved."""
     import torch
 
-    default = torch.get_num_threads()
+    from moai.engine import intra_op_threads  # what Engine.generate runs its forward passes in
 
     def forward(threads: int) -> None:
-        torch.set_num_threads(threads)
-        try:
-            with torch.no_grad():
-                model(**batch, logits_to_keep=1)
-        finally:
-            torch.set_num_threads(default)
+        with intra_op_threads(threads), torch.no_grad():
+            model(**batch, logits_to_keep=1)
 
-    times = interleave({"one": lambda: forward(1), "default": lambda: forward(default)}, most=reps, warmup=2)
+    times = interleave({"one": lambda: forward(1), "default": lambda: forward(0)}, most=reps, warmup=2)
     one, many = median_ms(times["one"]), median_ms(times["default"])
     return {
         "one_thread_ms": round(one, 1),
