@@ -489,3 +489,46 @@ def test_text_layers_feed_the_compressor_the_llm_states_of_the_aux_text(batch4, 
     with torch.no_grad():
         bare, _ = model.model.build_aux_embeds(ids, mask, batch4["aux_pixel_values"])
     torch.testing.assert_close(bare[:, : ids.shape[1]], model.get_input_embeddings()(ids))
+
+
+def test_passthrough_compressor_hands_every_real_aux_token_to_the_experts(batch4, processor, tmp_path):
+    """``compressor_config.passthrough`` (not in the official model): no latents and no blocks; the AUX experts
+    attend to the position-embedded, normalised aux tokens, padded ones masked, so a left-padded batch answers
+    as each sample alone; the option survives save / load."""
+    torch.manual_seed(0)
+    config = MoAIConfig.from_preset("tiny")
+    config.compressor_config.passthrough = True
+    model = MoAIForConditionalGeneration(config).eval()
+    randomize_zero_inits(model, 0)
+    with torch.no_grad():  # experts strong enough that what they read shows in the logits
+        for name, module in model.named_modules():
+            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
+                module.weight.mul_(50)
+    compressor = model.model.compressor
+    assert compressor.latents is None and len(compressor.layers) == 0
+    assert not any(".compressor.latents" in name for name, _ in model.named_parameters())
+    ids, mask = batch4["aux_input_ids"], batch4["aux_attention_mask"]
+    assert (mask == 0).any()  # the aux texts are really left-padded
+    with torch.no_grad():
+        embeds, aux_mask = model.model.build_aux_embeds(ids, mask, batch4["aux_pixel_values"])
+        out = compressor(embeds, aux_mask)  # [B, T, D]: one token per aux token
+        torch.testing.assert_close(out, compressor.norm(compressor.add_positions(embeds, aux_mask)))
+        batched = model(**batch4).logits
+    assert out.shape == embeds.shape
+    width = batch4["input_ids"].shape[1]
+    for i in range(4):
+        single = select(batch4, i, processor)
+        with torch.no_grad():
+            alone = model(**single).logits
+        torch.testing.assert_close(
+            batched[i, width - single["input_ids"].shape[1] :], alone[0], atol=1e-5, rtol=0
+        )
+    # the experts do read the aux tokens: another sample's aux changes the logits
+    swapped = dict(batch4, aux_input_ids=ids.roll(1, 0), aux_attention_mask=mask.roll(1, 0))
+    with torch.no_grad():
+        assert (model(**swapped).logits - batched).abs().max() > 1e-4  # 10x the batch-invariance tolerance
+    model.save_pretrained(tmp_path / "m")
+    loaded = MoAIForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.compressor_config.passthrough and loaded.model.compressor.latents is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch4).logits, batched, atol=0, rtol=0)

@@ -1142,3 +1142,42 @@ def test_other_lr_scale_moves_the_llm_slower_than_the_moai_modules(tmp_path):
     assert all(torch.equal(final[k], start[k]) for k in final if k not in moai and k in start)
     one = TrainConfig.load(write_config(tmp_path, data, trainable="all"))
     assert [g["name"] for g in optimizer_groups(model, one)] == ["all"]
+
+
+def test_expert_qk_init_and_compressor_passthrough_set_new_modules_and_refuse_trained_ones(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.model.constants import IMAGE_EXPERTS, LANGUAGE_EXPERTS
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1", "moai_init": "fan_in"}
+    model = build_model(TrainConfig.from_dict({**fields, "expert_qk_init": "tied"}))[0]
+    for i in (1, 3):
+        mixer = model.language_model.layers[i].self_attn.moai_mixer
+        for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
+            expert = getattr(mixer, name)
+            for key, query in zip(expert.k_proj, expert.q_proj):
+                assert (
+                    torch.equal(key.weight, query.weight) and key.weight.data_ptr() != query.weight.data_ptr()
+                )
+    apart = (
+        build_model(TrainConfig.from_dict(fields))[0].language_model.layers[1].self_attn.moai_mixer.lang_aux
+    )
+    assert not torch.equal(apart.k_proj[0].weight, apart.q_proj[0].weight)  # the default draws them apart
+    with pytest.raises(ValueError, match="expert_qk_init"):
+        TrainConfig.from_dict({**fields, "expert_qk_init": "shared"})
+
+    model = build_model(TrainConfig.from_dict({**fields, "compressor_passthrough": True}))[0]
+    assert model.config.compressor_config.passthrough and model.model.compressor.latents is None
+    model.save_pretrained(tmp_path / "step1")  # a trained compressor keeps what it was trained with
+    assert build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[
+        0
+    ].config.compressor_config.passthrough
+    with pytest.raises(ValueError, match="has a trained compressor with passthrough True"):
+        build_model(
+            TrainConfig.from_dict({"model": str(tmp_path / "step1"), "compressor_passthrough": False})
+        )
+    with pytest.raises(ValueError, match="compat official compresses the aux into latents"):
+        build_model(TrainConfig.from_dict({**fields, "compressor_passthrough": True, "compat": "official"}))

@@ -80,11 +80,17 @@ class MoAICompressor(nn.Module):
     def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
         super().__init__()
         self.config = config
-        self.latents = nn.Parameter(torch.randn(config.num_latents, dim) * config.latent_init_std)
+        # passthrough (not in the official model): no latents and no blocks, every aux token is handed on
+        self.latents = (
+            None
+            if config.passthrough
+            else nn.Parameter(torch.randn(config.num_latents, dim) * config.latent_init_std)
+        )
         self.position_embedding = (
             nn.Embedding(config.max_aux_positions, dim) if config.aux_position_embeddings else None
         )
-        self.layers = nn.ModuleList(CompressorBlock(dim, config) for _ in range(config.depth))
+        depth = 0 if config.passthrough else config.depth
+        self.layers = nn.ModuleList(CompressorBlock(dim, config) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
     def add_positions(self, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None) -> torch.Tensor:
@@ -101,8 +107,11 @@ class MoAICompressor(nn.Module):
         return aux_embeds + self.position_embedding(positions)
 
     def forward(self, aux_embeds: torch.Tensor, aux_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D]."""
+        """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D], or
+        [B, T, D] with ``passthrough`` (the caller masks the padded tokens)."""
         aux_embeds = self.add_positions(aux_embeds, aux_mask)
+        if self.latents is None:
+            return self.norm(aux_embeds)  # [B, T, D]
         key_mask = aux_mask if self.config.key_padding_mask else None
         latents = self.latents.to(aux_embeds.dtype).expand(aux_embeds.shape[0], -1, -1)  # [B, L, D]
         for block in self.layers:

@@ -60,6 +60,11 @@ class MoAICompressorConfig(PreTrainedConfig):
     before a kind); 0 (official, paper §3): the bare word embeddings, from which a small compressor cannot tell
     which colour goes with which kind (docs/shapesworld.md, "What limits the model"). The map tokens are not
     affected."""
+    passthrough: bool = False
+    """Not in the official model: no compression. The compressor returns its position-embedded, normalised
+    input (every aux token; no latents, no blocks) and the AUX experts attend to all of those tokens, padding
+    masked. A narrow model's experts learn to match a question word to an aux word this way, and not through
+    the latents (docs/shapesworld.md, "Matching a word in the aux")."""
     layer_norm_eps: float = 1e-5
     """Epsilon of the compressor's LayerNorms (PyTorch default, as the official)."""
 
@@ -363,7 +368,9 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
         position_ids_from_mask=False,
         vision_attn_implementation="moai_clip_official",
         vision_feature_layer=-1,
-        compressor=dict(key_padding_mask=False, aux_position_embeddings=False, text_layers=0),
+        compressor=dict(
+            key_padding_mask=False, aux_position_embeddings=False, text_layers=0, passthrough=False
+        ),
         mixer=dict(
             layers=mixer_layers,
             scope="prompt",

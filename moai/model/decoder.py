@@ -190,6 +190,7 @@ class MoAIDecoderLayer(GradientCheckpointingLayer):
                 mixer_inputs.aux,
                 settings=mixer_inputs.settings,
                 choice=mixer_inputs.choices.get(self.layer_idx),
+                aux_keep=mixer_inputs.aux_keep,
             )
             if self.mixer.into_residual:
                 residual = residual + (mixed - hidden_states)

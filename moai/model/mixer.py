@@ -171,6 +171,9 @@ class MixerInputs:
     """Routing, gate dtype and scope."""
     choices: dict[int, tuple[int, int]]
     """Step-1 draws per decoder layer index (`MixerSettings.draw_experts`)."""
+    aux_keep: torch.Tensor | None = None
+    """[B, A] True where an aux token is real: set when the compressor passes padded aux tokens through
+    (`MoAICompressorConfig.passthrough`); None when every aux token is real (the latents)."""
 
 
 class LowRankLinear(nn.Sequential):
@@ -281,6 +284,7 @@ class MoAIMixer(nn.Module):
         *,
         settings: MixerSettings,
         choice: tuple[int, int] | None = None,
+        aux_keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix one layer's normalised states.
 
@@ -288,6 +292,7 @@ class MoAIMixer(nn.Module):
             hidden: [B, S, D] normalised hidden states (the attention input).
             streams: [B, S] stream id per token (0 none, 1 image, 2 prompt language, 3 answer).
             aux: [B, A, D] compressed aux tokens.
+            aux_keep: [B, A] True where an aux token is real, or None (all are).
             settings: routing mode, gate softmax dtype, top-k and scope.
             choice: step-1 expert indices (image, language), required in ``sample`` mode (0 aux, 1 cross-modal,
                 2 self); drawn before the decoder runs (`MixerSettings.draw_experts`), so that a
@@ -318,8 +323,9 @@ class MoAIMixer(nn.Module):
             tri = torch.ones(n, n, dtype=torch.bool, device=hidden.device).tril()
             lang_self = tri[None] if lang_keys is None else (tri[None] & lang_keys)
 
-        img_inputs = ((aux, None), (h_lang, img_to_lang), (h_img, img_keys))
-        lang_inputs = ((aux, None), (h_img, img_keys), (h_lang, lang_self))
+        aux_keys = None if aux_keep is None else aux_keep[:, None, :]  # [B, 1, A]
+        img_inputs = ((aux, aux_keys), (h_lang, img_to_lang), (h_img, img_keys))
+        lang_inputs = ((aux, aux_keys), (h_img, img_keys), (h_lang, lang_self))
         img_experts = [getattr(self, n) for n in IMAGE_EXPERTS]
         lang_experts = [getattr(self, n) for n in LANGUAGE_EXPERTS]
 

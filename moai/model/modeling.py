@@ -123,7 +123,7 @@ class MoAIPreTrainedModel(PreTrainedModel):
         N(0, 1), and zeros for the identity-preserving factors (docs/model.md §6, §7). The sub-models (the LLM,
         the CLIP tower) initialise their own modules, in `__init__` and for keys missing in ``from_pretrained``."""
         super()._init_weights(module)
-        if isinstance(module, MoAICompressor):
+        if isinstance(module, MoAICompressor) and module.latents is not None:
             init.normal_(module.latents, 0.0, module.config.latent_init_std)
         init_moai_zeros(module)
 
@@ -313,8 +313,10 @@ class MoAIModel(MoAIPreTrainedModel):
         elif aux_attention_mask is not None and aux_attention_mask.shape[1] == aux_embeds.shape[1]:
             aux_mask = aux_attention_mask
         compressed = self.compressor(aux_embeds.to(dtype), aux_mask).to(dtype)  # [B, A, D]
+        # the latents have no padding; the aux tokens a passthrough compressor hands on do
+        aux_keep = aux_mask.bool() if self.compressor.latents is None and aux_mask is not None else None
         settings = self.mixer_settings if mixer_mode is None else self.mixer_settings.replace(mode=mixer_mode)
-        return MixerInputs(streams, compressed, settings, settings.draw_experts(layers))
+        return MixerInputs(streams, compressed, settings, settings.draw_experts(layers), aux_keep)
 
     # -- forward ---------------------------------------------------------------------------------
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

@@ -77,6 +77,12 @@ class TrainConfig:
     activations keep their scale through the low-rank experts of a narrow model (at width 128 and rank 32 the
     0.02 init leaves the expert query / key gradients around 1e-10, under Adam's epsilon: docs/shapesworld.md).
     The expert output factors marked for zero init stay zero either way (``expert_init_std`` still applies)."""
+    expert_qk_init: Literal["independent", "tied"] = "independent"
+    """Initialisation of the query and key projections of the experts this run creates: ``independent``, each
+    its own draw; ``tied``, every expert's key factors start as copies of its query factors (then train apart),
+    so that a token starts attending to the keys most like itself: the "is this word among the aux tokens?"
+    match an AUX expert has to find, which a narrow model with independent draws does not leave the
+    50 % plateau for (docs/shapesworld.md, "Matching a word in the aux"). Not in the official recipe."""
     compressor_query_scale: float = 1.0
     """Multiplies the query weights of every compressor block when this run starts a never-trained compressor
     (a preset's, or that of a saved model without mixers), after ``moai_init``. Above 1 each latent starts
@@ -95,6 +101,10 @@ class TrainConfig:
     """``compressor_config.text_layers`` of a compressor this run creates (a preset's, or that of a saved model
     without mixers): the aux text goes through that many frozen LLM layers before the compressor. None keeps
     the model's; a trained compressor keeps its own (another value is an error)."""
+    compressor_passthrough: bool | None = None
+    """``compressor_config.passthrough`` of a compressor this run creates (a preset's, or that of a saved model
+    without mixers): no compression, the AUX experts attend to every aux token. None keeps the model's; a
+    trained compressor keeps its own (another value is an error). Not with ``compat: official``."""
     mixer_rank: int | None = None
     """``mixer_config.rank`` (the experts' low-rank width) of a model whose mixers this run creates all of (a
     preset, or a saved model without mixers). None keeps the model's; a model with trained mixers keeps its

@@ -86,6 +86,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=had_mixers)
+        _set_compressor_passthrough(config, model_config, trained=had_mixers)
         _set_new_mixer_options(config, model_config, trained=had_mixers)
         model = _load_with_new_mixers(path, model_config, added)
         if added:
@@ -113,6 +114,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=False)
+        _set_compressor_passthrough(config, model_config, trained=False)
         _set_new_mixer_options(config, model_config, trained=False)
         model = MoAIForConditionalGeneration(model_config)
         layers = model_config.mixer_config.layers
@@ -138,6 +140,22 @@ def _official_moai_modules(model_config: MoAIConfig) -> None:
     for key, value in over["mixer"].items():
         if key != "layers":
             setattr(model_config.mixer_config, key, value)
+
+
+def _set_compressor_passthrough(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
+    """``TrainConfig.compressor_passthrough`` onto ``model_config`` (``trained``: the model's compressor is
+    trained)."""
+    value, current = config.compressor_passthrough, model_config.compressor_config.passthrough
+    if value is None or value == current:
+        return
+    if trained:
+        raise ValueError(
+            f"compressor_passthrough {value}: model {config.model} has a trained compressor with passthrough "
+            f"{current}; start from its base (a model without mixers)"
+        )
+    if config.compat == "official" and value:
+        raise ValueError(f"compressor_passthrough {value}: compat official compresses the aux into latents")
+    model_config.compressor_config.passthrough = value
 
 
 def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
@@ -231,6 +249,20 @@ def _init_new_moai_modules(
     if new_compressor:
         _scale_compressor_queries(model, config.compressor_query_scale)
     _init_expert_outputs(model, layers, config.expert_init_std)
+    if config.expert_qk_init == "tied":
+        tie_expert_query_keys(model, layers)
+
+
+@torch.no_grad()
+def tie_expert_query_keys(model: MoAIForConditionalGeneration, layers: list[int]) -> None:
+    """``TrainConfig.expert_qk_init = tied``: copy every expert's query factors into its key factors (the two
+    then train apart), so that each expert starts attending to the keys most like its query."""
+    for idx in layers:
+        mixer = model.language_model.layers[idx].self_attn.moai_mixer
+        for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
+            expert = getattr(mixer, name)
+            for key, query in zip(expert.k_proj, expert.q_proj):
+                key.weight.copy_(query.weight)
 
 
 @torch.no_grad()

@@ -1,0 +1,173 @@
+"""Can new MoAI modules on a frozen base learn to read one thing from the aux text? A controlled probe.
+
+    python bench/aux_match_probe.py --task existence [--steps 300] [--override KEY=VALUE ...]
+
+No perception and no pixels: every question is asked about one blank canvas, and the aux text is written here
+in the `compact` verbalizer's layout from a random list of 2-5 objects and a random sign word
+(``objects: red circle, blue square. text: QXZ.``), so that the aux is the only source of the answer and the
+answer is always in it. MoAI modules are created on the base as ShapesWorld's step 1 creates them
+(`moai/train/configs/shapesworld/step1.yaml`, ``--override`` changes its keys: `compressor_passthrough`,
+`expert_qk_init`, `mixer_residual`, ...), trained in gated mode (step 2) with AdamW at a constant learning rate
+after a short warm-up, on fresh samples every step, and scored every ``--every`` steps on 200 held-out samples
+of each task (teacher-forced: the first answer token's argmax).
+
+Tasks (``--task``, comma-separated for a mixture):
+
+* ``copy``: one object, "What color is the circle?" (the answer is the aux's only colour: no matching);
+* ``cexist``: "Is there a {colour} object in the image?" (is this word among the aux words?);
+* ``existence``: "Is there a {colour} {kind} in the image?" (is this pair among the aux objects?);
+* ``colour``: "What color is the {kind}?" (the kind is unique: which colour goes with it?);
+* ``count``: "How many {colour} objects are there?";
+* ``ocr``: "Is the word {WORD} written in the image?" (the aux's word or another of its length).
+
+Prints the running training loss and the held-out accuracy per task (docs/shapesworld.md, "Matching a word in
+the aux").
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from moai.train.config import TrainConfig  # noqa: E402
+from moai.train.loop import build_model  # noqa: E402
+from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
+
+STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
+TASKS = ("copy", "cexist", "existence", "colour", "count", "ocr")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+HELD_OUT = 200
+
+
+def aux_text(objects: list[tuple[str, str]], word: str) -> str:
+    return "objects: " + ", ".join(f"{c} {k}" for c, k in objects) + f". text: {word}."
+
+
+def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
+    """(aux text, question, answer) of one random scene description."""
+    colours, kinds = list(COLOURS), list(KINDS)
+    objects = [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.randint(2, 5))]
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
+    if task == "copy":
+        colour = rng.choice(colours)
+        return aux_text([(colour, "circle")], word), "What color is the circle?", colour
+    if task == "cexist":
+        present = sorted({c for c, _ in objects})
+        absent = [c for c in colours if c not in present]
+        colour = rng.choice(present) if rng.random() < 0.5 or not absent else rng.choice(absent)
+        answer = "yes" if colour in present else "no"
+        return aux_text(objects, word), f"Is there a {colour} object in the image?", answer
+    if task == "existence":
+        if rng.random() < 0.5:
+            colour, kind = rng.choice(objects)
+        else:
+            colour, kind = rng.choice([(c, k) for c in colours for k in kinds if (c, k) not in objects])
+        answer = "yes" if (colour, kind) in objects else "no"
+        return aux_text(objects, word), f"Is there a {colour} {kind} in the image?", answer
+    if task == "colour":
+        colour, kind = rng.choice(objects)
+        objects = [(colour, kind)] + [o for o in objects if o[1] != kind]  # the kind is unique
+        rng.shuffle(objects)
+        return aux_text(objects, word), f"What color is the {kind}?", colour
+    if task == "count":
+        colour = rng.choice(colours)
+        answer = str(sum(c == colour for c, _ in objects))
+        return aux_text(objects, word), f"How many {colour} objects are there?", answer
+    if task == "ocr":
+        asked = word
+        if rng.random() >= 0.5:  # another word of the same length
+            while asked == word:
+                asked = "".join(rng.choice(LETTERS) for _ in range(len(word)))
+        answer = "yes" if asked == word else "no"
+        return aux_text(objects, word), f"Is the word {asked} written in the image?", answer
+    raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--task", default="existence", help="task or comma-separated tasks (default existence)"
+    )
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--every", type=int, default=100, help="score every N steps (default 100)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples a step (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate after warm-up (default 1e-3)")
+    parser.add_argument(
+        "--model", default="runs/shapesworld/base2/final", help="the frozen base (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--override", action="append", default=[], help="KEY=VALUE on step1.yaml (repeatable; default none)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling and init seed (default 0)")
+    args = parser.parse_args()
+    tasks = args.task.split(",")
+    for task in tasks:
+        if task not in TASKS:
+            parser.error(f"--task {task!r}: must be one of {', '.join(TASKS)}")
+    if not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a saved model (run `make shapesworld-model` first)")
+
+    torch.manual_seed(args.seed)
+    config = TrainConfig.load(STEP1, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override])
+    model, processor = build_model(config)
+    model.set_mixer(mode="gated")
+    trainable = model.set_trainable("moai")
+    print(f"{args.model} + new MoAI modules ({trainable:,} trainable), overrides: {args.override or 'none'}")
+
+    size = processor.image_size
+    canvas, black = Image.new("RGB", (size, size), (235, 235, 235)), Image.new("RGB", (size, size))
+
+    def batch(items: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+        rows = [processor.encode_turns(((f"<image>\n{q}", a),)) for _, q, a in items]
+        aux = [a for a, _, _ in items]
+        maps = [black] * len(items) if model.config.use_aux_map else None
+        return dict(processor.build_batch(rows, [canvas] * len(items), aux_text=aux, aux_images=maps))
+
+    held_out = {t: [sample(random.Random(10_000 + i), t) for i in range(HELD_OUT)] for t in tasks}
+
+    @torch.no_grad()
+    def accuracy(task: str) -> float:
+        model.eval()
+        correct = 0
+        for start in range(0, HELD_OUT, 50):
+            inputs = batch(held_out[task][start : start + 50])
+            labels = inputs.pop("labels")
+            logits = model(**inputs).logits
+            for row in range(labels.shape[0]):
+                first = int((labels[row] != -100).nonzero()[0, 0])  # the answer's first token
+                correct += int(logits[row, first - 1].argmax() == labels[row, first])
+        model.train()
+        return 100 * correct / HELD_OUT
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    rng = random.Random(args.seed)
+    print("  step   loss  " + "  ".join(f"{t:>9}" for t in tasks))
+    print(f"{0:6d}      -  " + "  ".join(f"{accuracy(t):9.1f}" for t in tasks), flush=True)
+    start, running = time.time(), None
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 30)
+        loss = model(**batch([sample(rng, rng.choice(tasks)) for _ in range(args.batch_size)])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if step % args.every == 0 or step == args.steps:
+            scores = "  ".join(f"{accuracy(t):9.1f}" for t in tasks)
+            print(f"{step:6d}  {running:.3f}  {scores}   ({time.time() - start:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
