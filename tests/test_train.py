@@ -1181,3 +1181,32 @@ def test_expert_qk_init_and_compressor_passthrough_set_new_modules_and_refuse_tr
         )
     with pytest.raises(ValueError, match="compat official compresses the aux into latents"):
         build_model(TrainConfig.from_dict({**fields, "compressor_passthrough": True, "compat": "official"}))
+
+
+def test_image_dropout_blanks_the_drawn_images_only_and_keeps_their_aux(tmp_path):
+    from moai.train.data import Collator, ImageDropout
+
+    data = write_dataset(tmp_path, n=16)
+    cfg = TrainConfig.load(write_config(tmp_path, data, image_dropout=0.5, max_steps=1))
+    processor = build_model(cfg)[1]
+    examples = load_examples(cfg.data[0], strict=True, report=DataReport(), log=None)
+    positions = list(range(100, 100 + len(examples)))
+    plain = Collator(processor, cfg.max_length, True)(examples)
+    dropout = ImageDropout(cfg.image_dropout, cfg.seed)
+    batch = Collator(processor, cfg.max_length, True, image_dropout=dropout)(examples, positions)
+    blank = [dropout.dropped(p) for p in positions]
+    assert 0 < sum(blank) < len(blank)  # some of each at p = 0.5
+    for i, dropped in enumerate(blank):
+        if dropped:  # the normaliser's mean colour
+            assert not batch["pixel_values"][i].any() and plain["pixel_values"][i].any()
+        else:
+            assert torch.equal(batch["pixel_values"][i], plain["pixel_values"][i])
+    for key in ("input_ids", "labels", "aux_input_ids", "aux_pixel_values"):
+        assert torch.equal(batch[key], plain[key])  # the question, answer and aux stay
+    again = Collator(processor, cfg.max_length, True, image_dropout=ImageDropout(0.5, cfg.seed))
+    assert torch.equal(again(examples, positions)["pixel_values"], batch["pixel_values"])  # seeded draws
+    with pytest.raises(ValueError, match="need the global position of every example"):
+        again(examples)
+    with pytest.raises(ValueError, match="image_dropout"):
+        TrainConfig.from_dict({"image_dropout": 1.5})
+    train(cfg, **QUIET)  # the loop passes the positions

@@ -135,6 +135,11 @@ class TrainConfig:
     """Probability that one CV module's (PS, OWOD, SGG, OCR) outputs are removed from a sample's aux text
     and map, each module independently, drawn per sample and seeded by (seed, global position); needs
     ``aux: cache`` or ``perceive``. Trains a model that answers from whichever modules are left."""
+    image_dropout: float = 0.0
+    """Probability that a sample's image is blanked (its pixel values set to zero, the normaliser's mean
+    colour) while its aux text and map stay, drawn per sample and seeded by (seed, global position): such a
+    sample can only be answered from the aux knowledge, so the MoAI modules must learn to read it. Not in the
+    paper (docs/shapesworld.md, "Matching a word in the aux")."""
     split_turns: bool = False
     """Train on each question-answer turn of a multi-turn conversation as a sample of its own, the image
     token before each question (the form in which `moai predict` and the engine ask). With the mixer's
@@ -269,6 +274,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("lora_alpha", 0, None),
     ("lora_dropout", 0, 1),
     ("module_dropout", 0, 1),
+    ("image_dropout", 0, 1),
     ("max_length", 1, None),
     ("batch_size", 1, None),
     ("grad_accum", 1, None),

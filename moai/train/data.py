@@ -322,6 +322,23 @@ class ModuleDropout:
         return Example(**{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map})
 
 
+@dataclass(frozen=True)
+class ImageDropout:
+    """Blank a sample's image with probability ``p``, its aux kept (`TrainConfig.image_dropout`).
+
+    The draw for the sample at global mixture position ``position`` is seeded by ``(seed, position)``, as
+    `ModuleDropout`'s, so a resumed run or another process count blanks the same samples.
+    """
+
+    p: float
+    """Probability that one sample's image is blanked."""
+    seed: int
+    """Seed of the draws (the run's seed)."""
+
+    def dropped(self, position: int) -> bool:
+        return random.Random(f"{self.seed}-image-dropout-{position}").random() < self.p
+
+
 class Collator:
     """Encode, truncate and batch a list of examples through the processor (`MoAIProcessor.build_batch`)."""
 
@@ -331,11 +348,13 @@ class Collator:
         max_length: int,
         use_aux_map: bool,
         dropout: ModuleDropout | None = None,
+        image_dropout: ImageDropout | None = None,
     ) -> None:
         self.processor = processor
         self.max_length = max_length
         self.use_aux_map = use_aux_map
         self.dropout = dropout
+        self.image_dropout = image_dropout
 
     def encode(self, example: Example) -> EncodedConversation:
         return self.processor.encode_turns(example.turns).truncated(self.max_length)
@@ -353,18 +372,26 @@ class Collator:
     def __call__(
         self, examples: Sequence[Example], positions: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """A training batch; ``positions`` (the examples' global mixture positions) seed module dropout."""
+        """A training batch; ``positions`` (the examples' global mixture positions) seed module and image
+        dropout."""
+        seeded = [d for d in (self.dropout, self.image_dropout) if d is not None and d.p > 0]
+        if seeded and (positions is None or len(positions) != len(examples)):
+            raise ValueError("module and image dropout need the global position of every example")
         if self.dropout is not None and self.dropout.p > 0:
-            if positions is None or len(positions) != len(examples):
-                raise ValueError("module dropout needs the global position of every example")
             examples = [self.dropout.apply(e, p) for e, p in zip(examples, positions)]
-        batch = self.processor.build_batch(
-            [self.encode(e) for e in examples],
-            [_open_rgb(e.image, e) for e in examples],
-            aux_text=[e.aux_text for e in examples],
-            aux_images=[self._aux_map(e) for e in examples] if self.use_aux_map else None,
+        batch = dict(
+            self.processor.build_batch(
+                [self.encode(e) for e in examples],
+                [_open_rgb(e.image, e) for e in examples],
+                aux_text=[e.aux_text for e in examples],
+                aux_images=[self._aux_map(e) for e in examples] if self.use_aux_map else None,
+            )
         )
-        return dict(batch)
+        if self.image_dropout is not None and self.image_dropout.p > 0:
+            blank = torch.tensor([self.image_dropout.dropped(p) for p in positions])  # [B]
+            # zero after normalisation = the normaliser's mean colour, a flat canvas; the aux map is not touched
+            batch["pixel_values"] = batch["pixel_values"].masked_fill(blank[:, None, None, None], 0.0)
+        return batch
 
     def _aux_map(self, example: Example) -> Image.Image | np.ndarray:
         if example.aux_map is None:  # nothing segmented: a black map, as the official

@@ -49,6 +49,7 @@ from .data import (
     DataError,
     DataReport,
     Example,
+    ImageDropout,
     Mixture,
     ModuleDropout,
     Problem,
@@ -774,6 +775,7 @@ def _train(
         config.max_length,
         model.config.use_aux_map and bool(model.config.mixer_config.layers),
         dropout,
+        ImageDropout(config.image_dropout, config.seed) if config.image_dropout > 0 else None,
     )
     mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
