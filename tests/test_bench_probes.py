@@ -1,0 +1,55 @@
+"""bench/aux_match_probe.py's synthetic tasks: every answer follows from the aux text the sample carries."""
+
+import importlib.util
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from moai.worlds.shapes import COLOURS, KINDS
+
+SPEC = importlib.util.spec_from_file_location(
+    "aux_match_probe", Path(__file__).resolve().parent.parent / "bench" / "aux_match_probe.py"
+)
+probe = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(probe)
+
+
+def parse(aux: str) -> tuple[list[tuple[str, str]], str]:
+    match = re.fullmatch(r"objects: (.+)\. text: ([A-Z]+)\.", aux)
+    assert match, aux
+    objects = [tuple(item.split(" ")) for item in match.group(1).split(", ")]
+    assert all(c in COLOURS and k in KINDS for c, k in objects)
+    return objects, match.group(2)
+
+
+@pytest.mark.parametrize("task", probe.TASKS)
+def test_every_answer_follows_from_its_aux(task):
+    rng = random.Random(0)
+    answers = []
+    for _ in range(300):
+        aux, question, answer = probe.sample(rng, task)
+        objects, word = parse(aux)
+        answers.append(answer)
+        if task == "copy":
+            assert objects == [(answer, "circle")] and question == "What color is the circle?"
+        elif task == "cexist":
+            colour = re.fullmatch(r"Is there a (\w+) object in the image\?", question).group(1)
+            assert answer == ("yes" if colour in {c for c, _ in objects} else "no")
+        elif task == "existence":
+            colour, kind = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", question).groups()
+            assert answer == ("yes" if (colour, kind) in objects else "no")
+        elif task == "colour":
+            kind = re.fullmatch(r"What color is the (\w+)\?", question).group(1)
+            assert [c for c, k in objects if k == kind] == [answer]  # the kind is unique
+        elif task == "count":
+            colour = re.fullmatch(r"How many (\w+) objects are there\?", question).group(1)
+            assert answer == str(sum(c == colour for c, _ in objects))
+        elif task == "ocr":
+            asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
+            assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
+    if task in ("cexist", "existence", "ocr"):  # both answers, neither rare
+        assert 0.3 < answers.count("yes") / len(answers) < 0.7
+    with pytest.raises(ValueError, match="must be one of"):
+        probe.sample(rng, "position")
