@@ -63,8 +63,8 @@ class MoAICompressorConfig(PreTrainedConfig):
     passthrough: bool = False
     """Not in the official model: no compression. The compressor returns its position-embedded, normalised
     input (every aux token; no latents, no blocks) and the AUX experts attend to all of those tokens, padding
-    masked. A narrow model's experts learn to match a question word to an aux word this way, and not through
-    the latents (docs/shapesworld.md, "Matching a word in the aux")."""
+    masked. Measured on ShapesWorld (docs/shapesworld.md, "Matching a word in the aux"): new experts on a
+    synthetic aux leave the 50 % plateau sooner this way; the bundled recipe does not score higher with it."""
     layer_norm_eps: float = 1e-5
     """Epsilon of the compressor's LayerNorms (PyTorch default, as the official)."""
 

@@ -80,9 +80,9 @@ class TrainConfig:
     expert_qk_init: Literal["independent", "tied"] = "independent"
     """Initialisation of the query and key projections of the experts this run creates: ``independent``, each
     its own draw; ``tied``, every expert's key factors start as copies of its query factors (then train apart),
-    so that a token starts attending to the keys most like itself: the "is this word among the aux tokens?"
-    match an AUX expert has to find, which a narrow model with independent draws does not leave the
-    50 % plateau for (docs/shapesworld.md, "Matching a word in the aux"). Not in the official recipe."""
+    so that a token starts attending to the keys most like itself (the "is this word among the aux tokens?"
+    match an AUX expert has to find). Not in the official recipe; measured in docs/shapesworld.md, "Matching
+    a word in the aux"."""
     compressor_query_scale: float = 1.0
     """Multiplies the query weights of every compressor block when this run starts a never-trained compressor
     (a preset's, or that of a saved model without mixers), after ``moai_init``. Above 1 each latent starts
@@ -139,7 +139,8 @@ class TrainConfig:
     """Probability that a sample's image is blanked (its pixel values set to zero, the normaliser's mean
     colour) while its aux text and map stay, drawn per sample and seeded by (seed, global position): such a
     sample can only be answered from the aux knowledge, so the MoAI modules must learn to read it. Not in the
-    paper (docs/shapesworld.md, "Matching a word in the aux")."""
+    paper; measured in docs/shapesworld.md, "Matching a word in the aux" (the ShapesWorld model then leans on
+    its aux without scoring higher)."""
     split_turns: bool = False
     """Train on each question-answer turn of a multi-turn conversation as a sample of its own, the image
     token before each question (the form in which `moai predict` and the engine ask). With the mixer's
