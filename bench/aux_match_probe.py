@@ -14,6 +14,7 @@ of each task (teacher-forced: the first answer token's argmax).
 Tasks (``--task``, comma-separated for a mixture):
 
 * ``copy``: one object, "What color is the circle?" (the answer is the aux's only colour: no matching);
+* ``list``: "What objects are there?", answered by the aux's object list (no matching, many tokens);
 * ``cexist``: "Is there a {colour} object in the image?" (is this word among the aux words?);
 * ``existence``: "Is there a {colour} {kind} in the image?" (is this pair among the aux objects?);
 * ``colour``: "What color is the {kind}?" (the kind is unique: which colour goes with it?);
@@ -43,7 +44,7 @@ from moai.train.loop import build_model  # noqa: E402
 from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
-TASKS = ("copy", "cexist", "existence", "colour", "count", "ocr")
+TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HELD_OUT = 200
 
@@ -60,6 +61,8 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
     if task == "copy":
         colour = rng.choice(colours)
         return aux_text([(colour, "circle")], word), "What color is the circle?", colour
+    if task == "list":
+        return aux_text(objects, word), "What objects are there?", ", ".join(f"{c} {k}" for c, k in objects)
     if task == "cexist":
         present = sorted({c for c, _ in objects})
         absent = [c for c in colours if c not in present]

@@ -34,6 +34,10 @@ def test_every_answer_follows_from_its_aux(task):
         answers.append(answer)
         if task == "copy":
             assert objects == [(answer, "circle")] and question == "What color is the circle?"
+        elif task == "list":
+            assert question == "What objects are there?" and answer == ", ".join(
+                f"{c} {k}" for c, k in objects
+            )
         elif task == "cexist":
             colour = re.fullmatch(r"Is there a (\w+) object in the image\?", question).group(1)
             assert answer == ("yes" if colour in {c for c, _ in objects} else "no")
