@@ -453,6 +453,18 @@ def test_deepcopy_owns_its_plora(batch4):
         assert (model(**batch4).logits - before).abs().max() > 1e-4
 
 
+def assert_rows_as_alone(model, batched, batch4, processor) -> None:
+    """Each row of the left-padded batch's logits equals the logits of its sample run alone (no padding)."""
+    width = batch4["input_ids"].shape[1]
+    for i in range(batch4["input_ids"].shape[0]):
+        single = select(batch4, i, processor)
+        with torch.no_grad():
+            alone = model(**single).logits
+        torch.testing.assert_close(
+            batched[i, width - single["input_ids"].shape[1] :], alone[0], atol=1e-5, rtol=0
+        )
+
+
 def test_text_layers_feed_the_compressor_the_llm_states_of_the_aux_text(batch4, processor):
     """``compressor_config.text_layers``: the aux text reaches the compressor after that many LLM layers (run
     without mixers), unaffected by left padding; 0 is the paper's bare word embeddings."""
@@ -477,14 +489,7 @@ def test_text_layers_feed_the_compressor_the_llm_states_of_the_aux_text(batch4, 
         # the whole model stays batch-invariant, and the decoder's hidden states are still one per layer
         out = model(**batch4, output_hidden_states=True)
     assert len(out.hidden_states) == config.text_config.num_hidden_layers + 1
-    width = batch4["input_ids"].shape[1]
-    for i in range(4):
-        single = select(batch4, i, processor)
-        with torch.no_grad():
-            alone = model(**single).logits
-        torch.testing.assert_close(
-            out.logits[i, width - single["input_ids"].shape[1] :], alone[0], atol=1e-5, rtol=0
-        )
+    assert_rows_as_alone(model, out.logits, batch4, processor)
     config.compressor_config.text_layers = 0  # the paper's input: the bare word embeddings
     with torch.no_grad():
         bare, _ = model.model.build_aux_embeds(ids, mask, batch4["aux_pixel_values"])
@@ -515,14 +520,7 @@ def test_passthrough_compressor_hands_every_real_aux_token_to_the_experts(batch4
         torch.testing.assert_close(out, compressor.norm(compressor.add_positions(embeds, aux_mask)))
         batched = model(**batch4).logits
     assert out.shape == embeds.shape
-    width = batch4["input_ids"].shape[1]
-    for i in range(4):
-        single = select(batch4, i, processor)
-        with torch.no_grad():
-            alone = model(**single).logits
-        torch.testing.assert_close(
-            batched[i, width - single["input_ids"].shape[1] :], alone[0], atol=1e-5, rtol=0
-        )
+    assert_rows_as_alone(model, batched, batch4, processor)
     # the experts do read the aux tokens: another sample's aux changes the logits
     swapped = dict(batch4, aux_input_ids=ids.roll(1, 0), aux_attention_mask=mask.roll(1, 0))
     with torch.no_grad():
