@@ -1210,3 +1210,24 @@ def test_image_dropout_blanks_the_drawn_images_only_and_keeps_their_aux(tmp_path
     with pytest.raises(ValueError, match="image_dropout"):
         TrainConfig.from_dict({"image_dropout": 1.5})
     train(cfg, **QUIET)  # the loop passes the positions
+
+
+def test_a_data_source_with_blank_images_blanks_every_image_of_that_file_only(tmp_path):
+    from moai.train.data import Collator
+
+    data = write_dataset(tmp_path, n=4)
+    sources = f"data=[{{path: {data}}}, {{path: {data}, blank_images: true, weight: 0.5}}]"
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=2), [sources])
+    processor = build_model(cfg)[1]
+    plain, blanked = (load_examples(s, strict=True, report=DataReport(), log=None) for s in cfg.data)
+    assert not any(e.blank_image for e in plain) and all(e.blank_image for e in blanked)
+    collate = Collator(processor, cfg.max_length, True)
+    batch = collate(plain[:2] + blanked[:2])  # no image dropout: no positions needed
+    reference = collate(plain[:2] + plain[:2])
+    assert batch["pixel_values"][:2].any() and not batch["pixel_values"][2:].any()
+    assert torch.equal(batch["pixel_values"][:2], reference["pixel_values"][:2])
+    for key in ("input_ids", "labels", "aux_input_ids", "aux_pixel_values"):
+        assert torch.equal(batch[key], reference[key])  # the same records: question, answer and aux stay
+    with pytest.raises(ValueError, match=r"data\[0\]\.blank_images: expected bool"):
+        TrainConfig.from_dict({"data": [{"path": "x.json", "blank_images": "yes"}]})
+    train(cfg, **QUIET)  # a mixture with a blanked file trains

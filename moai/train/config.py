@@ -27,6 +27,11 @@ class DataSource:
     """Directory the records' ``image`` paths are relative to (default: the file's directory)."""
     weight: float = 1.0
     """Sampling weight of this file in the mixture (relative to the others)."""
+    blank_images: bool = False
+    """Blank every image of this file (pixel values zero, the normaliser's mean colour) while its aux text and
+    map stay, so that its questions can only be answered from the aux knowledge; `TrainConfig.image_dropout`
+    at probability 1 for this file alone. Not in the paper (docs/shapesworld.md, "A no-search aux task in
+    the recipe's data")."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight > 0):

@@ -53,6 +53,8 @@ class Example:
     line: int
     perception: Perception | None = None
     """What perception found (``aux: cache`` / ``perceive``), kept for module dropout; None otherwise."""
+    blank_image: bool = False
+    """Blank this sample's image in the batch, its aux kept (its file's `DataSource.blank_images`)."""
 
 
 @dataclass
@@ -237,7 +239,11 @@ def load_examples(
             report.problems.append(problem)
             log(f"skipped {problem}")
             continue
-        examples.append(Example(**{**example.__dict__, "source": str(path), "line": line}))
+        examples.append(
+            Example(
+                **{**example.__dict__, "source": str(path), "line": line, "blank_image": source.blank_images}
+            )
+        )
     report.loaded += len(examples)
     return examples
 
@@ -387,8 +393,10 @@ class Collator:
                 aux_images=[self._aux_map(e) for e in examples] if self.use_aux_map else None,
             )
         )
+        blank = torch.tensor([e.blank_image for e in examples])  # [B]
         if self.image_dropout is not None and self.image_dropout.p > 0:
-            blank = torch.tensor([self.image_dropout.dropped(p) for p in positions])  # [B]
+            blank |= torch.tensor([self.image_dropout.dropped(p) for p in positions])
+        if blank.any():
             # zero after normalisation = the normaliser's mean colour, a flat canvas; the aux map is not touched
             batch["pixel_values"] = batch["pixel_values"].masked_fill(blank[:, None, None, None], 0.0)
         return batch
