@@ -57,3 +57,28 @@ def test_every_answer_follows_from_its_aux(task):
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
         probe.sample(rng, "position")
+
+
+AUX_ONLY_SPEC = importlib.util.spec_from_file_location(
+    "aux_only", Path(__file__).resolve().parent.parent / "bench" / "aux_only.py"
+)
+aux_only = importlib.util.module_from_spec(AUX_ONLY_SPEC)
+AUX_ONLY_SPEC.loader.exec_module(aux_only)
+
+
+def test_aux_only_asks_about_a_canvas_of_zero_pixel_values_and_prints_both_rows(tmp_path, capsys):
+    from moai.engine import Engine
+    from moai.worlds.shapes import write_world
+
+    engine = Engine.load(None)  # the bundled model
+    pixels = engine.processor.build_batch(
+        [engine.processor.encode_turns((("<image>\nx", "y"),))], [aux_only.mean_canvas(engine)]
+    )["pixel_values"]
+    std = min(engine.processor.image_std)
+    assert pixels.abs().max() <= 0.5 / 255 / std + 1e-6  # zero up to the 8-bit rounding of the mean colour
+    assert aux_only.first_word(" yes 4 4") == "yes" and aux_only.first_word("") == ""
+    write_world(tmp_path, scenes=3, seed=31)
+    assert aux_only.main(["--world", str(tmp_path), "--limit", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "image blanked, 6 questions" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [["aux", "on"], ["no", "aux"]]

@@ -1,0 +1,78 @@
+"""How much of a ShapesWorld model's answers comes from its aux knowledge alone? The image taken away.
+
+    python bench/aux_only.py --model checkpoints/moai-tiny-shapes --world runs/shapesworld/check
+
+Every question of ``--world`` (a `moai worlds shapes` directory: its questions.jsonl and images) is asked about
+a flat canvas in the image normaliser's mean colour (pixel values zero, as `image_dropout` and a data source's
+`blank_images` blank an image in training), with the perception of its own scene: once with the aux on and
+once with all four modules removed. A model that reads its aux scores above the no-aux row; one that answers
+from the pixels alone falls to the majority answers in both. A model never trained on a blank canvas may not
+end its answer there, so an answer is scored by its first word (`first_word`): the sign words are one word
+too. Prints accuracy (%) per category (docs/shapesworld.md, "A no-search aux task in the recipe's data").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from moai.engine import Engine  # noqa: E402
+from moai.perception.verbalize import MODULES  # noqa: E402
+from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions  # noqa: E402
+
+
+def mean_canvas(engine: Engine) -> Image.Image:
+    """A canvas of the processor's image size in its normaliser's mean colour: pixel values zero."""
+    processor = engine.processor
+    colour = tuple(round(255 * m) for m in processor.image_mean)
+    return Image.new("RGB", (processor.image_size, processor.image_size), colour)
+
+
+def first_word(answer: str) -> str:
+    return (answer.split() or [""])[0]
+
+
+def aux_only_answers(
+    engine: Engine, world: Path, questions: Sequence[dict], batch_size: int = 32
+) -> tuple[list[str], list[str]]:
+    """(aux on, all modules removed) answers to ``questions`` asked about `mean_canvas` with the perception
+    of their own image."""
+    canvas = mean_canvas(engine)
+    own, none = [], []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        perceptions = engine.perceive([Image.open(world / q["image"]).convert("RGB") for q in chunk])
+        asked = ([canvas] * len(chunk), [q["text"] for q in chunk])
+        own += [first_word(a.text) for a in engine.answer(*asked, perceptions=perceptions)]
+        none += [first_word(a.text) for a in engine.answer(*asked, perceptions=perceptions, drop=MODULES)]
+    return own, none
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="a saved MoAI directory (default: the bundled model)")
+    parser.add_argument(
+        "--world", type=Path, required=True, help="a moai worlds shapes directory (required, no default)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="the first N questions only (default: all)")
+    args = parser.parse_args(argv)
+    engine = Engine.load(args.model)
+    questions = read_questions(args.world)[: args.limit]
+    own, none = aux_only_answers(engine, args.world, questions)
+    rows = {"aux on": accuracy_by_category(questions, own), "no aux": accuracy_by_category(questions, none)}
+    print(f"{args.model or 'bundled model'}, image blanked, {len(questions)} questions of {args.world}")
+    print(" " * 8 + "".join(f"{c:>10}" for c in COLUMNS))
+    for name, acc in rows.items():
+        print(f"{name:<8}" + "".join(f"{acc.get(c, float('nan')):>10.1f}" for c in COLUMNS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
