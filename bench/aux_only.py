@@ -8,12 +8,14 @@ a flat canvas in the image normaliser's mean colour (pixel values zero, as `imag
 once with all four modules removed. A model that reads its aux scores above the no-aux row; one that answers
 from the pixels alone falls to the majority answers in both. A model never trained on a blank canvas may not
 end its answer there, so an answer is scored by its first word (`first_word`): the sign words are one word
-too. Prints accuracy (%) per category (docs/shapesworld.md, "A no-search aux task in the recipe's data").
+too. ``--shapes N`` keeps the scenes with N shapes (1: nothing to search, one colour and one kind word in
+the aux). Prints accuracy (%) per category (docs/shapesworld.md, "A no-search aux task in the recipe's data").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from PIL import Image  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.perception.verbalize import MODULES  # noqa: E402
 from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions  # noqa: E402
+from moai.worlds.shapes import SCENES_FILE, Scene, image_path  # noqa: E402
 
 
 def mean_canvas(engine: Engine) -> Image.Image:
@@ -33,6 +36,13 @@ def mean_canvas(engine: Engine) -> Image.Image:
     processor = engine.processor
     colour = tuple(round(255 * m) for m in processor.image_mean)
     return Image.new("RGB", (processor.image_size, processor.image_size), colour)
+
+
+def scenes_with(world: Path, shapes: int) -> set[str]:
+    """The image paths (as the question file names them) of the world's scenes with ``shapes`` shapes."""
+    with (world / SCENES_FILE).open() as f:
+        scenes = [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
+    return {image_path(scene) for scene in scenes if len(scene.shapes) == shapes}
 
 
 def first_word(answer: str) -> str:
@@ -61,13 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--world", type=Path, required=True, help="a moai worlds shapes directory (required, no default)"
     )
+    parser.add_argument(
+        "--shapes", type=int, default=None, help="only the scenes with this many shapes (default: all scenes)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="the first N questions only (default: all)")
     args = parser.parse_args(argv)
     engine = Engine.load(args.model)
-    questions = read_questions(args.world)[: args.limit]
+    questions = read_questions(args.world)
+    if args.shapes is not None:
+        images = scenes_with(args.world, args.shapes)
+        questions = [q for q in questions if q["image"] in images]
+    questions = questions[: args.limit]
     own, none = aux_only_answers(engine, args.world, questions)
     rows = {"aux on": accuracy_by_category(questions, own), "no aux": accuracy_by_category(questions, none)}
-    print(f"{args.model or 'bundled model'}, image blanked, {len(questions)} questions of {args.world}")
+    which = f" ({args.shapes}-shape scenes)" if args.shapes is not None else ""
+    print(
+        f"{args.model or 'bundled model'}, image blanked, {len(questions)} questions of {args.world}{which}"
+    )
     print(" " * 8 + "".join(f"{c:>10}" for c in COLUMNS))
     for name, acc in rows.items():
         print(f"{name:<8}" + "".join(f"{acc.get(c, float('nan')):>10.1f}" for c in COLUMNS))

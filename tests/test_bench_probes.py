@@ -1,6 +1,7 @@
 """bench/aux_match_probe.py's synthetic tasks: every answer follows from the aux text the sample carries."""
 
 import importlib.util
+import json
 import random
 import re
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_aux_only_asks_about_a_canvas_of_zero_pixel_values_and_prints_both_rows(
     assert pixels.abs().max() <= 0.5 / 255 / std + 1e-6  # zero up to the 8-bit rounding of the mean colour
     assert aux_only.first_word(" yes 4 4") == "yes" and aux_only.first_word("") == ""
     write_world(tmp_path, scenes=3, seed=31)
+    truth = [json.loads(line) for line in (tmp_path / "scenes.jsonl").read_text().splitlines()]
+    for n in range(1, 7):  # --shapes N: the scenes with N shapes, as the ground truth counts them
+        expected = {f"images/{t['id']}.png" for t in truth if len(t["shapes"]) == n}
+        assert aux_only.scenes_with(tmp_path, n) == expected
     assert aux_only.main(["--world", str(tmp_path), "--limit", "6"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "image blanked, 6 questions" in lines[0]
