@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from PIL import Image  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.perception.verbalize import MODULES  # noqa: E402
 from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions  # noqa: E402
+from moai.worlds.score import is_correct  # noqa: E402
 from moai.worlds.shapes import SCENES_FILE, Scene, image_path  # noqa: E402
 
 
@@ -43,6 +45,24 @@ def scenes_with(world: Path, shapes: int) -> set[str]:
     with (world / SCENES_FILE).open() as f:
         scenes = [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
     return {image_path(scene) for scene in scenes if len(scene.shapes) == shapes}
+
+
+POSITION = re.compile(r"Is the (\w+ \w+) (to the left of|above) the (\w+ \w+)\?")
+"""The world's two position templates: (first referent, relation, second referent)."""
+
+
+def relation_in_aux(question: str, aux_text: str) -> bool | None:
+    """Whether the aux text holds a relation between a position question's two referents on its axis (either
+    order, either predicate: "A is left of B", "B is right of A", "B is left of A", "A is right of B"); None
+    for a question of another template. The SGG verbalizers keep their top-k relations (official: 10), so the
+    asked pair can be missing."""
+    match = POSITION.fullmatch(question)
+    if match is None:
+        return None
+    a, relation, b = match.groups()
+    before, after = ("left of", "right of") if relation == "to the left of" else ("above", "below")
+    said = ((a, before, b), (b, after, a), (b, before, a), (a, after, b))
+    return any(re.search(rf"\b{x}(?: \(#\d+\))? is {r} {y}\b", aux_text) for x, r, y in said)
 
 
 def first_word(answer: str) -> str:
@@ -91,7 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(" " * 8 + "".join(f"{c:>10}" for c in COLUMNS))
     for name, acc in rows.items():
         print(f"{name:<8}" + "".join(f"{acc.get(c, float('nan')):>10.1f}" for c in COLUMNS))
+    print_position_split(engine, args.world, questions, own, none)
     return 0
+
+
+def print_position_split(
+    engine: Engine, world: Path, questions: Sequence[dict], own: Sequence[str], none: Sequence[str]
+) -> None:
+    """The position questions' accuracy split by whether their aux holds the asked pair (`relation_in_aux`)."""
+    groups: dict[bool, list[tuple[bool, bool]]] = {True: [], False: []}
+    for q, a, n in zip(questions, own, none):
+        perception = engine.perceive([Image.open(world / q["image"]).convert("RGB")])[0]
+        held = relation_in_aux(q["text"], engine.aux_inputs(perception)[0])
+        if held is not None:
+            groups[held].append((is_correct(a, q["answer"]), is_correct(n, q["answer"])))
+    for held, rows in groups.items():
+        if rows:
+            on, off = (100.0 * sum(r[i] for r in rows) / len(rows) for i in (0, 1))
+            where = "in the aux" if held else "not in the aux"
+            print(
+                f"position, the asked pair's relation {where}: {len(rows)} questions, aux on {on:.1f}, no aux {off:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -87,3 +87,13 @@ def test_aux_only_asks_about_a_canvas_of_zero_pixel_values_and_prints_both_rows(
     lines = capsys.readouterr().out.splitlines()
     assert "image blanked, 6 questions" in lines[0]
     assert [line.split()[:2] for line in lines[2:]] == [["aux", "on"], ["no", "aux"]]
+
+
+def test_relation_in_aux_finds_the_asked_pair_in_either_order_and_predicate():
+    aux = "objects: red circle, blue square, green triangle. relations: blue square is right of red circle."
+    left = "Is the red circle to the left of the blue square?"
+    assert aux_only.relation_in_aux(left, aux) is True
+    assert aux_only.relation_in_aux("Is the blue square to the left of the red circle?", aux) is True
+    assert aux_only.relation_in_aux("Is the red circle above the blue square?", aux) is False  # other axis
+    assert aux_only.relation_in_aux("Is the red circle to the left of the green triangle?", aux) is False
+    assert aux_only.relation_in_aux("How many circles are there?", aux) is None
