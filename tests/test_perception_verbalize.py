@@ -262,6 +262,27 @@ def test_compact_names_each_object_once_in_reading_order_without_coordinates():
         assert verbalize_compact(v2_perception(order)) == verbalize_compact(p)
 
 
+def test_compact_all_keeps_every_relation_above_the_threshold_where_compact_keeps_ten():
+    boxes = [
+        (10 + 30 * i, 10 + 25 * i, 30 + 30 * i, 30 + 25 * i) for i in range(6)
+    ]  # a diagonal: x and y differ
+    objects = tuple(Detection("red circle", box, 0.9) for box in boxes)
+    relations = tuple(
+        Relation(i, "red circle", predicate, j, "red circle", 0.9 + 0.001 * (6 * i + j))
+        for i in range(6)
+        for j in range(6)
+        if i != j
+        for predicate in (("left of", "above") if i < j else ("right of", "below"))
+    )
+    weak = Relation(0, "red circle", "beside", 1, "red circle", 0.5)  # under the 0.8 threshold
+    p = Perception(image_size=(224, 224), objects=objects, relations=relations + (weak,))
+    every = verbalize_perception(p, "compact-all")
+    assert every.count(" is ") == len(relations) == 60 and "beside" not in every
+    ten = verbalize_perception(p, "compact")
+    assert ten.count(" is ") == 10
+    assert every.startswith(ten.removesuffix(".") + ", ")  # the 10 best first, in the same order
+
+
 def test_v2_is_deterministic_under_input_order():
     expected = verbalize_v2(v2_perception())
     rng = random.Random(0)
