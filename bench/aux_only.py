@@ -71,18 +71,19 @@ def first_word(answer: str) -> str:
 
 def aux_only_answers(
     engine: Engine, world: Path, questions: Sequence[dict], batch_size: int = 32
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     """(aux on, all modules removed) answers to ``questions`` asked about `mean_canvas` with the perception
-    of their own image."""
+    of their own image, and the aux text each was asked with."""
     canvas = mean_canvas(engine)
-    own, none = [], []
+    own, none, aux_texts = [], [], []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         perceptions = engine.perceive([Image.open(world / q["image"]).convert("RGB") for q in chunk])
         asked = ([canvas] * len(chunk), [q["text"] for q in chunk])
         own += [first_word(a.text) for a in engine.answer(*asked, perceptions=perceptions)]
         none += [first_word(a.text) for a in engine.answer(*asked, perceptions=perceptions, drop=MODULES)]
-    return own, none
+        aux_texts += [engine.aux_inputs(p)[0] for p in perceptions]
+    return own, none, aux_texts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = scenes_with(args.world, args.shapes)
         questions = [q for q in questions if q["image"] in images]
     questions = questions[: args.limit]
-    own, none = aux_only_answers(engine, args.world, questions)
+    own, none, aux_texts = aux_only_answers(engine, args.world, questions)
     rows = {"aux on": accuracy_by_category(questions, own), "no aux": accuracy_by_category(questions, none)}
     which = f" ({args.shapes}-shape scenes)" if args.shapes is not None else ""
     print(
@@ -111,18 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(" " * 8 + "".join(f"{c:>10}" for c in COLUMNS))
     for name, acc in rows.items():
         print(f"{name:<8}" + "".join(f"{acc.get(c, float('nan')):>10.1f}" for c in COLUMNS))
-    print_position_split(engine, args.world, questions, own, none)
+    print_position_split(questions, aux_texts, own, none)
     return 0
 
 
 def print_position_split(
-    engine: Engine, world: Path, questions: Sequence[dict], own: Sequence[str], none: Sequence[str]
+    questions: Sequence[dict], aux_texts: Sequence[str], own: Sequence[str], none: Sequence[str]
 ) -> None:
     """The position questions' accuracy split by whether their aux holds the asked pair (`relation_in_aux`)."""
     groups: dict[bool, list[tuple[bool, bool]]] = {True: [], False: []}
-    for q, a, n in zip(questions, own, none):
-        perception = engine.perceive([Image.open(world / q["image"]).convert("RGB")])[0]
-        held = relation_in_aux(q["text"], engine.aux_inputs(perception)[0])
+    for q, aux_text, a, n in zip(questions, aux_texts, own, none):
+        held = relation_in_aux(q["text"], aux_text)
         if held is not None:
             groups[held].append((is_correct(a, q["answer"]), is_correct(n, q["answer"])))
     for held, rows in groups.items():
