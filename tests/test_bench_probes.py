@@ -1,4 +1,5 @@
-"""bench/aux_match_probe.py's synthetic tasks: every answer follows from the aux text the sample carries."""
+"""bench/aux_match_probe.py's synthetic tasks (every answer follows from the aux text the sample carries) and
+bench/aux_only.py's blank canvas, position split and run on the bundled model."""
 
 import importlib.util
 import json
@@ -10,11 +11,18 @@ import pytest
 
 from moai.worlds.shapes import COLOURS, KINDS
 
-SPEC = importlib.util.spec_from_file_location(
-    "aux_match_probe", Path(__file__).resolve().parent.parent / "bench" / "aux_match_probe.py"
-)
-probe = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(probe)
+
+def load_bench(name: str):
+    """A script of bench/ as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = load_bench("aux_match_probe")
 
 
 def parse(aux: str) -> tuple[list[tuple[str, str]], str]:
@@ -60,11 +68,7 @@ def test_every_answer_follows_from_its_aux(task):
         probe.sample(rng, "position")
 
 
-AUX_ONLY_SPEC = importlib.util.spec_from_file_location(
-    "aux_only", Path(__file__).resolve().parent.parent / "bench" / "aux_only.py"
-)
-aux_only = importlib.util.module_from_spec(AUX_ONLY_SPEC)
-AUX_ONLY_SPEC.loader.exec_module(aux_only)
+aux_only = load_bench("aux_only")
 
 
 def test_aux_only_asks_about_a_canvas_of_zero_pixel_values_and_prints_both_rows(tmp_path, capsys):
