@@ -240,6 +240,45 @@ def test_written_world_is_reproducible_and_well_formed(tmp_path):
     assert len(set(first)) > 1  # the turn order is shuffled per scene: not always the same category first
 
 
+def test_further_conversations_draw_new_questions_and_leave_the_rest_of_the_world_as_it_was(tmp_path, capsys):
+    argv = ["worlds", "shapes", "--out", str(tmp_path / "a"), "--scenes", "30", "--seed", "5"]
+    assert main([*argv, "--conversations", "4"]) == 0
+    write_world(tmp_path / "b", 30, 5)
+    a, b = read_world(tmp_path / "a"), read_world(tmp_path / "b")
+    assert {k: v for k, v in a.items() if k != "train.json"} == {
+        k: v for k, v in b.items() if k != "train.json"
+    }
+    records, plain = json.loads(a["train.json"]), json.loads(b["train.json"])
+    assert len(records) == 4 * len(plain) and records[::4] == plain  # the first conversation is the plain one
+    assert len({r["id"] for r in records}) == len(records)
+    by_scene = {(s := Scene.from_dict(json.loads(line))).id: s for line in a["scenes.jsonl"].splitlines()}
+    asked: dict[str, set] = {}
+    for record in records:
+        scene = by_scene[Path(record["image"]).stem]
+        assert record["id"] in (scene.id, *(f"{scene.id}-{d}" for d in range(1, 4)))
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and all(
+            "<image>" not in t["value"] for t in turns[1:]
+        )
+        categories = []
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            text = human["value"].removeprefix("<image>\n")
+            category = next(c for c, ts in TEMPLATES.items() if any(re.fullmatch(t, text) for t in ts))
+            assert gpt["value"] == expected_answer(scene, category, text)  # every draw keeps the rules
+            categories.append(category)
+            asked.setdefault(category, set()).add((scene.id, text))
+        assert len(set(categories)) == len(categories)  # one question per category, as the first draw
+    plain_asked = {
+        (r["id"], t["value"].removeprefix("<image>\n")) for r in plain for t in r["conversations"][::2]
+    }
+    for category in ("existence", "count", "position", "ocr"):
+        assert len(asked[category] - plain_asked) > 10  # further draws ask new questions
+    for bad in ("0", "-1", "x"):
+        one_line_error(capsys, [*argv, "--overwrite", "--conversations", bad], "--conversations")
+    with pytest.raises(ValueError, match="conversations: 0"):
+        write_world(tmp_path / "c", 1, 5, conversations=0)
+
+
 # --- scoring ----------------------------------------------------------------------------------------------------
 
 
@@ -322,7 +361,11 @@ def one_line_error(capsys, argv: list[str], needle: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) <= 2  # argparse: usage + error; ours: one line
+    lines = err.strip().splitlines()
+    if lines[0].startswith("usage: "):  # argparse: its usage (wrapped lines indented), then the error line
+        assert all(line.startswith(" ") for line in lines[1:-1]) and "error: " in lines[-1], err
+    else:  # ours: one line
+        assert len(lines) == 1, err
 
 
 def test_bad_input_of_both_commands(tmp_path, capsys):

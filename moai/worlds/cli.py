@@ -28,7 +28,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"{out}: directory is not empty (give --overwrite to write into it)")
-    summary = write_world(out, args.scenes, args.seed)
+    summary = write_world(out, args.scenes, args.seed, args.conversations)
     counts = ", ".join(f"{c} {n}" for c, n in summary.per_category.items())
     print(f"wrote {summary.scenes} scenes (seed {args.seed}) to {out}: images/, {SCENES_FILE}, {TRAIN_FILE}")
     print(f"wrote {summary.questions} questions to {out / QUESTIONS_FILE}: {counts}")
@@ -91,6 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="S",
         help="seed, 0 .. 2**63 - 1; use different seeds for training and held-out sets (default: %(default)s)",
+    )
+    p.add_argument(
+        "--conversations",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="training conversations per scene in train.json: the question file's questions, then N - 1 "
+        "fresh draws of the generator's questions (default: %(default)s)",
     )
     p.add_argument(
         "--overwrite",

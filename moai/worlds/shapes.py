@@ -403,16 +403,26 @@ def generate(seed: int, index: int) -> tuple[Scene, list[Question]]:
     return scene, make_questions(scene, rng)
 
 
-def conversation(scene: Scene, questions: Sequence[Question]) -> dict[str, Any]:
+def conversation(scene: Scene, questions: Sequence[Question], draw: int = 0) -> dict[str, Any]:
     """A LLaVA training record: every question of the scene as one multi-turn conversation, in an order
     shuffled per scene (seeded by the scene), so every category is also asked first, as at inference where a
-    question comes alone."""
-    order = np.random.default_rng([scene.seed, scene.index, 1]).permutation(len(questions))
+    question comes alone. ``draw`` > 0 names a further conversation about the same scene (`more_questions`)."""
+    order = np.random.default_rng([scene.seed, scene.index, 1, *([draw] if draw else [])]).permutation(
+        len(questions)
+    )
     turns = []
     for i, q in enumerate(questions[j] for j in order):
         turns.append({"from": "human", "value": f"<image>\n{q.text}" if i == 0 else q.text})
         turns.append({"from": "gpt", "value": q.answer})
-    return {"id": scene.id, "image": image_path(scene), "conversations": turns}
+    record_id = f"{scene.id}-{draw}" if draw else scene.id
+    return {"id": record_id, "image": image_path(scene), "conversations": turns}
+
+
+def more_questions(scene: Scene, draw: int) -> list[Question]:
+    """Draw ``draw`` (>= 1) of the scene's questions for training: the generator's rules and choices again
+    (`make_questions`), from a stream of its own, so the scene's question file is unchanged and a training
+    file can hold several conversations about one image (more questions for the same perception)."""
+    return make_questions(scene, np.random.default_rng([scene.seed, scene.index, 2, draw]))
 
 
 # --- writing a world --------------------------------------------------------------------------------------------
@@ -435,9 +445,15 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def write_world(out: Path, scenes: int, seed: int) -> WorldSummary:
+def write_world(out: Path, scenes: int, seed: int, conversations: int = 1) -> WorldSummary:
     """Render ``scenes`` scenes of ``seed`` into ``out``: ``images/*.png``, ``scenes.jsonl`` (ground
-    truth), ``train.json`` (LLaVA conversations) and ``questions.jsonl`` (question file)."""
+    truth), ``train.json`` (LLaVA conversations) and ``questions.jsonl`` (question file).
+
+    ``conversations`` > 1 writes that many training conversations per scene: the first holds the questions
+    of the question file, each further one a fresh draw (`more_questions`). Images, ground truth and the
+    question file do not depend on it."""
+    if conversations < 1:
+        raise ValueError(f"conversations: {conversations} is not >= 1")
     (out / "images").mkdir(parents=True, exist_ok=True)
     truths, records, questions = [], [], []
     for index in range(scenes):
@@ -445,6 +461,7 @@ def write_world(out: Path, scenes: int, seed: int) -> WorldSummary:
         render(scene).save(out / image_path(scene))
         truths.append(scene.to_dict())
         records.append(conversation(scene, qs))
+        records += [conversation(scene, more_questions(scene, d), d) for d in range(1, conversations)]
         questions.extend(qs)
     write_jsonl(out / SCENES_FILE, truths)
     rows = ",\n".join(json.dumps(r) for r in records)  # a JSON list, one record a line
