@@ -19,7 +19,16 @@ Tasks (``--task``, comma-separated for a mixture):
 * ``existence``: "Is there a {colour} {kind} in the image?" (is this pair among the aux objects?);
 * ``colour``: "What color is the {kind}?" (the kind is unique: which colour goes with it?);
 * ``count``: "How many {colour} objects are there?";
-* ``ocr``: "Is the word {WORD} written in the image?" (the aux's word or another of its length).
+* ``ocr``: "Is the word {WORD} written in the image?" (the aux's word or another of its length);
+* ``position``: "Is the {colour} {kind} to the left of / above the {colour} {kind}?" about 2-5 objects of
+  distinct colour-kind pairs at random centres, the aux holding every relation as the `compact-all`
+  verbalizer writes them (both directions of every pair on each axis whose centres are at least 8 px apart:
+  ``relations: red circle is left of blue square, blue square is right of red circle, ...``), so the answer
+  is always there to be found.
+
+``--in-prompt`` takes the MoAI modules away: the base's own projector and LLM are trained (every weight, as
+`bench/aux_probe.py --aux-in-prompt`), the aux text written into the prompt before the question. Can the LLM
+read it from its own context, given unlimited fresh samples?
 
 Prints the running training loss and the held-out accuracy per task (docs/shapesworld.md, "Matching a word in
 the aux").
@@ -44,13 +53,62 @@ from moai.train.loop import build_model  # noqa: E402
 from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
-TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr")
+BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
+TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position")
+CANVAS = 224
+"""Side of the canvas the ``position`` task's centres lie on, and its least offset on an asked axis."""
+MIN_OFFSET = 8
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HELD_OUT = 200
 
 
 def aux_text(objects: list[tuple[str, str]], word: str) -> str:
     return "objects: " + ", ".join(f"{c} {k}" for c, k in objects) + f". text: {word}."
+
+
+def relation_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]) -> str:
+    """Every relation between the objects, both directions, on each axis where the centres are at least
+    `MIN_OFFSET` apart (the `compact-all` layout)."""
+    out = []
+    for i, (a, (ax, ay)) in enumerate(zip(objects, centres)):
+        for j, (b, (bx, by)) in enumerate(zip(objects, centres)):
+            if i == j:
+                continue
+            if abs(ax - bx) >= MIN_OFFSET:
+                out.append(f"{a[0]} {a[1]} is {'left' if ax < bx else 'right'} of {b[0]} {b[1]}")
+            if abs(ay - by) >= MIN_OFFSET:
+                out.append(f"{a[0]} {a[1]} is {'above' if ay < by else 'below'} {b[0]} {b[1]}")
+    return ", ".join(out)
+
+
+def position_sample(rng: random.Random, word: str) -> tuple[str, str, str]:
+    """A position question about 2-5 objects of distinct colour-kind pairs, every relation in the aux."""
+    pairs = [(c, k) for c in COLOURS for k in KINDS]
+    while True:
+        objects = rng.sample(pairs, rng.randint(2, 5))
+        centres = [(rng.randrange(CANVAS), rng.randrange(CANVAS)) for _ in objects]
+        asked = [
+            (i, j, axis)
+            for i in range(len(objects))
+            for j in range(len(objects))
+            for axis in (0, 1)
+            if i != j and abs(centres[i][axis] - centres[j][axis]) >= MIN_OFFSET
+        ]
+        if asked:
+            break
+    i, j, axis = rng.choice(asked)
+    (ca, ka), (cb, kb) = objects[i], objects[j]
+    where = "to the left of" if axis == 0 else "above"
+    aux = (
+        aux_text(objects, word)
+        .removesuffix(".")
+        .replace(". text:", f". relations: {relation_text(objects, centres)}. text:")
+    )
+    return (
+        aux + ".",
+        f"Is the {ca} {ka} {where} the {cb} {kb}?",
+        "yes" if centres[i][axis] < centres[j][axis] else "no",
+    )
 
 
 def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
@@ -92,6 +150,8 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
                 asked = "".join(rng.choice(LETTERS) for _ in range(len(word)))
         answer = "yes" if asked == word else "no"
         return aux_text(objects, word), f"Is the word {asked} written in the image?", answer
+    if task == "position":
+        return position_sample(rng, word)
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 
@@ -111,6 +171,11 @@ def main() -> int:
         "--override", action="append", default=[], help="KEY=VALUE on step1.yaml (repeatable; default none)"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling and init seed (default 0)")
+    parser.add_argument(
+        "--in-prompt",
+        action="store_true",
+        help="no MoAI modules: train the base's projector and LLM with the aux text in the prompt (default: off)",
+    )
     args = parser.parse_args()
     tasks = args.task.split(",")
     for task in tasks:
@@ -120,16 +185,33 @@ def main() -> int:
         parser.error(f"--model {args.model}: not a saved model (run `make shapesworld-model` first)")
 
     torch.manual_seed(args.seed)
-    config = TrainConfig.load(STEP1, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override])
-    model, processor = build_model(config)
-    model.set_mixer(mode="gated")
-    trainable = model.set_trainable("moai")
-    print(f"{args.model} + new MoAI modules ({trainable:,} trainable), overrides: {args.override or 'none'}")
+    if args.in_prompt:
+        config = TrainConfig.load(
+            BASE, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override]
+        )
+        model, processor = build_model(config)
+        trainable = model.set_trainable("projector+llm")
+        print(
+            f"{args.model}, aux in the prompt ({trainable:,} trainable), overrides: {args.override or 'none'}"
+        )
+    else:
+        config = TrainConfig.load(
+            STEP1, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override]
+        )
+        model, processor = build_model(config)
+        model.set_mixer(mode="gated")
+        trainable = model.set_trainable("moai")
+        print(
+            f"{args.model} + new MoAI modules ({trainable:,} trainable), overrides: {args.override or 'none'}"
+        )
 
     size = processor.image_size
     canvas, black = Image.new("RGB", (size, size), (235, 235, 235)), Image.new("RGB", (size, size))
 
     def batch(items: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+        if args.in_prompt:
+            rows = [processor.encode_turns(((f"<image>\n{x} {q}", a),)) for x, q, a in items]
+            return dict(processor.build_batch(rows, [canvas] * len(items)))
         rows = [processor.encode_turns(((f"<image>\n{q}", a),)) for _, q, a in items]
         aux = [a for a, _, _ in items]
         maps = [black] * len(items) if model.config.use_aux_map else None

@@ -25,12 +25,13 @@ def load_bench(name: str):
 probe = load_bench("aux_match_probe")
 
 
-def parse(aux: str) -> tuple[list[tuple[str, str]], str]:
-    match = re.fullmatch(r"objects: (.+)\. text: ([A-Z]+)\.", aux)
+def parse(aux: str) -> tuple[list[tuple[str, str]], str, list[str]]:
+    """Objects, sign word and relations (empty when the aux has none) of a probe's aux text."""
+    match = re.fullmatch(r"objects: (.+?)\.(?: relations: (.+)\.)? text: ([A-Z]+)\.", aux)
     assert match, aux
     objects = [tuple(item.split(" ")) for item in match.group(1).split(", ")]
     assert all(c in COLOURS and k in KINDS for c, k in objects)
-    return objects, match.group(2)
+    return objects, match.group(3), match.group(2).split(", ") if match.group(2) else []
 
 
 @pytest.mark.parametrize("task", probe.TASKS)
@@ -39,7 +40,8 @@ def test_every_answer_follows_from_its_aux(task):
     answers = []
     for _ in range(300):
         aux, question, answer = probe.sample(rng, task)
-        objects, word = parse(aux)
+        objects, word, relations = parse(aux)
+        assert not relations or task == "position"
         answers.append(answer)
         if task == "copy":
             assert objects == [(answer, "circle")] and question == "What color is the circle?"
@@ -62,10 +64,21 @@ def test_every_answer_follows_from_its_aux(task):
         elif task == "ocr":
             asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
             assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
-    if task in ("cexist", "existence", "ocr"):  # both answers, neither rare
+        elif task == "position":
+            a, where, b = re.fullmatch(
+                r"Is the (\w+ \w+) (to the left of|above) the (\w+ \w+)\?", question
+            ).groups()
+            assert len(set(objects)) == len(objects) and a != b  # unique referents
+            said, opposite = ("left of", "right of") if where != "above" else ("above", "below")
+            assert (
+                f"{a} is {said} {b}" in relations and f"{b} is {opposite} {a}" in relations
+                if answer == "yes"
+                else (f"{a} is {opposite} {b}" in relations and f"{b} is {said} {a}" in relations)
+            )
+    if task in ("cexist", "existence", "ocr", "position"):  # both answers, neither rare
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
-        probe.sample(rng, "position")
+        probe.sample(rng, "size")
 
 
 aux_only = load_bench("aux_only")
