@@ -24,7 +24,9 @@ Tasks (``--task``, comma-separated for a mixture):
   distinct colour-kind pairs at random centres, the aux holding every relation as the `compact-all`
   verbalizer writes them (both directions of every pair on each axis whose centres are at least 8 px apart:
   ``relations: red circle is left of blue square, blue square is right of red circle, ...``), so the answer
-  is always there to be found.
+  is always there to be found;
+* ``relword``: the same question with only the asked relation in the aux, its subject first (``relations:
+  red circle is right of blue square.``): the answer is the relation's predicate word, nothing to search.
 
 ``--in-prompt`` takes the MoAI modules away: the base's own projector and LLM are trained (every weight, as
 `bench/aux_probe.py --aux-in-prompt`), the aux text written into the prompt before the question. Can the LLM
@@ -54,7 +56,7 @@ from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
-TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position")
+TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position", "relword")
 CANVAS = 224
 """Side of the canvas the ``position`` task's centres lie on, and its least offset on an asked axis."""
 MIN_OFFSET = 8
@@ -81,8 +83,9 @@ def relation_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]
     return ", ".join(out)
 
 
-def position_sample(rng: random.Random, word: str) -> tuple[str, str, str]:
-    """A position question about 2-5 objects of distinct colour-kind pairs, every relation in the aux."""
+def position_sample(rng: random.Random, word: str, asked_only: bool = False) -> tuple[str, str, str]:
+    """A position question about 2-5 objects of distinct colour-kind pairs, every relation in the aux (or,
+    ``asked_only``, the asked pair's relation alone, its subject first: the answer is its predicate word)."""
     pairs = [(c, k) for c in COLOURS for k in KINDS]
     while True:
         objects = rng.sample(pairs, rng.randint(2, 5))
@@ -99,11 +102,14 @@ def position_sample(rng: random.Random, word: str) -> tuple[str, str, str]:
     i, j, axis = rng.choice(asked)
     (ca, ka), (cb, kb) = objects[i], objects[j]
     where = "to the left of" if axis == 0 else "above"
-    aux = (
-        aux_text(objects, word)
-        .removesuffix(".")
-        .replace(". text:", f". relations: {relation_text(objects, centres)}. text:")
-    )
+    relations = relation_text(objects, centres)
+    if asked_only:
+        relations = next(
+            r
+            for r in relations.split(", ")
+            if r.startswith(f"{ca} {ka} is ") and r.endswith(f" {cb} {kb}") and (" of " in r) == (axis == 0)
+        )
+    aux = aux_text(objects, word).removesuffix(".").replace(". text:", f". relations: {relations}. text:")
     return (
         aux + ".",
         f"Is the {ca} {ka} {where} the {cb} {kb}?",
@@ -150,8 +156,8 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
                 asked = "".join(rng.choice(LETTERS) for _ in range(len(word)))
         answer = "yes" if asked == word else "no"
         return aux_text(objects, word), f"Is the word {asked} written in the image?", answer
-    if task == "position":
-        return position_sample(rng, word)
+    if task in ("position", "relword"):
+        return position_sample(rng, word, asked_only=task == "relword")
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 

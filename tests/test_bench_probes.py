@@ -41,7 +41,7 @@ def test_every_answer_follows_from_its_aux(task):
     for _ in range(300):
         aux, question, answer = probe.sample(rng, task)
         objects, word, relations = parse(aux)
-        assert not relations or task == "position"
+        assert not relations or task in ("position", "relword")
         answers.append(answer)
         if task == "copy":
             assert objects == [(answer, "circle")] and question == "What color is the circle?"
@@ -64,7 +64,7 @@ def test_every_answer_follows_from_its_aux(task):
         elif task == "ocr":
             asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
             assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
-        elif task == "position":
+        elif task in ("position", "relword"):
             a, where, b = re.fullmatch(
                 r"Is the (\w+ \w+) (to the left of|above) the (\w+ \w+)\?", question
             ).groups()
@@ -75,7 +75,9 @@ def test_every_answer_follows_from_its_aux(task):
                 if answer == "yes"
                 else (f"{a} is {opposite} {b}" in relations and f"{b} is {said} {a}" in relations)
             )
-    if task in ("cexist", "existence", "ocr", "position"):  # both answers, neither rare
+        if task == "relword":  # the asked relation alone, its subject first
+            assert len(relations) == 1 and relations[0].startswith(f"{a} is ")
+    if task in ("cexist", "existence", "ocr", "position", "relword"):  # both answers, neither rare
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
         probe.sample(rng, "size")
