@@ -243,6 +243,11 @@ def test_written_world_is_reproducible_and_well_formed(tmp_path):
 def test_further_conversations_draw_new_questions_and_leave_the_rest_of_the_world_as_it_was(tmp_path, capsys):
     argv = ["worlds", "shapes", "--out", str(tmp_path / "a"), "--scenes", "30", "--seed", "5"]
     assert main([*argv, "--conversations", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(
+        rf"wrote 120 training conversations to {re.escape(str(tmp_path / 'a' / 'train.json'))}: \d+ distinct questions",
+        printed,
+    )
     write_world(tmp_path / "b", 30, 5)
     a, b = read_world(tmp_path / "a"), read_world(tmp_path / "b")
     assert {k: v for k, v in a.items() if k != "train.json"} == {
@@ -268,6 +273,7 @@ def test_further_conversations_draw_new_questions_and_leave_the_rest_of_the_worl
             categories.append(category)
             asked.setdefault(category, set()).add((scene.id, text))
         assert len(set(categories)) == len(categories)  # one question per category, as the first draw
+    assert int(printed.split(": ")[-1].split()[0]) == sum(map(len, asked.values()))
     plain_asked = {
         (r["id"], t["value"].removeprefix("<image>\n")) for r in plain for t in r["conversations"][::2]
     }

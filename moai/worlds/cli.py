@@ -32,6 +32,11 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{c} {n}" for c, n in summary.per_category.items())
     print(f"wrote {summary.scenes} scenes (seed {args.seed}) to {out}: images/, {SCENES_FILE}, {TRAIN_FILE}")
     print(f"wrote {summary.questions} questions to {out / QUESTIONS_FILE}: {counts}")
+    if summary.conversations > summary.scenes:
+        print(
+            f"wrote {summary.conversations} training conversations to {out / TRAIN_FILE}: "
+            f"{summary.training_questions} distinct questions"
+        )
     return 0
 
 

@@ -437,6 +437,10 @@ class WorldSummary:
     scenes: int
     questions: int
     per_category: dict[str, int]
+    conversations: int = 0
+    """Training conversations written to ``train.json``."""
+    training_questions: int = 0
+    """Distinct (image, question) pairs those conversations ask."""
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -468,4 +472,9 @@ def write_world(out: Path, scenes: int, seed: int, conversations: int = 1) -> Wo
     (out / TRAIN_FILE).write_text(f"[\n{rows}\n]\n", encoding="utf-8")
     write_jsonl(out / QUESTIONS_FILE, (q.to_dict() for q in questions))
     per_category = {c: sum(q.category == c for q in questions) for c in CATEGORIES}
-    return WorldSummary(scenes, len(questions), per_category)
+    asked = {
+        (r["image"], turn["value"].removeprefix("<image>\n"))
+        for r in records
+        for turn in r["conversations"][::2]
+    }
+    return WorldSummary(scenes, len(questions), per_category, len(records), len(asked))
