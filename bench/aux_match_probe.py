@@ -26,7 +26,9 @@ Tasks (``--task``, comma-separated for a mixture):
   ``relations: red circle is left of blue square, blue square is right of red circle, ...``), so the answer
   is always there to be found;
 * ``relword``: the same question with only the asked relation in the aux, its subject first (``relations:
-  red circle is right of blue square.``): the answer is the relation's predicate word, nothing to search.
+  red circle is right of blue square.``): the answer is the relation's predicate word, nothing to search;
+* ``xy``: the same question with no relation in the aux but every object's centre in percent of the canvas
+  (``objects: red circle 34 12, blue square 70 45.``): find two numbers and compare them.
 
 ``--in-prompt`` takes the MoAI modules away: the base's own projector and LLM are trained (every weight, as
 `bench/aux_probe.py --aux-in-prompt`), the aux text written into the prompt before the question. Can the LLM
@@ -56,7 +58,7 @@ from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
-TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position", "relword")
+TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position", "relword", "xy")
 CANVAS = 224
 """Side of the canvas the ``position`` task's centres lie on, and its least offset on an asked axis."""
 MIN_OFFSET = 8
@@ -83,9 +85,20 @@ def relation_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]
     return ", ".join(out)
 
 
-def position_sample(rng: random.Random, word: str, asked_only: bool = False) -> tuple[str, str, str]:
+def centre_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]) -> str:
+    """The objects with their centres in percent of the canvas (``red circle 34 12``: x, then y; the
+    vocabulary's two-digit tokens)."""
+    return ", ".join(
+        f"{c} {k} {100 * x // CANVAS:02d} {100 * y // CANVAS:02d}" for (c, k), (x, y) in zip(objects, centres)
+    )
+
+
+def position_sample(
+    rng: random.Random, word: str, asked_only: bool = False, centres_only: bool = False
+) -> tuple[str, str, str]:
     """A position question about 2-5 objects of distinct colour-kind pairs, every relation in the aux (or,
-    ``asked_only``, the asked pair's relation alone, its subject first: the answer is its predicate word)."""
+    ``asked_only``, the asked pair's relation alone, its subject first: the answer is its predicate word; or,
+    ``centres_only``, no relation but every object's centre, `centre_text`)."""
     pairs = [(c, k) for c in COLOURS for k in KINDS]
     while True:
         objects = rng.sample(pairs, rng.randint(2, 5))
@@ -110,6 +123,8 @@ def position_sample(rng: random.Random, word: str, asked_only: bool = False) -> 
             if r.startswith(f"{ca} {ka} is ") and r.endswith(f" {cb} {kb}") and (" of " in r) == (axis == 0)
         )
     aux = aux_text(objects, word).removesuffix(".").replace(". text:", f". relations: {relations}. text:")
+    if centres_only:
+        aux = f"objects: {centre_text(objects, centres)}. text: {word}"
     return (
         aux + ".",
         f"Is the {ca} {ka} {where} the {cb} {kb}?",
@@ -156,8 +171,8 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
                 asked = "".join(rng.choice(LETTERS) for _ in range(len(word)))
         answer = "yes" if asked == word else "no"
         return aux_text(objects, word), f"Is the word {asked} written in the image?", answer
-    if task in ("position", "relword"):
-        return position_sample(rng, word, asked_only=task == "relword")
+    if task in ("position", "relword", "xy"):
+        return position_sample(rng, word, asked_only=task == "relword", centres_only=task == "xy")
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 

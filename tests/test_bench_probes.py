@@ -25,13 +25,18 @@ def load_bench(name: str):
 probe = load_bench("aux_match_probe")
 
 
-def parse(aux: str) -> tuple[list[tuple[str, str]], str, list[str]]:
-    """Objects, sign word and relations (empty when the aux has none) of a probe's aux text."""
+def parse(aux: str) -> tuple[list[tuple[str, str]], str, list[str], list[tuple[int, ...]]]:
+    """Objects, sign word, relations and centres (empty when the aux has none) of a probe's aux text."""
     match = re.fullmatch(r"objects: (.+?)\.(?: relations: (.+)\.)? text: ([A-Z]+)\.", aux)
     assert match, aux
-    objects = [tuple(item.split(" ")) for item in match.group(1).split(", ")]
+    items = [item.split(" ") for item in match.group(1).split(", ")]
+    objects = [tuple(item[:2]) for item in items]
+    centres = [tuple(int(v) for v in item[2:]) for item in items]  # the xy task's, in percent
+    assert all(len(c) == 0 for c in centres) or all(
+        len(c) == 2 and all(0 <= v < 100 for v in c) for c in centres
+    )
     assert all(c in COLOURS and k in KINDS for c, k in objects)
-    return objects, match.group(3), match.group(2).split(", ") if match.group(2) else []
+    return objects, match.group(3), match.group(2).split(", ") if match.group(2) else [], centres
 
 
 @pytest.mark.parametrize("task", probe.TASKS)
@@ -40,8 +45,9 @@ def test_every_answer_follows_from_its_aux(task):
     answers = []
     for _ in range(300):
         aux, question, answer = probe.sample(rng, task)
-        objects, word, relations = parse(aux)
+        objects, word, relations, centres = parse(aux)
         assert not relations or task in ("position", "relword")
+        assert any(centres) == (task == "xy")
         answers.append(answer)
         if task == "copy":
             assert objects == [(answer, "circle")] and question == "What color is the circle?"
@@ -64,7 +70,7 @@ def test_every_answer_follows_from_its_aux(task):
         elif task == "ocr":
             asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
             assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
-        elif task in ("position", "relword"):
+        elif task in ("position", "relword", "xy"):
             a, where, b = re.fullmatch(
                 r"Is the (\w+ \w+) (to the left of|above) the (\w+ \w+)\?", question
             ).groups()
@@ -72,11 +78,19 @@ def test_every_answer_follows_from_its_aux(task):
             said, opposite = ("left of", "right of") if where != "above" else ("above", "below")
             holds = {f"{a} is {said} {b}", f"{b} is {opposite} {a}"}  # what makes the answer yes
             denies = {f"{a} is {opposite} {b}", f"{b} is {said} {a}"}
-            if task == "relword":  # the asked relation alone, its subject first
+            if task == "xy":  # the centres, in percent, tell the answer
+                axis = 0 if where != "above" else 1
+                ca, cb = centres[objects.index(tuple(a.split()))], centres[objects.index(tuple(b.split()))]
+                assert (
+                    not relations
+                    and ca[axis] != cb[axis]
+                    and answer == ("yes" if ca[axis] < cb[axis] else "no")
+                )
+            elif task == "relword":  # the asked relation alone, its subject first
                 assert relations == [f"{a} is {said if answer == 'yes' else opposite} {b}"]
             else:
                 assert holds <= set(relations) if answer == "yes" else denies <= set(relations)
-    if task in ("cexist", "existence", "ocr", "position", "relword"):  # both answers, neither rare
+    if task in ("cexist", "existence", "ocr", "position", "relword", "xy"):  # both answers, neither rare
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
         probe.sample(rng, "size")
