@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
 from moai.train.loop import build_model  # noqa: E402
 from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
@@ -176,6 +178,21 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 
+def save_fresh_model(width: int, layers: int, seed: int, out: Path) -> Path:
+    """The ``shapes`` preset with its LLM ``width`` wide (heads of 32, MLP three times the width) and ``layers``
+    deep, every weight random (seeded), saved with its processor to ``out``."""
+    base, processor = build_model(TrainConfig.load(BASE, overrides=["model=shapes", f"seed={seed}"]))
+    config = base.config
+    text = config.text_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = width, 3 * width, layers
+    text.num_attention_heads = text.num_key_value_heads = width // 32
+    text.head_dim = 32
+    torch.manual_seed(seed)
+    MoAIForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -197,7 +214,24 @@ def main() -> int:
         action="store_true",
         help="no MoAI modules: train the base's projector and LLM with the aux text in the prompt (default: off)",
     )
+    parser.add_argument(
+        "--fresh-llm",
+        metavar="WIDTH:LAYERS",
+        help="with --in-prompt: start from a random model whose LLM is WIDTH wide and LAYERS deep instead of "
+        "--model (default: off)",
+    )
     args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    if args.fresh_llm:
+        if not args.in_prompt:
+            parser.error("--fresh-llm needs --in-prompt (new MoAI modules need a trained base)")
+        try:
+            width, layers = (int(v) for v in args.fresh_llm.split(":"))
+        except ValueError:
+            parser.error(f"--fresh-llm {args.fresh_llm!r}: expected WIDTH:LAYERS, e.g. 256:6")
+        if width < 32 or width % 32 or layers < 1:
+            parser.error(f"--fresh-llm {args.fresh_llm!r}: WIDTH a multiple of 32, LAYERS >= 1")
+        args.model = str(save_fresh_model(width, layers, args.seed, Path(scratch.name)))
     tasks = args.task.split(",")
     for task in tasks:
         if task not in TASKS:

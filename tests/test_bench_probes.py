@@ -129,3 +129,22 @@ def test_relation_in_aux_finds_the_asked_pair_in_either_order_and_predicate():
     assert aux_only.relation_in_aux("Is the red circle above the blue square?", aux) is False  # other axis
     assert aux_only.relation_in_aux("Is the red circle to the left of the green triangle?", aux) is False
     assert aux_only.relation_in_aux("How many circles are there?", aux) is None
+
+
+def test_a_fresh_llm_of_another_size_loads_and_trains_with_the_aux_in_its_prompt(tmp_path):
+    import torch
+
+    from moai.model.modeling import MoAIForConditionalGeneration
+    from moai.model.processing import MoAIProcessor
+
+    out = probe.save_fresh_model(64, 2, 0, tmp_path / "fresh")
+    model, processor = MoAIForConditionalGeneration.from_pretrained(out), MoAIProcessor.from_pretrained(out)
+    text = model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (64, 2, 2)
+    aux, question, answer = probe.sample(random.Random(0), "xy")
+    rows = [processor.encode_turns(((f"<image>\n{aux} {question}", answer),))]
+    canvas = probe.Image.new("RGB", (processor.image_size,) * 2)
+    inputs = dict(processor.build_batch(rows, [canvas]))
+    loss = model(**inputs).loss
+    loss.backward()  # the probe's --in-prompt step: the whole path runs and trains
+    assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
