@@ -56,14 +56,11 @@ from PIL import Image  # noqa: E402
 from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
 from moai.train.loop import build_model  # noqa: E402
-from moai.worlds.shapes import COLOURS, KINDS  # noqa: E402
+from moai.worlds.shapes import CANVAS, COLOURS, KINDS, POSITION_MIN_OFFSET  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
 TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position", "relword", "xy")
-CANVAS = 224
-"""Side of the canvas the ``position`` task's centres lie on, and its least offset on an asked axis."""
-MIN_OFFSET = 8
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HELD_OUT = 200
 
@@ -74,15 +71,15 @@ def aux_text(objects: list[tuple[str, str]], word: str) -> str:
 
 def relation_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]) -> str:
     """Every relation between the objects, both directions, on each axis where the centres are at least
-    `MIN_OFFSET` apart (the `compact-all` layout)."""
+    `POSITION_MIN_OFFSET` apart (the `compact-all` layout)."""
     out = []
     for i, (a, (ax, ay)) in enumerate(zip(objects, centres)):
         for j, (b, (bx, by)) in enumerate(zip(objects, centres)):
             if i == j:
                 continue
-            if abs(ax - bx) >= MIN_OFFSET:
+            if abs(ax - bx) >= POSITION_MIN_OFFSET:
                 out.append(f"{a[0]} {a[1]} is {'left' if ax < bx else 'right'} of {b[0]} {b[1]}")
-            if abs(ay - by) >= MIN_OFFSET:
+            if abs(ay - by) >= POSITION_MIN_OFFSET:
                 out.append(f"{a[0]} {a[1]} is {'above' if ay < by else 'below'} {b[0]} {b[1]}")
     return ", ".join(out)
 
@@ -110,28 +107,21 @@ def position_sample(
             for i in range(len(objects))
             for j in range(len(objects))
             for axis in (0, 1)
-            if i != j and abs(centres[i][axis] - centres[j][axis]) >= MIN_OFFSET
+            if i != j and abs(centres[i][axis] - centres[j][axis]) >= POSITION_MIN_OFFSET
         ]
         if asked:
             break
     i, j, axis = rng.choice(asked)
     (ca, ka), (cb, kb) = objects[i], objects[j]
     where = "to the left of" if axis == 0 else "above"
-    relations = relation_text(objects, centres)
-    if asked_only:
-        relations = next(
-            r
-            for r in relations.split(", ")
-            if r.startswith(f"{ca} {ka} is ") and r.endswith(f" {cb} {kb}") and (" of " in r) == (axis == 0)
-        )
-    aux = aux_text(objects, word).removesuffix(".").replace(". text:", f". relations: {relations}. text:")
+    before = centres[i][axis] < centres[j][axis]
     if centres_only:
         aux = f"objects: {centre_text(objects, centres)}. text: {word}"
-    return (
-        aux + ".",
-        f"Is the {ca} {ka} {where} the {cb} {kb}?",
-        "yes" if centres[i][axis] < centres[j][axis] else "no",
-    )
+    else:
+        predicate = ("left of" if before else "right of") if axis == 0 else ("above" if before else "below")
+        relations = f"{ca} {ka} is {predicate} {cb} {kb}" if asked_only else relation_text(objects, centres)
+        aux = aux_text(objects, word).removesuffix(".").replace(". text:", f". relations: {relations}. text:")
+    return aux + ".", f"Is the {ca} {ka} {where} the {cb} {kb}?", "yes" if before else "no"
 
 
 def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
@@ -221,7 +211,6 @@ def main() -> int:
         "--model (default: off)",
     )
     args = parser.parse_args()
-    scratch = tempfile.TemporaryDirectory()
     if args.fresh_llm:
         if not args.in_prompt:
             parser.error("--fresh-llm needs --in-prompt (new MoAI modules need a trained base)")
@@ -231,6 +220,7 @@ def main() -> int:
             parser.error(f"--fresh-llm {args.fresh_llm!r}: expected WIDTH:LAYERS, e.g. 256:6")
         if width < 32 or width % 32 or layers < 1:
             parser.error(f"--fresh-llm {args.fresh_llm!r}: WIDTH a multiple of 32, LAYERS >= 1")
+        scratch = tempfile.TemporaryDirectory()  # removed when the process ends
         args.model = str(save_fresh_model(width, layers, args.seed, Path(scratch.name)))
     tasks = args.task.split(",")
     for task in tasks:
@@ -240,25 +230,14 @@ def main() -> int:
         parser.error(f"--model {args.model}: not a saved model (run `make shapesworld-model` first)")
 
     torch.manual_seed(args.seed)
-    if args.in_prompt:
-        config = TrainConfig.load(
-            BASE, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override]
-        )
-        model, processor = build_model(config)
-        trainable = model.set_trainable("projector+llm")
-        print(
-            f"{args.model}, aux in the prompt ({trainable:,} trainable), overrides: {args.override or 'none'}"
-        )
-    else:
-        config = TrainConfig.load(
-            STEP1, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override]
-        )
-        model, processor = build_model(config)
+    stage = BASE if args.in_prompt else STEP1  # the base's own weights, or new MoAI modules on them
+    config = TrainConfig.load(stage, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override])
+    model, processor = build_model(config)
+    if not args.in_prompt:
         model.set_mixer(mode="gated")
-        trainable = model.set_trainable("moai")
-        print(
-            f"{args.model} + new MoAI modules ({trainable:,} trainable), overrides: {args.override or 'none'}"
-        )
+    trainable = model.set_trainable("projector+llm" if args.in_prompt else "moai")
+    what = ", aux in the prompt" if args.in_prompt else " + new MoAI modules"
+    print(f"{args.model}{what} ({trainable:,} trainable), overrides: {args.override or 'none'}")
 
     size = processor.image_size
     canvas, black = Image.new("RGB", (size, size), (235, 235, 235)), Image.new("RGB", (size, size))
