@@ -696,6 +696,32 @@ def test_aux_from_perception_cache(tmp_path):
         train(cfg, **QUIET)
 
 
+def test_records_about_one_image_share_one_perception_and_map(tmp_path, monkeypatch):
+    """Several conversations about one image cost one cache lookup and one panoptic map, not one each (a
+    training file with many records per image would otherwise hold a map per record in memory)."""
+    import dataclasses
+
+    from moai.perception import PerceptionCache
+    from moai.train.config import DataSource
+    from moai.train.data import AuxResolver
+
+    data = write_dataset(tmp_path, n=3)
+    images = sorted((tmp_path / "images").glob("*.png"), key=lambda p: int(p.stem))
+    cache_dir = _perception_cache(tmp_path, images)
+    examples = load_examples(DataSource(str(data)))
+    examples += [dataclasses.replace(e, id=f"{e.id}-again", line=e.line + 10) for e in examples]
+    lookups = []
+    get = PerceptionCache.get
+    monkeypatch.setattr(PerceptionCache, "get", lambda self, image: lookups.append(image) or get(self, image))
+    resolved, missing = AuxResolver("cache", str(cache_dir), None, "official", "corrected").resolve(examples)
+    assert not missing and [e.id for e in resolved] == [e.id for e in examples]
+    assert sorted(lookups) == sorted(images)
+    for first, again in zip(resolved[:3], resolved[3:]):
+        assert first.image == again.image and first.aux_text == again.aux_text and "kite" in first.aux_text
+        assert again.aux_map is first.aux_map and again.perception is first.perception
+    assert len({id(e.aux_map) for e in resolved}) == 3
+
+
 def test_base_step_with_moai_policy_is_a_clear_error(tmp_path):
     data = write_dataset(tmp_path, n=2)
     cfg = TrainConfig.load(write_config(tmp_path, data, step="base", trainable="moai", max_steps=1))

@@ -432,20 +432,30 @@ class AuxResolver:
             raise ValueError("aux: perceive needs perception_preset")
 
     def resolve(self, examples: list[Example]) -> tuple[list[Example], list[Problem]]:
+        """The examples with their aux filled in, and a problem for each image perception has no result for.
+
+        Perception, its aux text and its panoptic map are made once per distinct image and shared by every
+        record about it (several conversations about one image cost one map, not one each)."""
+        images = list(dict.fromkeys(e.image for e in examples))
         if self.mode == "cache":
-            found = [self.cache.get(e.image) for e in examples]
+            found = [self.cache.get(image) for image in images]
         else:
             if self.perceiver is None:  # the models load on first use and stay with this resolver
                 self.perceiver = Perceiver(self.config)
-            found = self.perceiver([str(e.image) for e in examples])
+            found = self.perceiver([str(image) for image in images])
+        resolved = {
+            image: (perception, *aux_inputs(perception, self.verbalizer, self.map_style))
+            for image, perception in zip(images, found)
+            if perception is not None
+        }
         out, problems = [], []
-        for example, perception in zip(examples, found):
-            if perception is None:
+        for example in examples:
+            if example.image not in resolved:
                 problems.append(
                     Problem(example.source, example.line, f"not in perception cache: {example.image}")
                 )
                 continue
-            aux_text, aux_map = aux_inputs(perception, self.verbalizer, self.map_style)
+            perception, aux_text, aux_map = resolved[example.image]
             out.append(
                 Example(
                     **{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map, "perception": perception}
