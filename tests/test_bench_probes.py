@@ -148,3 +148,60 @@ def test_a_fresh_llm_of_another_size_loads_and_trains_with_the_aux_in_its_prompt
     loss = model(**inputs).loss
     loss.backward()  # the probe's --in-prompt step: the whole path runs and trains
     assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+signs = load_bench("sign_questions")
+
+
+def test_sign_questions_follow_the_ground_truth_one_question_a_record(tmp_path, capsys):
+    from moai.worlds.shapes import write_world
+
+    write_world(tmp_path, scenes=12, seed=41)
+    scenes = {f"images/{s.id}.png": s for s in signs.read_scenes(tmp_path)}
+    assert any(not s.signs for s in scenes.values()) and any(s.signs for s in scenes.values())
+    out = tmp_path / "signs.json"
+    assert signs.main(["write", "--world", str(tmp_path), "--out", str(out), "--draws", "2"]) == 0
+    records = json.loads(out.read_text())
+    assert len({r["id"] for r in records}) == len(records)
+    absent: dict[str, set[str]] = {}
+    for record in records:
+        (human, gpt) = record["conversations"]
+        assert human["value"].startswith("<image>\n") and gpt["from"] == "gpt"
+        scene, question, answer = scenes[record["image"]], human["value"][len("<image>\n") :], gpt["value"]
+        words = {sign.word for sign in scene.signs}
+        if question == "What word is written on the sign?":
+            assert len(scene.signs) == 1 and answer == scene.signs[0].word
+            continue
+        word = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
+        assert answer == ("yes" if word in words else "no")
+        if answer == "no":
+            absent.setdefault(record["id"].split("-sign")[1][0], set()).add(word)
+    for (
+        scene
+    ) in scenes.values():  # per draw: every sign word asked, as many absent words (one without a sign)
+        mine = [r for r in records if r["image"] == f"images/{scene.id}.png"]
+        yes = sum(r["conversations"][1]["value"] == "yes" for r in mine)
+        no = sum(r["conversations"][1]["value"] == "no" for r in mine)
+        assert yes == 2 * len(scene.signs) and no == 2 * max(1, len(scene.signs))
+    assert absent["0"] != absent["1"]  # each draw asks absent words of its own
+    assert f"wrote {len(records)} questions" in capsys.readouterr().out
+    signs.main(["write", "--world", str(tmp_path), "--out", str(out), "--signs-only", "--no-word-question"])
+    records = json.loads(out.read_text())
+    assert records and all(scenes[r["image"]].signs for r in records)
+    assert {r["conversations"][1]["value"] for r in records} == {"yes", "no"}
+    with pytest.raises(SystemExit):
+        signs.main(["write", "--world", str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, capsys):
+    from moai.worlds.shapes import write_world
+
+    write_world(tmp_path, scenes=10, seed=43)
+    table = signs.score(None, tmp_path)  # the bundled model
+    asked = [json.loads(line) for line in (tmp_path / "questions.jsonl").read_text().splitlines()]
+    ocr = [q for q in asked if q["category"] == "ocr"]
+    assert set(table) == {"own aux", "no aux"} and set(table["own aux"]) == {signs.template(q) for q in ocr}
+    for row in table.values():
+        assert all(0.0 <= v <= 100.0 for v in row.values())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("own aux") and lines[2].startswith("no aux")

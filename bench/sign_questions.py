@@ -1,0 +1,147 @@
+"""More sign-word questions for a ShapesWorld model's training, and its OCR score by template.
+
+    python bench/sign_questions.py write --world runs/shapesworld/world --out signs.json --draws 3
+    python bench/sign_questions.py score --model checkpoints/moai-tiny-shapes --world runs/shapesworld/check
+
+``write``: a LLaVA training file of OCR questions about the world's images, one question a record (so no
+answer can be copied from an earlier turn of the conversation), ``--draws`` rounds over the scenes, each
+round with absent words of its own: the sign-word question ("What word is written on the sign?") where the
+scene has exactly one sign, the word-present question for every sign's word ("yes") and as many absent
+words ("no"; one where the scene has no sign). ``--signs-only`` keeps the scenes with a sign (every aux then
+holds a text, so "is there a text" answers nothing), ``--no-word-question`` leaves the sign-word question out.
+The images are the world's: the perception cache of its training images serves the file as it is
+(`moai train` data source ``{path: FILE, image_root: WORLD}``).
+
+``score``: the world's OCR questions split by template (sign word; word present, answer yes; answer no),
+accuracy in % with the model's own aux and with all four modules removed (docs/shapesworld.md, "More
+sign-word questions").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from moai.worlds.shapes import (  # noqa: E402
+    SCENES_FILE,
+    Scene,
+    absent_word,
+    image_path,
+    sign_word_question,
+    word_present_question,
+)
+
+SIGN_STREAM = 7
+"""The third entry of each round's random stream ``[seed, index, SIGN_STREAM, draw]``: apart from the world's
+own streams (1: conversation order, 2: `more_questions`)."""
+
+
+def read_scenes(world: Path) -> list[Scene]:
+    with (world / SCENES_FILE).open() as f:
+        return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+def sign_questions(scene: Scene, draw: int, word_question: bool = True) -> list[tuple[str, str]]:
+    """Round ``draw`` of the scene's (question, answer) pairs about its signs (module docstring)."""
+    rng = np.random.default_rng([scene.seed, scene.index, SIGN_STREAM, draw])
+    pairs = []
+    if word_question and len(scene.signs) == 1:
+        pairs.append((sign_word_question(), scene.signs[0].word))
+    pairs += [(word_present_question(sign.word), "yes") for sign in scene.signs]
+    pairs += [(word_present_question(absent_word(scene, rng)), "no") for _ in range(max(1, len(scene.signs)))]
+    return pairs
+
+
+def training_records(
+    scenes: Sequence[Scene], draws: int, signs_only: bool = False, word_question: bool = True
+) -> list[dict]:
+    """One LLaVA record a question (module docstring), ids ``{scene}-sign{draw}-{k}``."""
+    records = []
+    for scene in scenes:
+        if signs_only and not scene.signs:
+            continue
+        for draw in range(draws):
+            for k, (question, answer) in enumerate(sign_questions(scene, draw, word_question)):
+                turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+                records.append(
+                    {"id": f"{scene.id}-sign{draw}-{k}", "image": image_path(scene), "conversations": turns}
+                )
+    return records
+
+
+def template(question: dict) -> str:
+    """An OCR question's template, split by answer for the word-present one."""
+    if question["text"] == sign_word_question():
+        return "sign word"
+    return f"word present, {question['answer']}"
+
+
+def score(model: str | None, world: Path, limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per OCR template with the model's own aux and with no aux (module docstring)."""
+    from moai.engine import Engine  # heavy: torch and the model
+    from moai.perception.verbalize import MODULES
+    from moai.recipes.shapesworld import answer_all, read_questions, texts
+    from moai.worlds.score import is_correct
+
+    engine = Engine.load(model)
+    questions = [q for q in read_questions(world) if q["category"] == "ocr"][:limit]
+    rows = {"own aux": texts(answer_all(engine, world, questions))}
+    rows["no aux"] = texts(answer_all(engine, world, questions, drop=MODULES))
+    table: dict[str, dict[str, float]] = {}
+    for row, answers in rows.items():
+        hits: dict[str, list[bool]] = {}
+        for question, answer in zip(questions, answers):
+            hits.setdefault(template(question), []).append(is_correct(answer, question["answer"]))
+        table[row] = {t: 100 * sum(h) / len(h) for t, h in sorted(hits.items())}
+    counts = {t: sum(template(q) == t for q in questions) for t in table["own aux"]}
+    print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>24}" for t in counts))
+    for row, values in table.items():
+        print(f"{row:10}" + "".join(f"{values[t]:24.1f}" for t in counts))
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    write = sub.add_parser("write", help="write a training file of sign-word questions")
+    write.add_argument("--world", type=Path, required=True, help="a `moai worlds shapes` directory")
+    write.add_argument("--out", type=Path, required=True, help="the training file (LLaVA JSON) to write")
+    write.add_argument("--draws", type=int, default=3, help="rounds over the scenes (default 3)")
+    write.add_argument("--signs-only", action="store_true", help="only scenes with a sign (default: all)")
+    write.add_argument(
+        "--no-word-question", action="store_true", help="leave the sign-word question out (default: kept)"
+    )
+    scorer = sub.add_parser("score", help="a model's OCR accuracy by template, with and without its aux")
+    scorer.add_argument("--model", default=None, help="a saved MoAI directory (default: the bundled model)")
+    scorer.add_argument("--world", type=Path, required=True, help="a `moai worlds shapes` directory")
+    scorer.add_argument("--limit", type=int, default=None, help="first N OCR questions (default: all)")
+    args = parser.parse_args(argv)
+    if not (args.world / SCENES_FILE).is_file():
+        parser.error(f"--world {args.world}: no {SCENES_FILE} (not a `moai worlds shapes` directory)")
+    if args.command == "score":
+        score(args.model, args.world, args.limit)
+        return 0
+    if args.draws < 1:
+        parser.error(f"--draws {args.draws}: must be >= 1")
+    records = training_records(
+        read_scenes(args.world), args.draws, args.signs_only, not args.no_word_question
+    )
+    args.out.write_text(json.dumps(records))
+    answers = {a: sum(r["conversations"][1]["value"] == a for r in records) for a in ("yes", "no")}
+    print(
+        f"wrote {len(records)} questions to {args.out}: {answers['yes']} yes, {answers['no']} no, "
+        f"{len(records) - answers['yes'] - answers['no']} sign words"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
