@@ -20,6 +20,8 @@ Tasks (``--task``, comma-separated for a mixture):
 * ``colour``: "What color is the {kind}?" (the kind is unique: which colour goes with it?);
 * ``count``: "How many {colour} objects are there?";
 * ``ocr``: "Is the word {WORD} written in the image?" (the aux's word or another of its length);
+* ``ocrrel``: the same with every relation between the objects (random centres) before the word, as long as
+  the recipe's aux, whose relations come before its text;
 * ``position``: "Is the {colour} {kind} to the left of / above the {colour} {kind}?" about 2-5 objects of
   distinct colour-kind pairs at random centres, the aux holding every relation as the `compact-all`
   verbalizer writes them (both directions of every pair on each axis whose centres are at least 8 px apart:
@@ -60,7 +62,19 @@ from moai.worlds.shapes import CANVAS, COLOURS, KINDS, POSITION_MIN_OFFSET  # no
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
-TASKS = ("copy", "list", "cexist", "existence", "colour", "count", "ocr", "position", "relword", "xy")
+TASKS = (
+    "copy",
+    "list",
+    "cexist",
+    "existence",
+    "colour",
+    "count",
+    "ocr",
+    "ocrrel",
+    "position",
+    "relword",
+    "xy",
+)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HELD_OUT = 200
 
@@ -156,13 +170,18 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
         colour = rng.choice(colours)
         answer = str(sum(c == colour for c, _ in objects))
         return aux_text(objects, word), f"How many {colour} objects are there?", answer
-    if task == "ocr":
+    if task in ("ocr", "ocrrel"):
         asked = word
         if rng.random() >= 0.5:  # another word of the same length
             while asked == word:
                 asked = "".join(rng.choice(LETTERS) for _ in range(len(word)))
         answer = "yes" if asked == word else "no"
-        return aux_text(objects, word), f"Is the word {asked} written in the image?", answer
+        aux = aux_text(objects, word)
+        if task == "ocrrel":  # every relation between the objects before the word, as the recipe's aux has
+            centres = [(rng.randrange(CANVAS), rng.randrange(CANVAS)) for _ in objects]
+            if relations := relation_text(objects, centres):
+                aux = aux.replace(". text:", f". relations: {relations}. text:")
+        return aux, f"Is the word {asked} written in the image?", answer
     if task in ("position", "relword", "xy"):
         return position_sample(rng, word, asked_only=task == "relword", centres_only=task == "xy")
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")

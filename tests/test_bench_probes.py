@@ -46,7 +46,7 @@ def test_every_answer_follows_from_its_aux(task):
     for _ in range(300):
         aux, question, answer = probe.sample(rng, task)
         objects, word, relations, centres = parse(aux)
-        assert not relations or task in ("position", "relword")
+        assert not relations or task in ("position", "relword", "ocrrel")
         assert any(centres) == (task == "xy")
         answers.append(answer)
         if task == "copy":
@@ -67,7 +67,7 @@ def test_every_answer_follows_from_its_aux(task):
         elif task == "count":
             colour = re.fullmatch(r"How many (\w+) objects are there\?", question).group(1)
             assert answer == str(sum(c == colour for c, _ in objects))
-        elif task == "ocr":
+        elif task in ("ocr", "ocrrel"):
             asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
             assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
         elif task in ("position", "relword", "xy"):
@@ -90,7 +90,17 @@ def test_every_answer_follows_from_its_aux(task):
                 assert relations == [f"{a} is {said if answer == 'yes' else opposite} {b}"]
             else:
                 assert holds <= set(relations) if answer == "yes" else denies <= set(relations)
-    if task in ("cexist", "existence", "ocr", "position", "relword", "xy"):  # both answers, neither rare
+    if task == "ocrrel":  # the recipe-like layout: relations before the word in most samples
+        assert sum(bool(parse(probe.sample(random.Random(i), task)[0])[2]) for i in range(100)) > 80
+    if task in (
+        "cexist",
+        "existence",
+        "ocr",
+        "ocrrel",
+        "position",
+        "relword",
+        "xy",
+    ):  # both answers, neither rare
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
         probe.sample(rng, "size")
