@@ -15,7 +15,6 @@ the aux). Prints accuracy (%) per category (docs/shapesworld.md, "A no-search au
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from moai.engine import Engine  # noqa: E402
 from moai.perception.verbalize import MODULES  # noqa: E402
 from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions  # noqa: E402
 from moai.worlds.score import is_correct  # noqa: E402
-from moai.worlds.shapes import SCENES_FILE, Scene, image_path  # noqa: E402
+from moai.worlds.shapes import image_path, read_scenes  # noqa: E402
 
 
 def mean_canvas(engine: Engine) -> Image.Image:
@@ -42,9 +41,7 @@ def mean_canvas(engine: Engine) -> Image.Image:
 
 def scenes_with(world: Path, shapes: int) -> set[str]:
     """The image paths (as the question file names them) of the world's scenes with ``shapes`` shapes."""
-    with (world / SCENES_FILE).open() as f:
-        scenes = [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
-    return {image_path(scene) for scene in scenes if len(scene.shapes) == shapes}
+    return {image_path(scene) for scene in read_scenes(world) if len(scene.shapes) == shapes}
 
 
 POSITION = re.compile(r"Is the (\w+ \w+) (to the left of|above) the (\w+ \w+)\?")

@@ -35,6 +35,7 @@ from moai.worlds.shapes import (  # noqa: E402
     Scene,
     absent_word,
     image_path,
+    read_scenes,
     sign_word_question,
     word_present_question,
 )
@@ -42,11 +43,6 @@ from moai.worlds.shapes import (  # noqa: E402
 SIGN_STREAM = 7
 """The third entry of each round's random stream ``[seed, index, SIGN_STREAM, draw]``: apart from the world's
 own streams (1: conversation order, 2: `more_questions`)."""
-
-
-def read_scenes(world: Path) -> list[Scene]:
-    with (world / SCENES_FILE).open() as f:
-        return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
 
 
 def sign_questions(scene: Scene, draw: int, word_question: bool = True) -> list[tuple[str, str]]:
@@ -95,13 +91,14 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
     questions = [q for q in read_questions(world) if q["category"] == "ocr"][:limit]
     rows = {"own aux": texts(answer_all(engine, world, questions))}
     rows["no aux"] = texts(answer_all(engine, world, questions, drop=MODULES))
+    templates = [template(q) for q in questions]
+    counts = {t: templates.count(t) for t in sorted(set(templates))}
     table: dict[str, dict[str, float]] = {}
     for row, answers in rows.items():
-        hits: dict[str, list[bool]] = {}
-        for question, answer in zip(questions, answers):
-            hits.setdefault(template(question), []).append(is_correct(answer, question["answer"]))
-        table[row] = {t: 100 * sum(h) / len(h) for t, h in sorted(hits.items())}
-    counts = {t: sum(template(q) == t for q in questions) for t in table["own aux"]}
+        hits = dict.fromkeys(counts, 0)
+        for question, kind, answer in zip(questions, templates, answers):
+            hits[kind] += is_correct(answer, question["answer"])
+        table[row] = {t: 100 * hits[t] / counts[t] for t in counts}
     print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>24}" for t in counts))
     for row, values in table.items():
         print(f"{row:10}" + "".join(f"{values[t]:24.1f}" for t in counts))

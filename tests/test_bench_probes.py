@@ -39,6 +39,9 @@ def parse(aux: str) -> tuple[list[tuple[str, str]], str, list[str], list[tuple[i
     return objects, match.group(3), match.group(2).split(", ") if match.group(2) else [], centres
 
 
+YES_NO_TASKS = ("cexist", "existence", "ocr", "ocrrel", "position", "relword", "xy")
+
+
 @pytest.mark.parametrize("task", probe.TASKS)
 def test_every_answer_follows_from_its_aux(task):
     rng = random.Random(0)
@@ -92,15 +95,7 @@ def test_every_answer_follows_from_its_aux(task):
                 assert holds <= set(relations) if answer == "yes" else denies <= set(relations)
     if task == "ocrrel":  # the recipe-like layout: relations before the word in most samples
         assert sum(bool(parse(probe.sample(random.Random(i), task)[0])[2]) for i in range(100)) > 80
-    if task in (
-        "cexist",
-        "existence",
-        "ocr",
-        "ocrrel",
-        "position",
-        "relword",
-        "xy",
-    ):  # both answers, neither rare
+    if task in YES_NO_TASKS:  # both answers, neither rare
         assert 0.3 < answers.count("yes") / len(answers) < 0.7
     with pytest.raises(ValueError, match="must be one of"):
         probe.sample(rng, "size")
@@ -186,9 +181,8 @@ def test_sign_questions_follow_the_ground_truth_one_question_a_record(tmp_path, 
         assert answer == ("yes" if word in words else "no")
         if answer == "no":
             absent.setdefault(record["id"].split("-sign")[1][0], set()).add(word)
-    for (
-        scene
-    ) in scenes.values():  # per draw: every sign word asked, as many absent words (one without a sign)
+    # per draw: every sign word asked, and as many absent words (one for a scene without a sign)
+    for scene in scenes.values():
         mine = [r for r in records if r["image"] == f"images/{scene.id}.png"]
         yes = sum(r["conversations"][1]["value"] == "yes" for r in mine)
         no = sum(r["conversations"][1]["value"] == "no" for r in mine)

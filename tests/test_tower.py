@@ -13,9 +13,8 @@ from moai.recipes.tower import (
     TowerConfig,
     patch_labels,
     pretrain_tower,
-    read_scenes,
 )
-from moai.worlds.shapes import Scene, Shape, Sign, write_world
+from moai.worlds.shapes import Scene, Shape, Sign, read_scenes, write_world
 
 
 def scene(shapes=(), signs=()) -> Scene:

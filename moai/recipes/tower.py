@@ -13,7 +13,6 @@ writes beside each image for training (`moai worlds shapes`: ``scenes.jsonl``); 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from ..model.vision import select_patch_features
-from ..worlds.shapes import COLOURS, KINDS, SCENES_FILE, Scene, image_path
+from ..worlds.shapes import COLOURS, KINDS, Scene, image_path, read_scenes
 
 ITEM_CLASSES: tuple[str, ...] = (*KINDS, "sign")
 """What an item is: a shape of one kind, or a sign."""
@@ -74,15 +73,6 @@ def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tenso
         row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
         kinds[row, col], colours[row, col] = kind, colour
     return kinds.flatten(), colours.flatten()  # [grid * grid] each
-
-
-def read_scenes(world: Path) -> list[Scene]:
-    """The ground truth of a world made by `moai worlds shapes` (``scenes.jsonl``)."""
-    path = world / SCENES_FILE
-    if not path.is_file():
-        raise ValueError(f"world {world}: no {SCENES_FILE} (make it with `moai worlds shapes --out {world}`)")
-    with path.open() as f:
-        return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
 
 
 def _batch(model, processor, world: Path, scenes: Sequence[Scene]) -> tuple[torch.Tensor, ...]:

@@ -443,6 +443,15 @@ class WorldSummary:
     """Distinct (image, question) pairs those conversations ask."""
 
 
+def read_scenes(world: Path) -> list[Scene]:
+    """The ground truth of a world made by `moai worlds shapes` (``scenes.jsonl``)."""
+    path = world / SCENES_FILE
+    if not path.is_file():
+        raise ValueError(f"world {world}: no {SCENES_FILE} (make it with `moai worlds shapes --out {world}`)")
+    with path.open() as f:
+        return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
