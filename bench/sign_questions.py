@@ -14,7 +14,7 @@ The images are the world's: the perception cache of its training images serves t
 
 ``score``: the world's OCR questions split by template (sign word; word present, answer yes; answer no),
 accuracy in % with the model's own aux and with all four modules removed (docs/shapesworld.md, "More
-sign-word questions").
+sign-word questions in the recipe").
 """
 
 from __future__ import annotations
