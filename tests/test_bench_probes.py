@@ -209,3 +209,41 @@ def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, caps
         assert all(0.0 <= v <= 100.0 for v in row.values())
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("own aux") and lines[2].startswith("no aux")
+
+
+recall = load_bench("recall_probe")
+
+
+def test_recall_samples_ask_keys_whose_values_stand_beside_them_earlier():
+    rng = random.Random(0)
+    for pairs in (1, 4, 8):
+        for queries in (1, min(3, pairs)):
+            tokens, labels = recall.sample(rng, pairs, queries, keys=40, values=12)
+            assert len(tokens) == len(labels) == 2 * pairs + 1 + 2 * queries
+            context, asked = tokens[: 2 * pairs], tokens[2 * pairs + 1 :]
+            keys, values = context[::2], context[1::2]
+            assert (
+                len(set(keys)) == pairs and tokens[2 * pairs] == recall.FIRST_ID
+            )  # distinct keys, separator
+            assert all(recall.FIRST_ID < k <= recall.FIRST_ID + 40 for k in keys)
+            assert all(recall.FIRST_ID + 40 < v <= recall.FIRST_ID + 52 for v in values)
+            for key, value in zip(asked[::2], asked[1::2]):
+                assert value == values[keys.index(key)]  # the answer is the value that followed the key
+            assert len(set(asked[::2])) == queries
+            scored = [(i, t) for i, (t, lab) in enumerate(zip(tokens, labels)) if lab != -100]
+            assert [i for i, _ in scored] == list(range(2 * pairs + 2, len(tokens), 2))
+            assert all(labels[i] == t for i, t in scored)
+
+
+def test_recall_probe_trains_both_decoders_and_a_lone_pair_is_learnt(capsys):
+    for kind in ("moai", "llama"):  # one pair: the answer is the only value there, a copy the models learn
+        args = ["--model", kind, "--width", "64", "--layers", "2", "--pairs", "1:1", "--steps", "150"]
+        assert (
+            recall.main([*args, "--every", "150", "--batch-size", "32", "--lr", "3e-3", "--warmup", "10"])
+            == 0
+        )
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"{kind} LLM 64 wide, 2 layers") and "chance 8.3 %" in lines[0]
+        assert float(lines[2].split()[-1]) < 30 and float(lines[3].split()[2]) > 90, lines
+    with pytest.raises(SystemExit):
+        recall.main(["--pairs", "4:2"])
