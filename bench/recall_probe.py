@@ -14,7 +14,9 @@ inside `MoAIForConditionalGeneration` (``--model moai``, text-only input) or as 
 `LlamaForCausalLM` built from the same ``text_config`` (``--model llama``): the two should learn alike, which
 checks that nothing in our decoder stands in the way. Trained with AdamW (linear warm-up, then constant
 ``--lr``) on fresh samples every step, the loss on the asked values only; scored every ``--every`` steps on
-500 held-out samples (the argmax at each asked key, teacher-forced). Chance is 1 / ``--values``.
+500 held-out samples (the argmax at each asked key, teacher-forced). Chance is 1 / ``--values``; "no
+lookup" is what counting alone gets on the same samples (the value most frequent in the context among those
+not yet asked): a model at that level has learnt the counts, not the lookup.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +56,22 @@ def sample(
         tokens += [key_ids[i], value_ids[i]]
         labels += [-100, value_ids[i]]
     return tokens, labels
+
+
+def no_lookup_accuracy(items: list[tuple[list[int], list[int]]]) -> float:
+    """Accuracy (%) of answering without looking the key up: the value most frequent among the context's
+    values not yet asked (the best guess from counts alone; a model at this level has not learnt recall)."""
+    hits = total = 0
+    for tokens, labels in items:
+        pairs = tokens.index(FIRST_ID) // 2
+        left = Counter(tokens[1 : 2 * pairs : 2])
+        for answer in (lab for lab in labels if lab != -100):
+            hits += left.most_common(1)[0][0] == answer
+            total += 1
+            left[answer] -= 1
+            if not left[answer]:
+                del left[answer]
+    return 100 * hits / total
 
 
 def batch(items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -134,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.model} LLM {args.width} wide, {args.layers} layers "
         f"({sum(p.numel() for p in model.parameters()):,} parameters); pairs {low}-{high}, "
-        f"{args.queries} asked, {args.keys} keys, {args.values} values (chance {100 / args.values:.1f} %)"
+        f"{args.queries} asked, {args.keys} keys, {args.values} values (chance {100 / args.values:.1f} %, "
+        f"no lookup {no_lookup_accuracy([s for group in held_out for s in group]):.1f} %)"
     )
 
     @torch.no_grad()

@@ -235,6 +235,31 @@ def test_recall_samples_ask_keys_whose_values_stand_beside_them_earlier():
             assert all(labels[i] == t for i, t in scored)
 
 
+def test_recall_no_lookup_baseline_guesses_the_most_frequent_value_not_yet_asked():
+    sep, (k1, k2, k3), (a, b) = recall.FIRST_ID, (11, 12, 13), (60, 61)
+    tokens = [k1, a, k2, a, k3, b, sep, k3, b, k1, a]  # a twice, b once: guess a, right at k1, wrong at k3
+    labels = [-100] * 8 + [b, -100, a]
+    assert recall.no_lookup_accuracy([(tokens, labels)]) == 50.0
+    tokens = [
+        k1,
+        a,
+        k2,
+        a,
+        k3,
+        b,
+        sep,
+        k1,
+        a,
+        k2,
+        a,
+        k3,
+        b,
+    ]  # every value asked: a, a, then b is all that is left
+    assert recall.no_lookup_accuracy([(tokens, [-100] * 8 + [a, -100, a, -100, b])]) == 100.0
+    lone = [recall.sample(random.Random(i), 1, 1, 40, 12) for i in range(20)]
+    assert recall.no_lookup_accuracy(lone) == 100.0  # one pair: nothing to look up
+
+
 def test_recall_probe_trains_both_decoders_and_a_lone_pair_is_learnt(capsys):
     for kind in ("moai", "llama"):  # one pair: the answer is the only value there, a copy the models learn
         args = ["--model", kind, "--width", "64", "--layers", "2", "--pairs", "1:1", "--steps", "150"]
@@ -243,7 +268,10 @@ def test_recall_probe_trains_both_decoders_and_a_lone_pair_is_learnt(capsys):
             == 0
         )
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"{kind} LLM 64 wide, 2 layers") and "chance 8.3 %" in lines[0]
+        assert (
+            lines[0].startswith(f"{kind} LLM 64 wide, 2 layers")
+            and "chance 8.3 %, no lookup 100.0 %" in lines[0]
+        )
         assert float(lines[2].split()[-1]) < 30 and float(lines[3].split()[2]) > 90, lines
     with pytest.raises(SystemExit):
         recall.main(["--pairs", "4:2"])
