@@ -77,6 +77,9 @@ TASKS = (
 )
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HELD_OUT = 200
+OBJECTS = (2, 5)
+"""Objects a sample describes, the fewest and the most (the held-out samples always; training unless
+``--objects``)."""
 
 
 def aux_text(objects: list[tuple[str, str]], word: str) -> str:
@@ -107,14 +110,18 @@ def centre_text(objects: list[tuple[str, str]], centres: list[tuple[int, int]]) 
 
 
 def position_sample(
-    rng: random.Random, word: str, asked_only: bool = False, centres_only: bool = False
+    rng: random.Random,
+    word: str,
+    asked_only: bool = False,
+    centres_only: bool = False,
+    objects_range: tuple[int, int] = OBJECTS,
 ) -> tuple[str, str, str]:
-    """A position question about 2-5 objects of distinct colour-kind pairs, every relation in the aux (or,
-    ``asked_only``, the asked pair's relation alone, its subject first: the answer is its predicate word; or,
-    ``centres_only``, no relation but every object's centre, `centre_text`)."""
+    """A position question about 2-5 objects (``objects_range``) of distinct colour-kind pairs, every
+    relation in the aux (or, ``asked_only``, the asked pair's relation alone, its subject first: the answer is
+    its predicate word; or, ``centres_only``, no relation but every object's centre, `centre_text`)."""
     pairs = [(c, k) for c in COLOURS for k in KINDS]
     while True:
-        objects = rng.sample(pairs, rng.randint(2, 5))
+        objects = rng.sample(pairs, rng.randint(*objects_range))
         centres = [(rng.randrange(CANVAS), rng.randrange(CANVAS)) for _ in objects]
         asked = [
             (i, j, axis)
@@ -138,10 +145,10 @@ def position_sample(
     return aux + ".", f"Is the {ca} {ka} {where} the {cb} {kb}?", "yes" if before else "no"
 
 
-def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
-    """(aux text, question, answer) of one random scene description."""
+def sample(rng: random.Random, task: str, objects_range: tuple[int, int] = OBJECTS) -> tuple[str, str, str]:
+    """(aux text, question, answer) of one random scene description of 2-5 objects (``objects_range``)."""
     colours, kinds = list(COLOURS), list(KINDS)
-    objects = [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.randint(2, 5))]
+    objects = [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.randint(*objects_range))]
     word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
     if task == "copy":
         colour = rng.choice(colours)
@@ -183,7 +190,9 @@ def sample(rng: random.Random, task: str) -> tuple[str, str, str]:
                 aux = aux.replace(". text:", f". relations: {relations}. text:")
         return aux, f"Is the word {asked} written in the image?", answer
     if task in ("position", "relword", "xy"):
-        return position_sample(rng, word, asked_only=task == "relword", centres_only=task == "xy")
+        return position_sample(
+            rng, word, asked_only=task == "relword", centres_only=task == "xy", objects_range=objects_range
+        )
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 
@@ -202,7 +211,7 @@ def save_fresh_model(width: int, layers: int, seed: int, out: Path) -> Path:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--task", default="existence", help="task or comma-separated tasks (default existence)"
@@ -229,7 +238,28 @@ def main() -> int:
         help="with --in-prompt: start from a random model whose LLM is WIDTH wide and LAYERS deep instead of "
         "--model (default: off)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--objects",
+        default="2:5",
+        help="objects a training sample describes, MIN:MAX, e.g. 2:2 for the first stage of a curriculum; "
+        "held-out samples keep 2-5 (default 2:5)",
+    )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        help="with --in-prompt: write the trained model here, a --model for the next stage (default: nothing)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        objects_range = tuple(int(v) for v in args.objects.split(":"))
+    except ValueError:
+        objects_range = ()
+    if len(objects_range) != 2 or not 1 <= objects_range[0] <= objects_range[1] <= 6:
+        parser.error(f"--objects {args.objects!r}: expected MIN:MAX with 1 <= MIN <= MAX <= 6, e.g. 2:2")
+    if objects_range[0] < 2 and {"position", "relword", "xy"} & set(args.task.split(",")):
+        parser.error(f"--objects {args.objects}: a position question needs two objects at least")
+    if args.save and not args.in_prompt:
+        parser.error("--save needs --in-prompt (new MoAI modules are not continued from a saved model)")
     if args.fresh_llm:
         if not args.in_prompt:
             parser.error("--fresh-llm needs --in-prompt (new MoAI modules need a trained base)")
@@ -295,7 +325,8 @@ def main() -> int:
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, step / 30)
-        loss = model(**batch([sample(rng, rng.choice(tasks)) for _ in range(args.batch_size)])).loss
+        items = [sample(rng, rng.choice(tasks), objects_range) for _ in range(args.batch_size)]
+        loss = model(**batch(items)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -304,6 +335,9 @@ def main() -> int:
         if step % args.every == 0 or step == args.steps:
             scores = "  ".join(f"{accuracy(t):9.1f}" for t in tasks)
             print(f"{step:6d}  {running:.3f}  {scores}   ({time.time() - start:.0f} s)", flush=True)
+    if args.save:
+        model.save_pretrained(args.save)
+        processor.save_pretrained(args.save)
     return 0
 
 

@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate after warm-up (default 1e-3)")
     parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and init seed (default 0)")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from the weights --save wrote (same --model, --width, --layers; default: random)",
+    )
+    parser.add_argument("--save", type=Path, help="write the trained weights here (default: nothing written)")
     args = parser.parse_args(argv)
     try:
         low, high = parse_range(args.pairs)
@@ -144,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = build(args.model, args.width, args.layers)
+    if args.init:  # a curriculum: an earlier run's weights, e.g. trained on fewer pairs
+        if not args.init.is_file():
+            parser.error(f"--init {args.init}: no such file (write one with --save)")
+        try:
+            model.load_state_dict(torch.load(args.init, weights_only=True))
+        except RuntimeError as error:
+            parser.error(f"--init {args.init}: not this model's weights ({str(error).splitlines()[0]})")
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
     draw = (args.queries, args.keys, args.values)
     held_out = [
@@ -184,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         if step % args.every == 0 or step == args.steps:
             print(f"{step:6d}  {running:.3f}  {accuracy():8.1f}   ({time.time() - start:.0f} s)", flush=True)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), args.save)
     return 0
 
 

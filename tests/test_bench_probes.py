@@ -136,6 +136,28 @@ def test_relation_in_aux_finds_the_asked_pair_in_either_order_and_predicate():
     assert aux_only.relation_in_aux("How many circles are there?", aux) is None
 
 
+def test_objects_range_bounds_every_task_and_bad_curriculum_flags_are_refused():
+    rng = random.Random(0)
+    for task in probe.TASKS:
+        for low, high in ((2, 2), (3, 4)):
+            for _ in range(30):
+                objects = parse(probe.sample(rng, task, (low, high))[0])[0]
+                if task == "copy":
+                    assert len(objects) == 1  # its one circle, whatever the range
+                elif task == "colour":
+                    assert 1 <= len(objects) <= high  # the asked kind's others taken out
+                else:
+                    assert low <= len(objects) <= high
+    for argv in (
+        ["--objects", "3"],
+        ["--objects", "0:2"],
+        ["--objects", "1:2", "--task", "xy"],
+        ["--save", "x"],
+    ):
+        with pytest.raises(SystemExit):
+            probe.main(argv)
+
+
 def test_a_fresh_llm_of_another_size_loads_and_trains_with_the_aux_in_its_prompt(tmp_path):
     import torch
 
