@@ -196,9 +196,10 @@ def sample(rng: random.Random, task: str, objects_range: tuple[int, int] = OBJEC
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 
-def save_fresh_model(width: int, layers: int, seed: int, out: Path) -> Path:
+def save_fresh_model(width: int, layers: int, seed: int, out: Path, weights: Path | None = None) -> Path:
     """The ``shapes`` preset with its LLM ``width`` wide (heads of 32, MLP three times the width) and ``layers``
-    deep, every weight random (seeded), saved with its processor to ``out``."""
+    deep, every weight random (seeded) or loaded from ``weights`` (a state dict of the same model, as
+    `bench/recall_probe.py --model moai --save` writes), saved with its processor to ``out``."""
     base, processor = build_model(TrainConfig.load(BASE, overrides=["model=shapes", f"seed={seed}"]))
     config = base.config
     text = config.text_config
@@ -206,7 +207,11 @@ def save_fresh_model(width: int, layers: int, seed: int, out: Path) -> Path:
     text.num_attention_heads = text.num_key_value_heads = width // 32
     text.head_dim = 32
     torch.manual_seed(seed)
-    MoAIForConditionalGeneration(config).save_pretrained(out)
+    model = MoAIForConditionalGeneration(config)
+    if weights is not None:  # every weight of this model from the file; its MoAI modules, if any, left out
+        loaded = torch.load(weights, weights_only=True)
+        model.load_state_dict({k: v for k, v in loaded.items() if k in model.state_dict()})
+    model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
@@ -249,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="with --in-prompt: write the trained model here, a --model for the next stage (default: nothing)",
     )
+    parser.add_argument(
+        "--llm-weights",
+        type=Path,
+        help="with --fresh-llm: its weights from this file instead of random, e.g. an LLM trained on "
+        "associative recall by `bench/recall_probe.py --save` (default: random)",
+    )
     args = parser.parse_args(argv)
     try:
         objects_range = tuple(int(v) for v in args.objects.split(":"))
@@ -260,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--objects {args.objects}: a position question needs two objects at least")
     if args.save and not args.in_prompt:
         parser.error("--save needs --in-prompt (new MoAI modules are not continued from a saved model)")
+    if args.llm_weights and not args.fresh_llm:
+        parser.error("--llm-weights needs --fresh-llm WIDTH:LAYERS (the model the weights belong to)")
     if args.fresh_llm:
         if not args.in_prompt:
             parser.error("--fresh-llm needs --in-prompt (new MoAI modules need a trained base)")
@@ -270,7 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         if width < 32 or width % 32 or layers < 1:
             parser.error(f"--fresh-llm {args.fresh_llm!r}: WIDTH a multiple of 32, LAYERS >= 1")
         scratch = tempfile.TemporaryDirectory()  # removed when the process ends
-        args.model = str(save_fresh_model(width, layers, args.seed, Path(scratch.name)))
+        if args.llm_weights and not args.llm_weights.is_file():
+            parser.error(
+                f"--llm-weights {args.llm_weights}: no such file (write one with bench/recall_probe.py --save)"
+            )
+        try:
+            args.model = str(save_fresh_model(width, layers, args.seed, Path(scratch.name), args.llm_weights))
+        except RuntimeError as error:
+            parser.error(
+                f"--llm-weights {args.llm_weights}: not a {args.fresh_llm} model ({str(error).splitlines()[0]})"
+            )
     tasks = args.task.split(",")
     for task in tasks:
         if task not in TASKS:

@@ -177,6 +177,25 @@ def test_a_fresh_llm_of_another_size_loads_and_trains_with_the_aux_in_its_prompt
     assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
+def test_a_fresh_llm_takes_the_weights_recall_probe_saved(tmp_path):
+    import torch
+
+    from moai.model.modeling import MoAIForConditionalGeneration
+
+    recall_module = load_bench("recall_probe")
+    trained = recall_module.build("moai", 64, 2)  # the shapes preset with mixers, as recall_probe trains it
+    torch.save(trained.state_dict(), tmp_path / "recall.pt")
+    out = probe.save_fresh_model(64, 2, 1, tmp_path / "fresh", tmp_path / "recall.pt")
+    model = MoAIForConditionalGeneration.from_pretrained(out)
+    assert not any("moai" in k for k in model.state_dict())  # the base: the recall model's mixers left out
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, trained.state_dict()[name]), name
+    with pytest.raises(SystemExit):  # weights of another size: one line, no traceback
+        probe.main(["--in-prompt", "--fresh-llm", "96:2", "--llm-weights", str(tmp_path / "recall.pt")])
+    with pytest.raises(SystemExit):
+        probe.main(["--llm-weights", str(tmp_path / "recall.pt")])  # without --fresh-llm
+
+
 signs = load_bench("sign_questions")
 
 
