@@ -6,8 +6,8 @@ Associative recall, text only (no image, no aux): a sequence of key-value token 
 again; the answer to each asked key is the value that followed it earlier (``k3 v3 k1 v1 k7 v7 | k1 -> v1``).
 Keys and values are distinct token ids of the ``shapes`` preset's vocabulary, drawn afresh every sample,
 so nothing can be memorised: the answer is only in the context. This is the skill the aux text asks of a
-model (find the asked word, read what stands beside it; docs/shapesworld.md, "What the LLM learns in
-context"), in its barest form.
+model (find the asked word, read what stands beside it; docs/shapesworld.md, "Looking a thing up in
+context: associative recall"), in its barest form.
 
 The model is the ``shapes`` preset's LLM from random weights (``--width`` / ``--layers`` change it), either
 inside `MoAIForConditionalGeneration` (``--model moai``, text-only input) or as transformers'

@@ -530,3 +530,28 @@ def test_passthrough_compressor_hands_every_real_aux_token_to_the_experts(batch4
     assert loaded.config.compressor_config.passthrough and loaded.model.compressor.latents is None
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch4).logits, batched, atol=0, rtol=0)
+
+
+def test_text_only_logits_equal_transformers_llama_with_the_same_weights():
+    """Without an image or aux the model is its LLM: transformers' Llama given the same weights computes the
+    same logits (bench/recall_probe.py compares the two decoders' learning on that premise)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = MoAIForConditionalGeneration(MoAIConfig.from_preset("shapes")).eval()
+    randomize_zero_inits(model)
+    text = model.config.text_config
+    llama = LlamaForCausalLM(text).eval()
+    prefix = "model.language_model."
+    weights = {
+        "model." + k.removeprefix(prefix): v
+        for k, v in model.state_dict().items()
+        if k.startswith(prefix) and k.replace(prefix, "model.") in llama.state_dict()
+    }
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][: text.vocab_size]
+    weights["lm_head.weight"] = model.state_dict()["lm_head.weight"][: text.vocab_size]
+    llama.load_state_dict(weights)  # strict: every Llama weight comes from the model
+    ids = torch.randint(3, text.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(input_ids=ids).logits[..., : text.vocab_size], llama(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs)
