@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from transformers import PretrainedConfig  # noqa: E402
 
 from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
@@ -196,16 +197,28 @@ def sample(rng: random.Random, task: str, objects_range: tuple[int, int] = OBJEC
     raise ValueError(f"task {task!r}: must be one of {', '.join(TASKS)}")
 
 
+def int_pair(text: str) -> tuple[int, int]:
+    """``A:B`` as two integers (``--fresh-llm``, ``--objects``; `bench/recall_probe.py --pairs`); ValueError
+    unless it is exactly two."""
+    a, b = (int(v) for v in text.split(":"))
+    return a, b
+
+
+def resize_llm(text: PretrainedConfig, width: int, layers: int) -> None:
+    """Make the LLM config ``text`` ``width`` wide (heads of 32, MLP three times the width) and ``layers``
+    deep, in place."""
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = width, 3 * width, layers
+    text.num_attention_heads = text.num_key_value_heads = width // 32
+    text.head_dim = 32
+
+
 def save_fresh_model(width: int, layers: int, seed: int, out: Path, weights: Path | None = None) -> Path:
     """The ``shapes`` preset with its LLM ``width`` wide (heads of 32, MLP three times the width) and ``layers``
     deep, every weight random (seeded) or loaded from ``weights`` (a state dict of the same model, as
     `bench/recall_probe.py --model moai --save` writes), saved with its processor to ``out``."""
     base, processor = build_model(TrainConfig.load(BASE, overrides=["model=shapes", f"seed={seed}"]))
     config = base.config
-    text = config.text_config
-    text.hidden_size, text.intermediate_size, text.num_hidden_layers = width, 3 * width, layers
-    text.num_attention_heads = text.num_key_value_heads = width // 32
-    text.head_dim = 32
+    resize_llm(config.text_config, width, layers)
     torch.manual_seed(seed)
     model = MoAIForConditionalGeneration(config)
     if weights is not None:  # every weight of this model from the file; its MoAI modules, if any, left out
@@ -262,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        objects_range = tuple(int(v) for v in args.objects.split(":"))
+        objects_range = int_pair(args.objects)
     except ValueError:
-        objects_range = ()
-    if len(objects_range) != 2 or not 1 <= objects_range[0] <= objects_range[1] <= 6:
+        objects_range = (0, 0)  # refused just below
+    if not 1 <= objects_range[0] <= objects_range[1] <= 6:
         parser.error(f"--objects {args.objects!r}: expected MIN:MAX with 1 <= MIN <= MAX <= 6, e.g. 2:2")
     if objects_range[0] < 2 and {"position", "relword", "xy"} & set(args.task.split(",")):
         parser.error(f"--objects {args.objects}: a position question needs two objects at least")
@@ -277,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.in_prompt:
             parser.error("--fresh-llm needs --in-prompt (new MoAI modules need a trained base)")
         try:
-            width, layers = (int(v) for v in args.fresh_llm.split(":"))
+            width, layers = int_pair(args.fresh_llm)
         except ValueError:
             parser.error(f"--fresh-llm {args.fresh_llm!r}: expected WIDTH:LAYERS, e.g. 256:6")
         if width < 32 or width % 32 or layers < 1:

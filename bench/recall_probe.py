@@ -37,6 +37,9 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from moai.model.configuration import MoAIConfig  # noqa: E402
 from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aux_match_probe import int_pair, resize_llm  # noqa: E402
+
 HELD_OUT = 500
 FIRST_ID = 10
 """Token ids below this (the special tokens of the ``shapes`` vocabulary) are never drawn."""
@@ -86,11 +89,8 @@ def build(kind: str, width: int, layers: int) -> torch.nn.Module:
     """The ``shapes`` preset's LLM, ``width`` wide (heads of 32, MLP three times the width) and ``layers``
     deep, random weights, inside our model or as transformers' Llama."""
     config = MoAIConfig.from_preset("shapes")
-    text = config.text_config
-    text.hidden_size, text.intermediate_size, text.num_hidden_layers = width, 3 * width, layers
-    text.num_attention_heads = text.num_key_value_heads = width // 32
-    text.head_dim = 32
-    return MoAIForConditionalGeneration(config) if kind == "moai" else LlamaForCausalLM(text)
+    resize_llm(config.text_config, width, layers)
+    return MoAIForConditionalGeneration(config) if kind == "moai" else LlamaForCausalLM(config.text_config)
 
 
 def loss_and_hits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
@@ -101,11 +101,6 @@ def loss_and_hits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tu
     loss = torch.nn.functional.cross_entropy(logits[asked], target[asked])
     hits = int((logits[asked].argmax(-1) == target[asked]).sum())
     return loss, hits, int(asked.sum())
-
-
-def parse_range(text: str) -> tuple[int, int]:
-    low, _, high = text.partition(":")
-    return int(low), int(high or low)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="write the trained weights here (default: nothing written)")
     args = parser.parse_args(argv)
     try:
-        low, high = parse_range(args.pairs)
+        low, high = int_pair(args.pairs)
     except ValueError:
         parser.error(f"--pairs {args.pairs!r}: expected MIN:MAX, e.g. 4:8")
     if not 1 <= args.queries <= low <= high <= args.keys:

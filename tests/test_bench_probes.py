@@ -263,9 +263,8 @@ def test_recall_samples_ask_keys_whose_values_stand_beside_them_earlier():
             assert len(tokens) == len(labels) == 2 * pairs + 1 + 2 * queries
             context, asked = tokens[: 2 * pairs], tokens[2 * pairs + 1 :]
             keys, values = context[::2], context[1::2]
-            assert (
-                len(set(keys)) == pairs and tokens[2 * pairs] == recall.FIRST_ID
-            )  # distinct keys, separator
+            assert len(set(keys)) == pairs  # distinct keys
+            assert tokens[2 * pairs] == recall.FIRST_ID  # the separator
             assert all(recall.FIRST_ID < k <= recall.FIRST_ID + 40 for k in keys)
             assert all(recall.FIRST_ID + 40 < v <= recall.FIRST_ID + 52 for v in values)
             for key, value in zip(asked[::2], asked[1::2]):
@@ -281,21 +280,8 @@ def test_recall_no_lookup_baseline_guesses_the_most_frequent_value_not_yet_asked
     tokens = [k1, a, k2, a, k3, b, sep, k3, b, k1, a]  # a twice, b once: guess a, right at k1, wrong at k3
     labels = [-100] * 8 + [b, -100, a]
     assert recall.no_lookup_accuracy([(tokens, labels)]) == 50.0
-    tokens = [
-        k1,
-        a,
-        k2,
-        a,
-        k3,
-        b,
-        sep,
-        k1,
-        a,
-        k2,
-        a,
-        k3,
-        b,
-    ]  # every value asked: a, a, then b is all that is left
+    # every value asked: a, a, then b is all that is left
+    tokens = [k1, a, k2, a, k3, b, sep] + [k1, a, k2, a, k3, b]
     assert recall.no_lookup_accuracy([(tokens, [-100] * 8 + [a, -100, a, -100, b])]) == 100.0
     lone = [recall.sample(random.Random(i), 1, 1, 40, 12) for i in range(20)]
     assert recall.no_lookup_accuracy(lone) == 100.0  # one pair: nothing to look up
