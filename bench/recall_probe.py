@@ -46,13 +46,26 @@ FIRST_ID = 10
 
 
 def sample(
-    rng: random.Random, pairs: int, queries: int, keys: int, values: int
+    rng: random.Random, pairs: int, queries: int, keys: int, values: int, shared: int = 0
 ) -> tuple[list[int], list[int]]:
     """One sequence and its labels: ``pairs`` (key, value) pairs of distinct keys, a separator, then
-    ``queries`` of those keys each followed by its value; labels are -100 except at the asked values."""
+    ``queries`` of those keys each followed by its value; labels are -100 except at the asked values.
+
+    Keys are drawn from ``keys`` ids and values from the next ``values`` ids; or, with ``shared`` > 0, both
+    from one pool of ``shared`` ids (each value not one of the sample's keys), so that every token of the
+    pool is met as a key and as a value."""
     separator = FIRST_ID
-    key_ids = rng.sample(range(FIRST_ID + 1, FIRST_ID + 1 + keys), pairs)
-    value_ids = [rng.randrange(FIRST_ID + 1 + keys, FIRST_ID + 1 + keys + values) for _ in key_ids]
+    if shared:
+        pool = range(FIRST_ID + 1, FIRST_ID + 1 + shared)
+        key_ids = rng.sample(pool, pairs)
+        value_ids = []
+        for _ in key_ids:
+            while (value := rng.choice(pool)) in key_ids:
+                pass
+            value_ids.append(value)
+    else:
+        key_ids = rng.sample(range(FIRST_ID + 1, FIRST_ID + 1 + keys), pairs)
+        value_ids = [rng.randrange(FIRST_ID + 1 + keys, FIRST_ID + 1 + keys + values) for _ in key_ids]
     tokens = [t for kv in zip(key_ids, value_ids) for t in kv] + [separator]
     labels = [-100] * len(tokens)
     for i in rng.sample(range(pairs), queries):
@@ -116,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1, help="keys asked a sample (default 1)")
     parser.add_argument("--keys", type=int, default=40, help="distinct key tokens (default 40)")
     parser.add_argument("--values", type=int, default=12, help="distinct value tokens (default 12)")
+    parser.add_argument(
+        "--shared",
+        type=int,
+        default=0,
+        help="draw keys and values from one pool of this many ids instead (--keys, --values unused), e.g. "
+        "309: every token of the shapes vocabulary but the special ones (default 0: separate pools)",
+    )
     parser.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     parser.add_argument("--every", type=int, default=250, help="score every N steps (default 250)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples a step (default 64)")
@@ -142,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     vocab = MoAIConfig.from_preset("shapes").text_config.vocab_size
     if FIRST_ID + 1 + args.keys + args.values > vocab:
         parser.error(f"--keys {args.keys} --values {args.values}: more tokens than the vocabulary's {vocab}")
+    if args.shared and not high < args.shared <= vocab - FIRST_ID - 1:
+        parser.error(
+            f"--shared {args.shared}: need MAX pairs < SHARED <= {vocab - FIRST_ID - 1} (the vocabulary)"
+        )
 
     torch.manual_seed(args.seed)
     model = build(args.model, args.width, args.layers)
@@ -153,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as error:
             parser.error(f"--init {args.init}: not this model's weights ({str(error).splitlines()[0]})")
     rng, held_rng = random.Random(args.seed), random.Random(10_000 + args.seed)
-    draw = (args.queries, args.keys, args.values)
+    draw = (args.queries, args.keys, args.values, args.shared)
     held_out = [
         [sample(held_rng, pairs, *draw) for _ in range(HELD_OUT // (high - low + 1))]
         for pairs in range(low, high + 1)
@@ -161,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.model} LLM {args.width} wide, {args.layers} layers "
         f"({sum(p.numel() for p in model.parameters()):,} parameters); pairs {low}-{high}, "
-        f"{args.queries} asked, {args.keys} keys, {args.values} values (chance {100 / args.values:.1f} %, "
+        f"{args.queries} asked, "
+        + (f"{args.shared} ids" if args.shared else f"{args.keys} keys, {args.values} values")
+        + f" (chance {100 / (args.shared - high if args.shared else args.values):.1f} %, "
         f"no lookup {no_lookup_accuracy([s for group in held_out for s in group]):.1f} %)"
     )
 

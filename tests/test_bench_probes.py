@@ -275,6 +275,22 @@ def test_recall_samples_ask_keys_whose_values_stand_beside_them_earlier():
             assert all(labels[i] == t for i, t in scored)
 
 
+def test_recall_samples_from_a_shared_pool_use_one_pool_for_keys_and_values():
+    rng = random.Random(1)
+    seen_keys, seen_values = set(), set()
+    for _ in range(300):
+        tokens, labels = recall.sample(rng, 3, 2, keys=40, values=12, shared=20)
+        keys, values = tokens[:6:2], tokens[1:6:2]
+        assert all(recall.FIRST_ID < t <= recall.FIRST_ID + 20 for t in keys + values)
+        assert not set(values) & set(keys)  # a value is never one of the sample's keys
+        asked = tokens[7:]
+        for key, value in zip(asked[::2], asked[1::2]):
+            assert value == values[keys.index(key)]
+        seen_keys |= set(keys)
+        seen_values |= set(values)
+    assert seen_keys == seen_values == set(range(recall.FIRST_ID + 1, recall.FIRST_ID + 21))
+
+
 def test_recall_no_lookup_baseline_guesses_the_most_frequent_value_not_yet_asked():
     sep, (k1, k2, k3), (a, b) = recall.FIRST_ID, (11, 12, 13), (60, 61)
     tokens = [k1, a, k2, a, k3, b, sep, k3, b, k1, a]  # a twice, b once: guess a, right at k1, wrong at k3
@@ -302,3 +318,5 @@ def test_recall_probe_trains_both_decoders_and_a_lone_pair_is_learnt(capsys):
         assert float(lines[2].split()[-1]) < 30 and float(lines[3].split()[2]) > 90, lines
     with pytest.raises(SystemExit):
         recall.main(["--pairs", "4:2"])
+    with pytest.raises(SystemExit):
+        recall.main(["--pairs", "4:8", "--shared", "8"])  # no room for a value beside eight keys
