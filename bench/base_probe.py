@@ -2,7 +2,7 @@
 
     python bench/base_probe.py --recipe runs/shapesworld --name more --steps 2000 \
         [--start runs/shapesworld/base/final] [--world runs/shapesworld/world] \
-        [--pretrain-tower 1200 [--colour-weight 1.0]] [--trainable all]
+        [--pretrain-tower 1200 [--colour-weight 1.0]] [--trainable all] [--llm-weights FILE]
 
 Trains a base stage with the recipe's own ``base.yaml`` (no aux; only the data, the run directory, the starting
 model, the step count and the checkpoint interval changed) from
@@ -15,6 +15,8 @@ short of steps keeps climbing; one short of data stops while its training loss s
 ``--pretrain-tower STEPS`` first pretrains the vision tower of the preset ``--start`` on ``--world``'s patch
 labels (moai/recipes/tower.py, the recipe's stage 0; ``--colour-weight`` as `TowerConfig.colour_weight`), saved
 in the run directory as ``start/``; ``--trainable`` replaces ``base.yaml``'s policy (``all`` trains the tower too).
+``--llm-weights`` replaces the starting model's LLM by one trained elsewhere (saved as ``start-llm/``), e.g. on
+associative recall (`bench/recall_probe.py`): does a base whose LLM can look things up learn more?
 
 Writes RECIPE/base-probe-NAME/ (the run, probe.json) and prints a table.
 """
@@ -25,6 +27,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,7 +80,16 @@ def main() -> int:
         help="weight of the colour target in --pretrain-tower (default: %(default)s)",
     )
     parser.add_argument("--trainable", default=None, help="trainable policy (default: base.yaml's)")
+    parser.add_argument(
+        "--llm-weights",
+        type=Path,
+        help="the starting model's LLM (decoder and LM head, not its MoAI modules) from this state dict of a "
+        "model of the same LLM, e.g. one trained on associative recall by `bench/recall_probe.py --save` "
+        "(default: the starting model's own)",
+    )
     args = parser.parse_args()
+    if args.llm_weights and not args.llm_weights.is_file():
+        parser.error(f"--llm-weights {args.llm_weights}: no such file")
 
     recipe = args.recipe.resolve()
     world = (args.world or recipe / "world").resolve()
@@ -93,6 +106,22 @@ def main() -> int:
         processor.save_pretrained(out / "start")
     if args.pretrain_tower:
         start = str(out / "start")
+    if args.llm_weights:
+        if not (out / "start-llm/config.json").is_file():
+            model, processor = build_model(TrainConfig.load(BASE, [f"model={start}"]))
+            own = model.state_dict()
+            llm = {
+                k: v
+                for k, v in torch.load(args.llm_weights, weights_only=True).items()
+                if (k.startswith("model.language_model.") or k.startswith("lm_head.")) and "moai" not in k
+            }
+            if not llm or any(k not in own or own[k].shape != v.shape for k, v in llm.items()):
+                parser.error(f"--llm-weights {args.llm_weights}: not an LLM of the starting model's shape")
+            model.load_state_dict(llm, strict=False)
+            model.save_pretrained(out / "start-llm")
+            processor.save_pretrained(out / "start-llm")
+            print(f"{len(llm)} LLM tensors from {args.llm_weights}")
+        start = str(out / "start-llm")
     overrides = {
         "output_dir": str(out),
         "model": start,
