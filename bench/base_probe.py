@@ -47,6 +47,25 @@ from aux_probe import scorable_checkpoints  # noqa: E402
 BASE = ROOT / "moai/train/configs/shapesworld/base.yaml"
 
 
+def with_llm(start: str, weights: Path, out: Path) -> int:
+    """Save to ``out`` the model the base stage builds from ``start`` with its LLM (decoder and LM head, not
+    its MoAI modules) taken from the state dict ``weights``; returns how many tensors were taken. ValueError
+    when ``weights`` holds no LLM of that shape."""
+    model, processor = build_model(TrainConfig.load(BASE, [f"model={start}"]))
+    own = model.state_dict()
+    llm = {
+        k: v
+        for k, v in torch.load(weights, weights_only=True).items()
+        if (k.startswith("model.language_model.") or k.startswith("lm_head.")) and "moai" not in k
+    }
+    if not llm or any(k not in own or own[k].shape != v.shape for k, v in llm.items()):
+        raise ValueError(f"--llm-weights {weights}: not an LLM of the starting model's shape")
+    model.load_state_dict(llm, strict=False)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return len(llm)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -108,19 +127,11 @@ def main() -> int:
         start = str(out / "start")
     if args.llm_weights:
         if not (out / "start-llm/config.json").is_file():
-            model, processor = build_model(TrainConfig.load(BASE, [f"model={start}"]))
-            own = model.state_dict()
-            llm = {
-                k: v
-                for k, v in torch.load(args.llm_weights, weights_only=True).items()
-                if (k.startswith("model.language_model.") or k.startswith("lm_head.")) and "moai" not in k
-            }
-            if not llm or any(k not in own or own[k].shape != v.shape for k, v in llm.items()):
-                parser.error(f"--llm-weights {args.llm_weights}: not an LLM of the starting model's shape")
-            model.load_state_dict(llm, strict=False)
-            model.save_pretrained(out / "start-llm")
-            processor.save_pretrained(out / "start-llm")
-            print(f"{len(llm)} LLM tensors from {args.llm_weights}")
+            try:
+                count = with_llm(start, args.llm_weights, out / "start-llm")
+            except ValueError as error:
+                parser.error(str(error))
+            print(f"{count} LLM tensors from {args.llm_weights}")
         start = str(out / "start-llm")
     overrides = {
         "output_dir": str(out),

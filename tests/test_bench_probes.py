@@ -320,3 +320,25 @@ def test_recall_probe_trains_both_decoders_and_a_lone_pair_is_learnt(capsys):
         recall.main(["--pairs", "4:2"])
     with pytest.raises(SystemExit):
         recall.main(["--pairs", "4:8", "--shared", "8"])  # no room for a value beside eight keys
+
+
+def test_base_probe_takes_the_llm_of_a_recall_model_and_keeps_its_own_tower(tmp_path):
+    import torch
+
+    from moai.model.modeling import MoAIForConditionalGeneration
+
+    base_probe = load_bench("base_probe")
+    torch.manual_seed(123)  # not the base config's seed: the two models' random towers differ
+    trained = recall.build("moai", 128, 4)  # the shapes preset's LLM, as recall_probe trains it
+    torch.save(trained.state_dict(), tmp_path / "recall.pt")
+    count = base_probe.with_llm("shapes", tmp_path / "recall.pt", tmp_path / "start")
+    model = MoAIForConditionalGeneration.from_pretrained(tmp_path / "start")
+    mine, theirs = model.state_dict(), trained.state_dict()
+    llm = [k for k in mine if k.startswith("model.language_model.") or k.startswith("lm_head.")]
+    assert count == len(llm) > 0
+    assert all(torch.equal(mine[k], theirs[k]) for k in llm)  # the LLM is the recall model's
+    tower = [k for k in mine if k.startswith("model.vision_tower.")]
+    assert tower and not any(torch.equal(mine[k], theirs[k]) for k in tower if mine[k].std() > 0)
+    torch.save(recall.build("moai", 64, 2).state_dict(), tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match="not an LLM of the starting model's shape"):
+        base_probe.with_llm("shapes", tmp_path / "narrow.pt", tmp_path / "bad")
