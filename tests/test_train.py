@@ -722,6 +722,46 @@ def test_records_about_one_image_share_one_perception_and_map(tmp_path, monkeypa
     assert len({id(e.aux_map) for e in resolved}) == 3
 
 
+def test_a_data_source_with_drop_modules_reads_only_the_other_modules(tmp_path):
+    """``drop_modules`` removes those modules from every record of its file, as ``--aux drop:`` does at
+    inference; the same images in another file keep the whole aux, and module dropout never puts a dropped
+    module back."""
+    from moai.perception import PerceptionCache, verbalize_perception
+    from moai.perception.verbalize import without_modules
+    from moai.train.config import DataSource
+    from moai.train.data import AuxResolver, ModuleDropout
+
+    data = write_dataset(tmp_path, n=3)
+    images = sorted((tmp_path / "images").glob("*.png"), key=lambda p: int(p.stem))
+    cache_dir = _perception_cache(tmp_path, images)
+    cache = PerceptionCache(cache_dir)
+    resolver = AuxResolver("cache", str(cache_dir), None, "official", "corrected")
+    whole, _ = resolver.resolve(load_examples(DataSource(str(data))))
+    text, _ = resolver.resolve(load_examples(DataSource(str(data), drop_modules=["ps"])))
+    for full, short, image in zip(whole, text, images):
+        assert short.drop_modules == ("ps",) and "kite" in full.aux_text and "kite" not in short.aux_text
+        assert short.aux_text == verbalize_perception(without_modules(cache.get(image), ["ps"]))
+        assert "WORD" in short.aux_text and not short.aux_map.any()  # the OCR text stays, no segment left
+    dropout = ModuleDropout(0.5, seed=0, verbalizer="official", map_style="corrected")
+    draws = {p: dropout.dropped(p) for p in range(50)}
+    only_ocr = next(p for p, d in draws.items() if d == ("ocr",))
+    both = verbalize_perception(without_modules(cache.get(images[0]), ["ps", "ocr"]))
+    assert dropout.apply(text[0], only_ocr).aux_text == both and "WORD" not in both  # ps stays out
+    no_ps = next(p for p, d in draws.items() if d == ("ps",))
+    assert dropout.apply(text[0], no_ps) is text[0]  # nothing new to remove
+    with pytest.raises(ValueError, match=r"drop_modules \['depth'\] unknown; choose from ps, owod, sgg, ocr"):
+        DataSource("x.json", drop_modules=["depth"])
+    sources = f"data=[{{path: {data}, drop_modules: [ps]}}]"
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=1, aux="none"), [sources])
+    with pytest.raises(ValueError, match=r"data\[0\]\.drop_modules needs the perception of each sample"):
+        train(cfg, **QUIET)
+    cfg = TrainConfig.load(
+        write_config(tmp_path, data, max_steps=1, batch_size=2, aux="cache", perception_cache=str(cache_dir)),
+        [f"data=[{{path: {data}}}, {{path: {data}, drop_modules: [ps, owod, sgg]}}]"],
+    )
+    assert train(cfg, **QUIET)["data"]["loaded"] == 6  # a mixture of the whole and the short aux trains
+
+
 def test_base_step_with_moai_policy_is_a_clear_error(tmp_path):
     data = write_dataset(tmp_path, n=2)
     cfg = TrainConfig.load(write_config(tmp_path, data, step="base", trainable="moai", max_steps=1))

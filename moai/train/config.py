@@ -32,12 +32,26 @@ class DataSource:
     map stay, so that its questions can only be answered from the aux knowledge; `TrainConfig.image_dropout`
     at probability 1 for this file alone. Not in the paper (docs/shapesworld.md, "A no-search aux task in
     the recipe's data")."""
+    drop_modules: list[str] = field(default_factory=list)
+    """CV modules (``ps``, ``owod``, ``sgg``, ``ocr``) whose outputs are removed from the aux text and map of
+    every record of this file (needs ``aux: cache`` or ``perceive``), as ``moai predict --aux drop:...`` removes
+    them at inference; module dropout draws among the modules left. A file whose aux holds the OCR text alone,
+    beside the same file with the whole aux, is an easy and a hard version of one reading task. Not in the
+    paper (docs/shapesworld.md, "A short aux beside the whole one")."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(
                 f"data source {self.path}: weight must be a positive number, got {self.weight!r}"
             )
+        if self.drop_modules:
+            from ..perception.verbalize import MODULES  # heavy: numpy and the perception package
+
+            unknown = sorted(set(self.drop_modules) - set(MODULES))
+            if unknown:
+                raise ValueError(
+                    f"data source {self.path}: drop_modules {unknown} unknown; choose from {', '.join(MODULES)}"
+                )
 
 
 @dataclass

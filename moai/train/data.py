@@ -55,6 +55,8 @@ class Example:
     """What perception found (``aux: cache`` / ``perceive``), kept for module dropout; None otherwise."""
     blank_image: bool = False
     """Blank this sample's image in the batch, its aux kept (its file's `DataSource.blank_images`)."""
+    drop_modules: tuple[str, ...] = ()
+    """CV modules removed from this sample's aux text and map (its file's `DataSource.drop_modules`)."""
 
 
 @dataclass
@@ -241,7 +243,13 @@ def load_examples(
             continue
         examples.append(
             Example(
-                **{**example.__dict__, "source": str(path), "line": line, "blank_image": source.blank_images}
+                **{
+                    **example.__dict__,
+                    "source": str(path),
+                    "line": line,
+                    "blank_image": source.blank_images,
+                    "drop_modules": tuple(source.drop_modules),
+                }
             )
         )
     report.loaded += len(examples)
@@ -322,8 +330,9 @@ class ModuleDropout:
     def apply(self, example: Example, position: int) -> Example:
         """``example`` with the drawn modules removed from its aux text and map (unchanged when none is)."""
         drop = self.dropped(position)
-        if not drop or example.perception is None:
+        if not set(drop) - set(example.drop_modules) or example.perception is None:
             return example
+        drop = tuple(m for m in MODULES if m in drop or m in example.drop_modules)  # the file's own stay out
         aux_text, aux_map = aux_inputs(example.perception, self.verbalizer, self.map_style, drop)
         return Example(**{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map})
 
@@ -443,19 +452,19 @@ class AuxResolver:
             if self.perceiver is None:  # the models load on first use and stay with this resolver
                 self.perceiver = Perceiver(self.config)
             found = self.perceiver([str(image) for image in images])
-        resolved = {
-            image: (perception, *aux_inputs(perception, self.verbalizer, self.map_style))
-            for image, perception in zip(images, found)
-            if perception is not None
-        }
+        perceptions = {image: p for image, p in zip(images, found) if p is not None}
+        resolved: dict[tuple[Path, tuple[str, ...]], tuple[str, np.ndarray]] = {}
         out, problems = [], []
         for example in examples:
-            if example.image not in resolved:
+            if example.image not in perceptions:
                 problems.append(
                     Problem(example.source, example.line, f"not in perception cache: {example.image}")
                 )
                 continue
-            perception, aux_text, aux_map = resolved[example.image]
+            perception, key = perceptions[example.image], (example.image, example.drop_modules)
+            if key not in resolved:
+                resolved[key] = aux_inputs(perception, self.verbalizer, self.map_style, example.drop_modules)
+            aux_text, aux_map = resolved[key]
             out.append(
                 Example(
                     **{**example.__dict__, "aux_text": aux_text, "aux_map": aux_map, "perception": perception}

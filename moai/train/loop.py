@@ -770,6 +770,12 @@ def _train(
                 f"not aux: {config.aux}"
             )
         dropout = ModuleDropout(config.module_dropout, config.seed, config.verbalizer, _map_style(processor))
+    for i, source in enumerate(config.data):
+        if source.drop_modules and config.aux not in ("cache", "perceive"):
+            raise ValueError(
+                f"data[{i}].drop_modules needs the perception of each sample (aux: cache or perceive), "
+                f"not aux: {config.aux}"
+            )
     collator = Collator(
         processor,
         config.max_length,
