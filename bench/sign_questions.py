@@ -13,8 +13,9 @@ The images are the world's: the perception cache of its training images serves t
 (`moai train` data source ``{path: FILE, image_root: WORLD}``).
 
 ``score``: the world's OCR questions split by template (sign word; word present, answer yes; answer no),
-accuracy in % with the model's own aux and with all four modules removed (docs/shapesworld.md, "More
-sign-word questions in the recipe").
+accuracy in % with the model's own aux, with the OCR text alone (the other three modules removed, as a
+``drop_modules: [ps, owod, sgg]`` training file has it) and with all four modules removed (docs/shapesworld.md,
+"More sign-word questions in the recipe", "A short aux beside the whole one").
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def template(question: dict) -> str:
 
 
 def score(model: str | None, world: Path, limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Accuracy (%) per OCR template with the model's own aux and with no aux (module docstring)."""
+    """Accuracy (%) per OCR template with the model's own aux, the OCR text alone and no aux (module docstring)."""
     from moai.engine import Engine  # heavy: torch and the model
     from moai.perception.verbalize import MODULES
     from moai.recipes.shapesworld import answer_all, read_questions, texts
@@ -90,6 +91,7 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
     engine = Engine.load(model)
     questions = [q for q in read_questions(world) if q["category"] == "ocr"][:limit]
     rows = {"own aux": texts(answer_all(engine, world, questions))}
+    rows["ocr alone"] = texts(answer_all(engine, world, questions, drop=[m for m in MODULES if m != "ocr"]))
     rows["no aux"] = texts(answer_all(engine, world, questions, drop=MODULES))
     templates = [template(q) for q in questions]
     counts = {t: templates.count(t) for t in sorted(set(templates))}
@@ -116,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write.add_argument(
         "--no-word-question", action="store_true", help="leave the sign-word question out (default: kept)"
     )
-    scorer = sub.add_parser("score", help="a model's OCR accuracy by template, with and without its aux")
+    scorer = sub.add_parser(
+        "score", help="a model's OCR accuracy by template: its own aux, the OCR text alone, no aux"
+    )
     scorer.add_argument("--model", default=None, help="a saved MoAI directory (default: the bundled model)")
     scorer.add_argument("--world", type=Path, required=True, help="a `moai worlds shapes` directory")
     scorer.add_argument("--limit", type=int, default=None, help="first N OCR questions (default: all)")
