@@ -9,6 +9,10 @@ round with absent words of its own: the sign-word question ("What word is writte
 scene has exactly one sign, the word-present question for every sign's word ("yes") and as many absent
 words ("no"; one where the scene has no sign). ``--signs-only`` keeps the scenes with a sign (every aux then
 holds a text, so "is there a text" answers nothing), ``--no-word-question`` leaves the sign-word question out.
+``--negatives`` chooses the absent words: ``any`` (SHAPESWORLD.md's: a random 3-6 letter word, most of them of
+another length than the sign's, which a model can tell without reading the letters), ``same-length`` (random
+letters as many as one of the scene's sign words) or ``near`` (a sign word with one letter changed); a scene
+without a sign gets an ``any`` word.
 The images are the world's: the perception cache of its training images serves the file as it is
 (`moai train` data source ``{path: FILE, image_root: WORLD}``).
 
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from moai.worlds.shapes import (  # noqa: E402
+    LETTERS,
     SCENES_FILE,
     Scene,
     absent_word,
@@ -41,24 +46,54 @@ from moai.worlds.shapes import (  # noqa: E402
     word_present_question,
 )
 
+NEGATIVES = ("any", "same-length", "near")
+"""How a training file's absent words are drawn (module docstring)."""
 SIGN_STREAM = 7
 """The third entry of each round's random stream ``[seed, index, SIGN_STREAM, draw]``: apart from the world's
 own streams (1: conversation order, 2: `more_questions`)."""
 
 
-def sign_questions(scene: Scene, draw: int, word_question: bool = True) -> list[tuple[str, str]]:
+def negative_word(scene: Scene, rng: np.random.Generator, negatives: str = "any") -> str:
+    """A word on no sign of the scene, drawn as ``negatives`` says (`NEGATIVES`, module docstring)."""
+    if negatives == "any" or not scene.signs:
+        return absent_word(scene, rng)
+    words = sorted({s.word for s in scene.signs})
+    while True:
+        sign = words[int(rng.integers(len(words)))]
+        if negatives == "same-length":
+            word = "".join(LETTERS[int(i)] for i in rng.integers(0, len(LETTERS), size=len(sign)))
+        elif negatives == "near":
+            at = int(rng.integers(len(sign)))
+            others = [c for c in LETTERS if c != sign[at]]
+            word = sign[:at] + others[int(rng.integers(len(others)))] + sign[at + 1 :]
+        else:
+            raise ValueError(f"negatives {negatives!r}: must be one of {', '.join(NEGATIVES)}")
+        if word not in words:
+            return word
+
+
+def sign_questions(
+    scene: Scene, draw: int, word_question: bool = True, negatives: str = "any"
+) -> list[tuple[str, str]]:
     """Round ``draw`` of the scene's (question, answer) pairs about its signs (module docstring)."""
     rng = np.random.default_rng([scene.seed, scene.index, SIGN_STREAM, draw])
     pairs = []
     if word_question and len(scene.signs) == 1:
         pairs.append((sign_word_question(), scene.signs[0].word))
     pairs += [(word_present_question(sign.word), "yes") for sign in scene.signs]
-    pairs += [(word_present_question(absent_word(scene, rng)), "no") for _ in range(max(1, len(scene.signs)))]
+    pairs += [
+        (word_present_question(negative_word(scene, rng, negatives)), "no")
+        for _ in range(max(1, len(scene.signs)))
+    ]
     return pairs
 
 
 def training_records(
-    scenes: Sequence[Scene], draws: int, signs_only: bool = False, word_question: bool = True
+    scenes: Sequence[Scene],
+    draws: int,
+    signs_only: bool = False,
+    word_question: bool = True,
+    negatives: str = "any",
 ) -> list[dict]:
     """One LLaVA record a question (module docstring), ids ``{scene}-sign{draw}-{k}``."""
     records = []
@@ -66,7 +101,7 @@ def training_records(
         if signs_only and not scene.signs:
             continue
         for draw in range(draws):
-            for k, (question, answer) in enumerate(sign_questions(scene, draw, word_question)):
+            for k, (question, answer) in enumerate(sign_questions(scene, draw, word_question, negatives)):
                 turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
                 records.append(
                     {"id": f"{scene.id}-sign{draw}-{k}", "image": image_path(scene), "conversations": turns}
@@ -118,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write.add_argument(
         "--no-word-question", action="store_true", help="leave the sign-word question out (default: kept)"
     )
+    write.add_argument(
+        "--negatives",
+        choices=NEGATIVES,
+        default="any",
+        help="how absent words are drawn: any 3-6 letters, the sign word's length, or one letter changed "
+        "(default any, SHAPESWORLD.md's)",
+    )
     scorer = sub.add_parser(
         "score", help="a model's OCR accuracy by template: its own aux, the OCR text alone, no aux"
     )
@@ -133,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: must be >= 1")
     records = training_records(
-        read_scenes(args.world), args.draws, args.signs_only, not args.no_word_question
+        read_scenes(args.world), args.draws, args.signs_only, not args.no_word_question, args.negatives
     )
     args.out.write_text(json.dumps(records))
     answers = {a: sum(r["conversations"][1]["value"] == a for r in records) for a in ("yes", "no")}

@@ -238,6 +238,32 @@ def test_sign_questions_follow_the_ground_truth_one_question_a_record(tmp_path, 
         signs.main(["write", "--world", str(tmp_path / "nowhere"), "--out", str(out)])
 
 
+@pytest.mark.parametrize("negatives", ["same-length", "near"])
+def test_sign_questions_hard_negatives_look_like_the_sign_word(tmp_path, negatives):
+    from moai.worlds.shapes import write_world
+
+    write_world(tmp_path, scenes=12, seed=41)
+    scenes = {f"images/{s.id}.png": s for s in signs.read_scenes(tmp_path)}
+    out = tmp_path / "signs.json"
+    argv = ["write", "--world", str(tmp_path), "--out", str(out), "--negatives", negatives, "--draws", "3"]
+    assert signs.main(argv) == 0
+    negatives_seen = 0
+    for record in json.loads(out.read_text()):
+        (human, gpt) = record["conversations"]
+        match = re.fullmatch(r"<image>\nIs the word ([A-Z]+) written in the image\?", human["value"])
+        if match is None or gpt["value"] != "no":
+            continue
+        word, words = match.group(1), [sign.word for sign in scenes[record["image"]].signs]
+        assert word not in words
+        if not words:  # no sign to look like: a word of any length
+            continue
+        negatives_seen += 1
+        assert any(len(word) == len(w) for w in words)
+        if negatives == "near":  # one letter changed
+            assert any(sum(a != b for a, b in zip(word, w)) == 1 for w in words if len(w) == len(word))
+    assert negatives_seen > 0
+
+
 def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, capsys):
     from moai.worlds.shapes import write_world
 
