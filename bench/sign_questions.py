@@ -16,7 +16,8 @@ without a sign gets an ``any`` word.
 The images are the world's: the perception cache of its training images serves the file as it is
 (`moai train` data source ``{path: FILE, image_root: WORLD}``).
 
-``score``: the world's OCR questions split by template (sign word; word present, answer yes; answer no),
+``score``: the world's OCR questions split by template (sign word; word present, answer yes; answer no, the
+asked word of a sign word's length or not),
 accuracy in % with the model's own aux, with the OCR text alone (the other three modules removed, as a
 ``drop_modules: [ps, owod, sgg]`` training file has it) and with all four modules removed (docs/shapesworld.md,
 "More sign-word questions in the recipe", "A short aux beside the whole one").
@@ -109,11 +110,16 @@ def training_records(
     return records
 
 
-def template(question: dict) -> str:
-    """An OCR question's template, split by answer for the word-present one."""
+def template(question: dict, signs: Sequence[str] = ()) -> str:
+    """An OCR question's template, split by answer for the word-present one, and a "no" by whether the
+    asked word has the length of one of the scene's sign words ``signs`` (then only its letters tell it
+    from the sign's) or not."""
     if question["text"] == sign_word_question():
         return "sign word"
-    return f"word present, {question['answer']}"
+    if question["answer"] != "no":
+        return f"word present, {question['answer']}"
+    word = question["text"].split()[3]  # "Is the word {WORD} written in the image?"
+    return "no, same length" if any(len(word) == len(s) for s in signs) else "no, other length"
 
 
 def score(model: str | None, world: Path, limit: int | None = None) -> dict[str, dict[str, float]]:
@@ -128,7 +134,8 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
     rows = {"own aux": texts(answer_all(engine, world, questions))}
     rows["ocr alone"] = texts(answer_all(engine, world, questions, drop=[m for m in MODULES if m != "ocr"]))
     rows["no aux"] = texts(answer_all(engine, world, questions, drop=MODULES))
-    templates = [template(q) for q in questions]
+    signs = {image_path(s): [sign.word for sign in s.signs] for s in read_scenes(world)}
+    templates = [template(q, signs[q["image"]]) for q in questions]
     counts = {t: templates.count(t) for t in sorted(set(templates))}
     table: dict[str, dict[str, float]] = {}
     for row, answers in rows.items():
@@ -136,9 +143,9 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
         for question, kind, answer in zip(questions, templates, answers):
             hits[kind] += is_correct(answer, question["answer"])
         table[row] = {t: 100 * hits[t] / counts[t] for t in counts}
-    print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>24}" for t in counts))
+    print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>23}" for t in counts))
     for row, values in table.items():
-        print(f"{row:10}" + "".join(f"{values[t]:24.1f}" for t in counts))
+        print(f"{row:10}" + "".join(f"{values[t]:23.1f}" for t in counts))
     return table
 
 

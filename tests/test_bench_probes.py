@@ -272,11 +272,23 @@ def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, caps
     asked = [json.loads(line) for line in (tmp_path / "questions.jsonl").read_text().splitlines()]
     ocr = [q for q in asked if q["category"] == "ocr"]
     assert list(table) == ["own aux", "ocr alone", "no aux"]
-    assert set(table["own aux"]) == {signs.template(q) for q in ocr}
+    words = {f"images/{s.id}.png": [sign.word for sign in s.signs] for s in signs.read_scenes(tmp_path)}
+    assert set(table["own aux"]) == {signs.template(q, words[q["image"]]) for q in ocr}
     for row in table.values():
         assert all(0.0 <= v <= 100.0 for v in row.values())
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:4]] == ["own", "ocr", "no"]
+
+
+def test_sign_questions_template_splits_the_absent_words_by_length():
+    def asked(word: str, answer: str) -> dict:
+        return {"text": f"Is the word {word} written in the image?", "answer": answer}
+
+    assert signs.template({"text": "What word is written on the sign?", "answer": "ABC"}) == "sign word"
+    assert signs.template(asked("ABC", "yes"), ["ABC"]) == "word present, yes"
+    assert signs.template(asked("XYZ", "no"), ["ABC", "DEFGH"]) == "no, same length"
+    assert signs.template(asked("XYZW", "no"), ["ABC", "DEFGH"]) == "no, other length"
+    assert signs.template(asked("XYZ", "no"), []) == "no, other length"  # no sign in the scene
 
 
 recall = load_bench("recall_probe")
