@@ -143,9 +143,9 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
         for question, kind, answer in zip(questions, templates, answers):
             hits[kind] += is_correct(answer, question["answer"])
         table[row] = {t: 100 * hits[t] / counts[t] for t in counts}
-    print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>23}" for t in counts))
+    print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>25}" for t in counts))
     for row, values in table.items():
-        print(f"{row:10}" + "".join(f"{values[t]:23.1f}" for t in counts))
+        print(f"{row:10}" + "".join(f"{values[t]:25.1f}" for t in counts))
     return table
 
 
