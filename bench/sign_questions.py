@@ -42,6 +42,7 @@ from moai.worlds.shapes import (  # noqa: E402
     Scene,
     absent_word,
     image_path,
+    random_word,
     read_scenes,
     sign_word_question,
     word_present_question,
@@ -56,19 +57,19 @@ own streams (1: conversation order, 2: `more_questions`)."""
 
 def negative_word(scene: Scene, rng: np.random.Generator, negatives: str = "any") -> str:
     """A word on no sign of the scene, drawn as ``negatives`` says (`NEGATIVES`, module docstring)."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives {negatives!r}: must be one of {', '.join(NEGATIVES)}")
     if negatives == "any" or not scene.signs:
         return absent_word(scene, rng)
     words = sorted({s.word for s in scene.signs})
     while True:
         sign = words[int(rng.integers(len(words)))]
         if negatives == "same-length":
-            word = "".join(LETTERS[int(i)] for i in rng.integers(0, len(LETTERS), size=len(sign)))
-        elif negatives == "near":
+            word = random_word(rng, len(sign))
+        else:  # near: one letter changed
             at = int(rng.integers(len(sign)))
             others = [c for c in LETTERS if c != sign[at]]
             word = sign[:at] + others[int(rng.integers(len(others)))] + sign[at + 1 :]
-        else:
-            raise ValueError(f"negatives {negatives!r}: must be one of {', '.join(NEGATIVES)}")
         if word not in words:
             return word
 

@@ -156,9 +156,10 @@ def sign_size(word: str) -> tuple[int, int]:
     return right - left + pad, bottom - top + pad
 
 
-def random_word(rng: np.random.Generator) -> str:
-    """3-6 uppercase letters: the length uniform, then each letter uniform."""
-    length = int(rng.integers(WORD_LENGTH_RANGE[0], WORD_LENGTH_RANGE[1] + 1))
+def random_word(rng: np.random.Generator, length: int | None = None) -> str:
+    """3-6 uppercase letters: the length uniform (or ``length``), then each letter uniform."""
+    if length is None:
+        length = int(rng.integers(WORD_LENGTH_RANGE[0], WORD_LENGTH_RANGE[1] + 1))
     return "".join(LETTERS[int(i)] for i in rng.integers(0, len(LETTERS), size=length))
 
 
