@@ -315,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     stage = BASE if args.in_prompt else STEP1  # the base's own weights, or new MoAI modules on them
-    config = TrainConfig.load(stage, overrides=[f"model={args.model}", f"seed={args.seed}", *args.override])
+    # new modules as this probe measured them (step1.yaml's before it took passthrough and tied experts)
+    pinned = [] if args.in_prompt else ["compressor_passthrough=null", "expert_qk_init=independent"]
+    config = TrainConfig.load(
+        stage, overrides=[f"model={args.model}", f"seed={args.seed}", *pinned, *args.override]
+    )
     model, processor = build_model(config)
     if not args.in_prompt:
         model.set_mixer(mode="gated")

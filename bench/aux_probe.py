@@ -329,6 +329,9 @@ def main() -> int:
         "perception_cache": str(recipe / "cache"),
         **({"aux": "record"} if args.blank_image and not args.aux_in_prompt else {}),
         "max_steps": str(args.steps),
+        # the schedule these probes were measured with (step2.yaml's before step 2 became three parts)
+        "min_lr": "1.0e-4",
+        "warmup_steps": "30",
         "save_every": str(args.every),
         "keep_checkpoints": str(args.steps // args.every + 1),
         "progress": "false",

@@ -4,7 +4,8 @@
     python bench/sign_questions.py score --model checkpoints/moai-tiny-shapes --world runs/shapesworld/check
 
 ``write``: a LLaVA training file of OCR questions about the world's images, one question a record (so no
-answer can be copied from an earlier turn of the conversation), ``--draws`` rounds over the scenes, each
+answer can be copied from an earlier turn of the conversation; moai/worlds/signs.py, which the recipe uses
+for its own file), ``--draws`` rounds over the scenes, each
 round with absent words of its own: the sign-word question ("What word is written on the sign?") where the
 scene has exactly one sign, the word-present question for every sign's word ("yes") and as many absent
 words ("no"; one where the scene has no sign). ``--signs-only`` keeps the scenes with a sign (every aux then
@@ -26,89 +27,15 @@ accuracy in % with the model's own aux, with the OCR text alone (the other three
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moai.worlds.shapes import (  # noqa: E402
-    LETTERS,
-    SCENES_FILE,
-    Scene,
-    absent_word,
-    image_path,
-    random_word,
-    read_scenes,
-    sign_word_question,
-    word_present_question,
-)
-
-NEGATIVES = ("any", "same-length", "near")
-"""How a training file's absent words are drawn (module docstring)."""
-SIGN_STREAM = 7
-"""The third entry of each round's random stream ``[seed, index, SIGN_STREAM, draw]``: apart from the world's
-own streams (1: conversation order, 2: `more_questions`)."""
-
-
-def negative_word(scene: Scene, rng: np.random.Generator, negatives: str = "any") -> str:
-    """A word on no sign of the scene, drawn as ``negatives`` says (`NEGATIVES`, module docstring)."""
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives {negatives!r}: must be one of {', '.join(NEGATIVES)}")
-    if negatives == "any" or not scene.signs:
-        return absent_word(scene, rng)
-    words = sorted({s.word for s in scene.signs})
-    while True:
-        sign = words[int(rng.integers(len(words)))]
-        if negatives == "same-length":
-            word = random_word(rng, len(sign))
-        else:  # near: one letter changed
-            at = int(rng.integers(len(sign)))
-            others = [c for c in LETTERS if c != sign[at]]
-            word = sign[:at] + others[int(rng.integers(len(others)))] + sign[at + 1 :]
-        if word not in words:
-            return word
-
-
-def sign_questions(
-    scene: Scene, draw: int, word_question: bool = True, negatives: str = "any"
-) -> list[tuple[str, str]]:
-    """Round ``draw`` of the scene's (question, answer) pairs about its signs (module docstring)."""
-    rng = np.random.default_rng([scene.seed, scene.index, SIGN_STREAM, draw])
-    pairs = []
-    if word_question and len(scene.signs) == 1:
-        pairs.append((sign_word_question(), scene.signs[0].word))
-    pairs += [(word_present_question(sign.word), "yes") for sign in scene.signs]
-    pairs += [
-        (word_present_question(negative_word(scene, rng, negatives)), "no")
-        for _ in range(max(1, len(scene.signs)))
-    ]
-    return pairs
-
-
-def training_records(
-    scenes: Sequence[Scene],
-    draws: int,
-    signs_only: bool = False,
-    word_question: bool = True,
-    negatives: str = "any",
-) -> list[dict]:
-    """One LLaVA record a question (module docstring), ids ``{scene}-sign{draw}-{k}``."""
-    records = []
-    for scene in scenes:
-        if signs_only and not scene.signs:
-            continue
-        for draw in range(draws):
-            for k, (question, answer) in enumerate(sign_questions(scene, draw, word_question, negatives)):
-                turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
-                records.append(
-                    {"id": f"{scene.id}-sign{draw}-{k}", "image": image_path(scene), "conversations": turns}
-                )
-    return records
+from moai.worlds.shapes import SCENES_FILE, image_path, read_scenes, sign_word_question  # noqa: E402
+from moai.worlds.signs import NEGATIVES, write_sign_file  # noqa: E402
 
 
 def template(question: dict, signs: Sequence[str] = ()) -> str:
@@ -182,14 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: must be >= 1")
-    records = training_records(
-        read_scenes(args.world), args.draws, args.signs_only, not args.no_word_question, args.negatives
-    )
-    args.out.write_text(json.dumps(records))
-    answers = {a: sum(r["conversations"][1]["value"] == a for r in records) for a in ("yes", "no")}
+    try:
+        counts = write_sign_file(
+            args.world, args.out, args.draws, args.signs_only, not args.no_word_question, args.negatives
+        )
+    except ValueError as err:
+        parser.error(str(err))
     print(
-        f"wrote {len(records)} questions to {args.out}: {answers['yes']} yes, {answers['no']} no, "
-        f"{len(records) - answers['yes'] - answers['no']} sign words"
+        f"wrote {sum(counts.values())} questions to {args.out}: {counts['yes']} yes, {counts['no']} no, "
+        f"{counts['sign word']} sign words"
     )
     return 0
 

@@ -381,3 +381,18 @@ def test_base_probe_takes_the_llm_of_a_recall_model_and_keeps_its_own_tower(tmp_
     torch.save(recall.build("moai", 64, 2).state_dict(), tmp_path / "narrow.pt")
     with pytest.raises(ValueError, match="not an LLM of the starting model's shape"):
         base_probe.with_llm("shapes", tmp_path / "narrow.pt", tmp_path / "bad")
+
+
+def test_sign_file_of_a_world_without_signs_is_refused_not_written_empty(tmp_path):
+    from moai.worlds.shapes import generate_scene, write_world
+    from moai.worlds.signs import write_sign_file
+
+    seed = next(s for s in range(100) if not generate_scene(s, 0).signs)  # a one-scene world without a sign
+    write_world(tmp_path, scenes=1, seed=seed)
+    out = tmp_path / "signs.json"
+    with pytest.raises(ValueError, match="no scene with a sign"):
+        write_sign_file(tmp_path, out, signs_only=True)
+    assert not out.exists()
+    assert write_sign_file(tmp_path, out) == {"yes": 0, "no": 3, "sign word": 0}  # all scenes: absent words
+    with pytest.raises(SystemExit):
+        signs.main(["write", "--world", str(tmp_path), "--out", str(out), "--signs-only"])

@@ -11,6 +11,9 @@ from transformers import AutoTokenizer
 from moai.engine import Engine
 from moai.recipes.shapesworld import (
     BASE_CHECKED,
+    BASE_STAGES,
+    MOAI_STAGES,
+    SIGN_QUESTIONS,
     STAGES,
     TOWER,
     RecipeOptions,
@@ -26,7 +29,8 @@ from moai.recipes.shapesworld import (
 )
 from moai.recipes.shapesworld import main as shapesworld_main
 from moai.train.config import TrainConfig
-from moai.worlds.shapes import write_world
+from moai.worlds.shapes import read_scenes, write_world
+from moai.worlds.signs import training_records
 
 
 def test_template_key_hides_the_filled_words():
@@ -58,10 +62,10 @@ def test_majority_baseline_and_accuracy_by_hand():
     assert acc == {"existence": 50.0, "colour": 100.0, "overall": pytest.approx(200 / 3)}
 
 
-def test_shipped_stage_configs_chain_base_base2_step1_step2(tmp_path):
+def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_path):
     options = RecipeOptions(out=tmp_path)
     configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
-    assert [c.step for c in configs.values()] == ["base", "base", "step1", "step2"]
+    assert [c.step for c in configs.values()] == ["base", "base", "step1", "step2", "step2", "step2"]
     for stage in ("base", "base2"):  # the base in two runs, the second restarting the first's schedule
         assert (
             configs[stage].aux == "none"
@@ -72,15 +76,41 @@ def test_shipped_stage_configs_chain_base_base2_step1_step2(tmp_path):
     first, second = configs["base"], configs["base2"]
     assert (first.lr, first.min_lr, first.batch_size) == (second.lr, second.min_lr, second.batch_size)
     assert second.output_dir == str(tmp_path / "base2")
-    for stage in ("step1", "step2"):  # the MoAI steps train the MoAI modules only, on the frozen base
+    for stage in MOAI_STAGES:  # the MoAI steps train the MoAI modules only, on the frozen base
         assert configs[stage].trainable == "moai" and configs[stage].aux == "cache"
         assert configs[stage].perception_cache == str(tmp_path / "cache")
         assert configs[stage].perception_preset == "shapesworld"
+        assert configs[stage].verbalizer == "compact"
     step1 = configs["step1"]  # the MoAI modules of the bundled model (docs/shapesworld.md, The bundled model)
     assert step1.mixer_layers == [0, 1, 2, 3] and step1.moai_init == "fan_in"
     assert step1.compressor_query_scale == 4.0
-    assert step1.verbalizer == configs["step2"].verbalizer == "compact"
-    assert all(c.data[0].path == str(tmp_path / "world" / "train.json") for c in configs.values())
+    assert step1.compressor_passthrough is True and step1.expert_qk_init == "tied"
+    # every data path lies in the run directory
+    world = str(tmp_path / "world")
+    train, signs = (str(tmp_path / "world" / f) for f in ("train.json", "signs.json"))
+    for stage in (*BASE_STAGES, "step1"):
+        assert [d.path for d in configs[stage].data] == [train]
+    # step 2: the sign questions alone, images blanked and the OCR text alone ...
+    (blank,) = configs["step2_blank"].data
+    assert (blank.path, blank.image_root, blank.blank_images, blank.drop_modules) == (
+        signs,
+        world.rstrip("/"),
+        True,
+        ["ps", "owod", "sgg"],
+    )
+    # ... then shown, half with the OCR text alone and half with the whole aux ...
+    shown = configs["step2_shown"].data
+    assert [(d.path, d.blank_images, d.drop_modules) for d in shown] == [
+        (signs, False, ["ps", "owod", "sgg"]),
+        (signs, False, []),
+    ]
+    # ... then beside the world's questions
+    mixed = configs["step2"].data
+    assert [(d.path, d.drop_modules, d.weight) for d in mixed] == [
+        (train, [], 1.0),
+        (signs, ["ps", "owod", "sgg"], 0.5),
+        (signs, [], 0.5),
+    ]
     assert all(isinstance(c, TrainConfig) for c in configs.values())
 
 
@@ -136,6 +166,16 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
         assert report[stage]["summary"]["steps"] == 2
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["model"] == report["model"]
     assert any(line.startswith("[recipe] stage step2") for line in lines)
+    # the sign questions step 2 starts on: the world's scenes with a sign, written as SIGN_QUESTIONS says
+    written = json.loads((tmp_path / "run" / "world" / "signs.json").read_text())
+    assert written and written == training_records(read_scenes(tmp_path / "run" / "world"), **SIGN_QUESTIONS)
+    assert {r["conversations"][1]["value"] for r in written} == {"yes", "no"}
+    for stage, previous in zip(
+        MOAI_STAGES[1:], MOAI_STAGES
+    ):  # each part of step 2 goes on from the one before
+        assert TrainConfig.load(tmp_path / "run" / stage / "config.yaml").model == str(
+            tmp_path / "run" / previous / "final"
+        )
     installed = install(report, tmp_path / "model")
     card = (installed / "README.md").read_text()
     assert "## Scores" in card and "MoAI, no aux" in card
@@ -180,7 +220,8 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     with pytest.raises(ValueError, match="no base2/final model"):
         variants.train_variants(tmp_path / "elsewhere", say=lambda _m: None)
     lines: list[str] = []
-    report = variants.train_variants(run, step2_steps=2, batch_size=2, say=lines.append)
+    few = {s: 2 for s in MOAI_STAGES}
+    report = variants.train_variants(run, step2_steps=2, batch_size=2, say=lines.append, stage_steps=few)
     assert list(report) == list(variants.NAMES)
     for name, entry in report.items():
         assert (run / "variants" / name).is_dir() and entry["model"].startswith(str(run / "variants" / name))
@@ -195,13 +236,19 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
         ("reference", "compact"),
     ):
         assert AuxSettings.load(report[name]["model"]).verbalizer == verbalizer
+    for stage in MOAI_STAGES:  # the variants that retrain the MoAI modules run every MoAI stage
+        assert report["official-mode"]["stages"][stage]["steps"] == 2
+    assert list(report["reference"]["stages"]) == ["step2"]  # from the recipe's step2_shown model
     dropout = TrainConfig.load(run / "variants" / "module-dropout" / "step2_dropout" / "config.yaml")
+    assert dropout.model == str(run / "step2_shown" / "final") and len(dropout.data) == 3
     assert dropout.module_dropout == 0.3 and report["module-dropout"]["stages"]["step2_dropout"]["steps"] == 2
     assert report["base-equal-compute"]["stages"]["base"]["steps"] == variants.equal_compute_steps(run)
     assert report["reference"]["label"] == "MoAI-tiny, step 2 retrained (2 step-2 steps)"
     # a rerun reuses every stage
     lines.clear()
-    variants.train_variants(run, ["reference"], step2_steps=2, batch_size=2, say=lines.append)
+    variants.train_variants(
+        run, ["reference"], step2_steps=2, batch_size=2, say=lines.append, stage_steps=few
+    )
     assert any("already trained" in line for line in lines)
 
     out = tmp_path / "ablation"

@@ -1,13 +1,15 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
-    world (train + check sets) -> perception cache -> vision tower -> base (two runs) -> check -> MoAI step 1
-    -> step 2 -> check -> model card + install
+    world (train + check sets, sign questions) -> perception cache -> vision tower -> base (two runs) -> check
+    -> MoAI step 1 -> step 2 (sign questions on blanked images, then shown, then beside the world's) -> check
+    -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
 pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the shipped configs
-``moai/train/configs/shapesworld/{base,base2,step1,step2}.yaml`` (the paper's recipe in miniature, arXiv
-2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules trained on the frozen
-base in two steps). The checks between stages are measured on a
+``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_shown,step2}.yaml`` (the paper's recipe in
+miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules
+trained on the frozen base in two steps, step 2 in three parts that start the reading of the OCR aux on the
+sign questions of moai/worlds/signs.py). The checks between stages are measured on a
 check set (its own world seed, never trained on) and stop the recipe when a stage did not learn:
 
 * base: beats the majority-answer-per-template baseline on existence, colour and shape;
@@ -41,14 +43,21 @@ from ..worlds.shapes import (
     TRAIN_FILE,
     write_world,
 )
+from ..worlds.signs import SIGNS_FILE, write_sign_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
-STAGES = ("base", "base2", "step1", "step2")
+STAGES = ("base", "base2", "step1", "step2_blank", "step2_shown", "step2")
 """The `moai train` stages, after the tower stage (`make_tower`): the base in two runs (``base2`` restarts
-``base``'s schedule from its model), then MoAI steps 1 and 2."""
+``base``'s schedule from its model), then MoAI step 1 and step 2, the latter in three parts (the sign questions
+on blanked images, then on shown ones, then beside the world's questions)."""
 BASE_STAGES = ("base", "base2")
 """The stages that train the base (no aux); the check runs after the last."""
+MOAI_STAGES = STAGES[len(BASE_STAGES) :]
+"""The stages that train the MoAI modules on the frozen base; the check runs after the last."""
+SIGN_QUESTIONS = {"draws": 3, "signs_only": True, "word_question": False, "negatives": "same-length"}
+"""How the recipe writes ``world/signs.json`` (`moai.worlds.signs.write_sign_file`): three rounds over the
+scenes with a sign, the word-present question only, absent words of the sign word's length."""
 TOWER = "tower"
 """Stage 0: the vision tower pretrained on patch labels (moai/recipes/tower.py)."""
 TRAIN_SEED = 1000
@@ -190,10 +199,10 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def stage_config(stage: str, options: RecipeOptions, model: str):
-    """The shipped config of ``stage`` with this run's paths (and size overrides)."""
+    """The shipped config of ``stage`` with this run's paths (its data files are relative to the run directory)
+    and size overrides."""
     overrides = [
         f"output_dir={options.out / stage}",
-        f"data=[{{path: {options.out / 'world' / TRAIN_FILE}}}]",
         f"model={model}",
         "progress=false",
     ]
@@ -205,7 +214,7 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
     if options.batch_size:
         overrides.append(f"batch_size={options.batch_size}")
     overrides += options.overrides.get(stage, [])
-    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
+    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides, root=options.out)
 
 
 def _count_lines(path: Path) -> int:
@@ -298,6 +307,11 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
                 say(f"[recipe] {name}: {have} scenes in {out / name}, {n} asked: made again")
             shutil.rmtree(out / name, ignore_errors=True)
             write_world(out / name, n, seed)
+    if not (out / "world" / SIGNS_FILE).is_file():
+        counts = write_sign_file(out / "world", out / "world" / SIGNS_FILE, **SIGN_QUESTIONS)
+        say(
+            f"[recipe] sign questions: {counts['yes']} yes, {counts['no']} no in {out / 'world' / SIGNS_FILE}"
+        )
     lap("worlds")
     say(f"[recipe] perception of {options.scenes} training scenes (preset shapesworld)")
     summary = precompute(
@@ -324,7 +338,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         lap(stage)
         if stage == BASE_STAGES[-1]:
             result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
-        elif stage == "step2":
+        elif stage == MOAI_STAGES[-1]:
             result = check_moai(Engine.load(model), out / "check", say)
         else:
             continue
@@ -378,7 +392,7 @@ def model_card(report: dict) -> str:
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
         else f"- {stage}: passed"
-        for stage in (*BASE_STAGES, "step2")
+        for stage in (BASE_STAGES[-1], MOAI_STAGES[-1])
         if "check" in report.get(stage, {})
     ]
 
@@ -415,8 +429,13 @@ def model_card(report: dict) -> str:
         ),
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
         f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",
-        f"   {moai.compressor_query_scale:g});",
-        f"3. MoAI step 2 ({steps.get('step2')} steps): gated mixing, compressor, experts and gates trained.",
+        f"   {moai.compressor_query_scale:g}, compressor passthrough {moai.compressor_passthrough}, expert query/key",
+        f"   init `{moai.expert_qk_init}`);",
+        f"3. MoAI step 2 ({' + '.join(str(steps.get(s)) for s in MOAI_STAGES[1:])} steps): gated mixing, compressor,",
+        "   experts and gates trained, in three parts: the sign questions of world/signs.json (moai/worlds/signs.py:",
+        "   is the word WORD written in the image?, absent words of the sign word's length) with the images blanked",
+        "   and the OCR text alone (step2_blank.yaml), then with the images shown, half with the whole aux",
+        "   (step2_shown.yaml), then the world's questions with the sign questions beside them (step2.yaml).",
         "",
         "## Scores",
         "",
@@ -428,8 +447,8 @@ def model_card(report: dict) -> str:
     if base is not None:
         rows.update(base["baseline"] and {"majority baseline": base["baseline"]})
         rows["base (no aux)"] = base["base"]
-    if "check" in report.get("step2", {}):
-        check = report["step2"]["check"]
+    if "check" in report.get(MOAI_STAGES[-1], {}):
+        check = report[MOAI_STAGES[-1]]["check"]
         for name in ("MoAI", "MoAI, another scene's aux", "MoAI, no aux"):
             rows[name] = check[name]
     lines += markdown_table(rows).splitlines()
@@ -490,8 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help="a config override of one training stage (base, base2, step1, step2), as moai train takes KEY=VALUE; "
-        "repeatable, recorded in recipe.json (default: none, the shipped recipe)",
+        help=f"a config override of one training stage ({', '.join(STAGES)}), as moai train takes KEY=VALUE "
+        "(relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, list[str]] = {}
@@ -504,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.setdefault(stage, []).append(setting)
     for stage, settings in overrides.items():  # a bad key or value fails now, not after the stages before it
         try:
-            TrainConfig.load(CONFIGS / f"{stage}.yaml", settings)
+            TrainConfig.load(CONFIGS / f"{stage}.yaml", settings, root=Path(args.out))
         except ValueError as err:
             parser.error(f"--override {stage}: {err}")
     if args.install_only:

@@ -7,13 +7,15 @@ model with parts of its input removed. Each variant here is ``moai train`` runs 
 (moai/train/configs/shapesworld/) with a few overrides, on the world, perception cache and frozen base of a
 finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``:
 
-* ``reference``: step 2 as the recipe, from the recipe's step-1 model, with the variants' step count (the row
-  the other MoAI variants compare against when ``--step2-steps`` differs from the recipe's);
-* ``module-dropout``: ``step2_dropout.yaml`` (each module's aux removed from a sample with probability 0.3);
-* ``official-mode``: step 1 and step 2 with ``compat: official`` (the official compressor and mixer behaviour);
-* ``v2-verbalizer`` / ``official-verbalizer``: step 1 and step 2 on the v2 / official verbalization;
+* ``reference``: step 2's last part as the recipe, from the recipe's ``step2_shown`` model, with the variants'
+  step count (the row the other MoAI variants compare against when ``--step2-steps`` differs from the recipe's);
+* ``module-dropout``: ``step2_dropout.yaml`` in its place (each module's aux removed from a sample with
+  probability 0.3);
+* ``official-mode``: every MoAI stage with ``compat: official`` (the official compressor and mixer behaviour,
+  so no compressor passthrough);
+* ``v2-verbalizer`` / ``official-verbalizer``: every MoAI stage on the v2 / official verbalization;
 * ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base, base2/final)
-  until its training time equals that of the recipe's stages together (both base runs, step 1 and step 2), as
+  until its training time equals that of the recipe's stages together (both base runs and the MoAI stages), as
   measured in their summaries.
 
 A rerun keeps the stages already trained; ``variants.json`` maps each variant to its final model.
@@ -30,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.config import TrainConfig
-from ..worlds.shapes import TRAIN_FILE
-from .shapesworld import BASE_STAGES, CONFIGS
+from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ class Variant:
     """Directory and row name."""
     start: str
     """The recipe stage whose final model the first stage starts from (``base2``, the recipe's base, or
-    ``step1``)."""
+    ``step2_shown``)."""
     stages: tuple[str, ...]
-    """Shipped stage configs run in order (``step1``, ``step2``, ``step2_dropout``, ``base``)."""
+    """Shipped stage configs run in order (`MOAI_STAGES`, ``step2_dropout``, ``base``)."""
     overrides: tuple[str, ...] = ()
     """``key=value`` overrides applied to every stage."""
     label: str = ""
@@ -52,22 +53,20 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("reference", "step1", ("step2",), label="MoAI-tiny, step 2 retrained"),
-    Variant("module-dropout", "step1", ("step2_dropout",), label="MoAI-tiny + module dropout"),
+    Variant("reference", MOAI_STAGES[-2], MOAI_STAGES[-1:], label="MoAI-tiny, step 2 retrained"),
+    Variant("module-dropout", MOAI_STAGES[-2], ("step2_dropout",), label="MoAI-tiny + module dropout"),
     Variant(
         "official-mode",
         BASE_STAGES[-1],
-        ("step1", "step2"),
-        ("compat=official",),
+        MOAI_STAGES,
+        ("compat=official", "compressor_passthrough=false"),
         "MoAI-tiny trained in official mode",
     ),
-    Variant(
-        "v2-verbalizer", BASE_STAGES[-1], ("step1", "step2"), ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"
-    ),
+    Variant("v2-verbalizer", BASE_STAGES[-1], MOAI_STAGES, ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
     Variant(
         "official-verbalizer",
         BASE_STAGES[-1],
-        ("step1", "step2"),
+        MOAI_STAGES,
         ("verbalizer=official",),
         "MoAI-tiny, official verbalizer",
     ),
@@ -83,12 +82,12 @@ def _seconds(run: Path) -> float:
 
 
 def equal_compute_steps(recipe: Path) -> int:
-    """More base steps so that the base's training time equals the recipe run's base (both runs) + step 1 +
-    step 2: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each
+    """More base steps so that the base's training time equals the recipe run's base (both runs) + the MoAI
+    stages: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each
     ``summary.json``)."""
     runs = [json.loads((recipe / stage / "summary.json").read_text()) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    moai = _seconds(recipe / "step1") + _seconds(recipe / "step2")
+    moai = sum(_seconds(recipe / stage) for stage in MOAI_STAGES)
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
 
@@ -98,7 +97,6 @@ def stage_config(
     """The shipped config of ``stage`` for ``variant``: the recipe run's data and cache, its own run directory."""
     overrides = [
         f"output_dir={recipe / 'variants' / variant.name / stage}",
-        f"data=[{{path: {recipe / 'world' / TRAIN_FILE}}}]",
         f"model={model}",
         "progress=false",
         *variant.overrides,
@@ -109,7 +107,7 @@ def stage_config(
         overrides += [f"max_steps={steps}", f"warmup_steps={min(steps // 10, 30)}"]
     if batch_size:
         overrides.append(f"batch_size={batch_size}")
-    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides)
+    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides, root=recipe)
 
 
 def train_variants(
@@ -118,14 +116,17 @@ def train_variants(
     step2_steps: int | None = None,
     batch_size: int | None = None,
     say: Callable[[str], None] = print,
+    stage_steps: dict[str, int] | None = None,
 ) -> dict:
     """Train the ``names`` variants on the recipe run in ``recipe``; returns (and writes to
-    ``RECIPE/variants/variants.json``) each variant's label, final model, stages and seconds."""
+    ``RECIPE/variants/variants.json``) each variant's label, final model, stages and seconds.
+    ``step2_steps`` sets the steps of step 2's last part (``step2``, ``step2_dropout``), ``stage_steps`` those of
+    any other MoAI stage (``{"step2_blank": 10}``); the configs' otherwise."""
     # heavy: torch, transformers
     from ..train.loop import train
     from ..train.plot import plot_run
 
-    for stage in (BASE_STAGES[-1], "step1"):
+    for stage in (BASE_STAGES[-1], MOAI_STAGES[-2]):
         if not (recipe / stage / "final" / "config.json").is_file():
             raise ValueError(
                 f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"
@@ -143,7 +144,7 @@ def train_variants(
             if stage == "base":
                 steps = equal_compute_steps(recipe)
             else:
-                steps = step2_steps if stage in STEP2_STAGES else None
+                steps = step2_steps if stage in STEP2_STAGES else (stage_steps or {}).get(stage)
             config = stage_config(stage, variant, recipe, model, steps, batch_size)
             run = Path(config.output_dir)
             clock = time.perf_counter()

@@ -235,7 +235,11 @@ class TrainConfig:
         return _build(cls, data, "config")
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    def load(
+        cls, path: str | Path, overrides: list[str] | None = None, root: str | Path | None = None
+    ) -> TrainConfig:
+        """The config in the YAML file ``path`` with ``KEY=VALUE`` ``overrides`` applied; relative data paths
+        (a source's ``path`` and ``image_root``) are resolved against ``root`` (default: the file's directory)."""
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"training config {path} is a directory, not a YAML file")
@@ -250,8 +254,8 @@ class TrainConfig:
             config = cls.from_dict(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        base = path.parent
-        for source in config.data:  # data paths are relative to the config file
+        base = path.parent if root is None else Path(root)
+        for source in config.data:  # data paths are relative to the config file (or root)
             if not Path(source.path).is_absolute():
                 source.path = str(base / source.path)
             if source.image_root is not None and not Path(source.image_root).is_absolute():
