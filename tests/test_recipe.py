@@ -178,7 +178,12 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
         )
     installed = install(report, tmp_path / "model")
     card = (installed / "README.md").read_text()
-    assert "## Scores" in card and "MoAI, no aux" in card
+    assert "## Scores" in card and "MoAI, no aux" in card and "reused" not in card
+    again = run_recipe(options, say=lines.append)  # a rerun keeps every finished stage, and the card says so
+    assert all(again[s]["reused"] for s in (TOWER, *STAGES))
+    assert f"reused the stages {', '.join((TOWER, *STAGES))}" in install(again, tmp_path / "model2").joinpath(
+        "README.md"
+    ).read_text().replace("\n", " ")
     engine = Engine.load(installed)
     assert engine.aux_settings.perception_preset == "shapesworld"
     assert (

@@ -396,8 +396,7 @@ def model_card(report: dict) -> str:
         if "check" in report.get(stage, {})
     ]
 
-    def reused(stage: str) -> bool:
-        return bool(report.get(stage, {}).get("reused"))
+    reused = [s for s in (TOWER, *STAGES) if report.get(s, {}).get("reused")]
 
     moai = TrainConfig.load(CONFIGS / "step1.yaml")  # the MoAI modules' settings (step 2 keeps them)
     layers = ", ".join(str(i) for i in moai.mixer_layers or [])
@@ -417,16 +416,10 @@ def model_card(report: dict) -> str:
         "",
         f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind (circle / square / triangle /",
         "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
-        "   pretrained CLIP is to MoAI-7B"
-        + (" (this run reused the tower of an earlier run);" if reused(TOWER) else ";"),
+        "   pretrained CLIP is to MoAI-7B;",
         f"1. base ({' + '.join(str(steps.get(s)) for s in BASE_STAGES)} steps): projector and LLM trained on the"
         " frozen tower, no aux, in two runs (base.yaml, then base2.yaml restarting its schedule from the first run's"
-        " model)"
-        + (
-            " (this run reused the base of an earlier run of the same configs);"
-            if any(reused(s) for s in BASE_STAGES)
-            else ";"
-        ),
+        " model);",
         f"2. MoAI step 1 ({steps.get('step1')} steps): mixers added in layers {layers} of the frozen base, one random",
         f"   expert per stream, compressor and experts trained (init `{moai.moai_init}`, compressor query scale",
         f"   {moai.compressor_query_scale:g}, compressor passthrough {moai.compressor_passthrough}, expert query/key",
@@ -437,6 +430,14 @@ def model_card(report: dict) -> str:
         "   and the OCR text alone (step2_blank.yaml), then with the images shown, half with the whole aux",
         "   (step2_shown.yaml), then the world's questions with the sign questions beside them (step2.yaml).",
         "",
+    ]
+    if reused:
+        lines += [
+            f"This run reused the stages {', '.join(reused)} of an earlier run of the same configs (a rerun keeps a",
+            "finished stage); the minutes above include their training time in that run.",
+            "",
+        ]
+    lines += [
         "## Scores",
         "",
         f"Check set ({opts['check_scenes']} scenes, world seed {CHECK_SEED}, never trained on), accuracy in %:",
