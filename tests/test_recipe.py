@@ -86,15 +86,15 @@ def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_pat
     assert step1.compressor_query_scale == 4.0
     assert step1.compressor_passthrough is True and step1.expert_qk_init == "tied"
     # every data path lies in the run directory
-    world = str(tmp_path / "world")
-    train, signs = (str(tmp_path / "world" / f) for f in ("train.json", "signs.json"))
+    world = tmp_path / "world"
+    train, signs = str(world / "train.json"), str(world / "signs.json")
     for stage in (*BASE_STAGES, "step1"):
         assert [d.path for d in configs[stage].data] == [train]
     # step 2: the sign questions alone, images blanked and the OCR text alone ...
     (blank,) = configs["step2_blank"].data
     assert (blank.path, blank.image_root, blank.blank_images, blank.drop_modules) == (
         signs,
-        world.rstrip("/"),
+        str(world),
         True,
         ["ps", "owod", "sgg"],
     )
@@ -170,9 +170,8 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     written = json.loads((tmp_path / "run" / "world" / "signs.json").read_text())
     assert written and written == training_records(read_scenes(tmp_path / "run" / "world"), **SIGN_QUESTIONS)
     assert {r["conversations"][1]["value"] for r in written} == {"yes", "no"}
-    for stage, previous in zip(
-        MOAI_STAGES[1:], MOAI_STAGES
-    ):  # each part of step 2 goes on from the one before
+    # each part of step 2 goes on from the one before
+    for stage, previous in zip(MOAI_STAGES[1:], MOAI_STAGES):
         assert TrainConfig.load(tmp_path / "run" / stage / "config.yaml").model == str(
             tmp_path / "run" / previous / "final"
         )
