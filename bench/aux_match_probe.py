@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         "held-out samples keep 2-5 (default 2:5)",
     )
     parser.add_argument(
+        "--held-out-objects",
+        default="2:5",
+        help="objects a held-out sample describes, MIN:MAX, e.g. 2:2 to score the first stage of a curriculum "
+        "on its own kind of sample (default 2:5)",
+    )
+    parser.add_argument(
         "--save",
         type=Path,
         help="with --in-prompt: write the trained model here, a --model for the next stage (default: nothing)",
@@ -274,14 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         "associative recall by `bench/recall_probe.py --save` (default: random)",
     )
     args = parser.parse_args(argv)
-    try:
-        objects_range = int_pair(args.objects)
-    except ValueError:
-        objects_range = (0, 0)  # refused just below
-    if not 1 <= objects_range[0] <= objects_range[1] <= 6:
-        parser.error(f"--objects {args.objects!r}: expected MIN:MAX with 1 <= MIN <= MAX <= 6, e.g. 2:2")
-    if objects_range[0] < 2 and {"position", "relword", "xy"} & set(args.task.split(",")):
-        parser.error(f"--objects {args.objects}: a position question needs two objects at least")
+    ranges = {}
+    for flag, text in (("--objects", args.objects), ("--held-out-objects", args.held_out_objects)):
+        try:
+            ranges[flag] = int_pair(text)
+        except ValueError:
+            ranges[flag] = (0, 0)  # refused just below
+        if not 1 <= ranges[flag][0] <= ranges[flag][1] <= 6:
+            parser.error(f"{flag} {text!r}: expected MIN:MAX with 1 <= MIN <= MAX <= 6, e.g. 2:2")
+        if ranges[flag][0] < 2 and {"position", "relword", "xy"} & set(args.task.split(",")):
+            parser.error(f"{flag} {text}: a position question needs two objects at least")
+    objects_range, held_out_range = ranges["--objects"], ranges["--held-out-objects"]
     if args.save and not args.in_prompt:
         parser.error("--save needs --in-prompt (new MoAI modules are not continued from a saved model)")
     if args.llm_weights and not args.fresh_llm:
@@ -339,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         maps = [black] * len(items) if model.config.use_aux_map else None
         return dict(processor.build_batch(rows, [canvas] * len(items), aux_text=aux, aux_images=maps))
 
-    held_out = {t: [sample(random.Random(10_000 + i), t) for i in range(HELD_OUT)] for t in tasks}
+    held_out = {
+        t: [sample(random.Random(10_000 + i), t, held_out_range) for i in range(HELD_OUT)] for t in tasks
+    }
 
     @torch.no_grad()
     def accuracy(task: str) -> float:

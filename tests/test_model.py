@@ -532,6 +532,48 @@ def test_passthrough_compressor_hands_every_real_aux_token_to_the_experts(batch4
         torch.testing.assert_close(loaded(**batch4).logits, batched, atol=0, rtol=0)
 
 
+def test_aux_encoder_gives_each_aux_token_its_context_and_keeps_padding_out(batch4, processor, tmp_path):
+    """``compressor_config.encoder_layers`` (not in the official model): self-attention blocks over the aux
+    tokens before the passthrough, so a token's output depends on its neighbours and their order (the bare
+    passthrough's does not); padded tokens are masked, so a left-padded batch answers as each sample alone;
+    the option survives save / load."""
+    torch.manual_seed(0)
+    config = MoAIConfig.from_preset("tiny")
+    config.compressor_config.passthrough = True
+    config.compressor_config.encoder_layers = 2
+    config.compressor_config.aux_position_embeddings = True  # order is in the positions
+    model = MoAIForConditionalGeneration(config).eval()
+    randomize_zero_inits(model, 0)
+    with torch.no_grad():  # experts strong enough that what they read shows in the logits
+        for name, module in model.named_modules():
+            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
+                module.weight.mul_(50)
+    compressor = model.model.compressor
+    assert len(compressor.encoder) == 2 and compressor.latents is None
+    dim = config.text_config.hidden_size
+    x = 0.02 * torch.randn(1, 5, dim, generator=torch.Generator().manual_seed(1))  # as word embeddings
+    swapped = x[:, [0, 1, 3, 2, 4]]  # two neighbours of the last token change places
+    with torch.no_grad():
+        out, out_swapped = compressor(x), compressor(swapped)
+        bare = compressor.norm(compressor.add_positions(x, None))
+    assert (out[0, 4] - out_swapped[0, 4]).abs().max() > 1e-3  # the last token sees its neighbours' order
+    encoder, compressor.encoder = compressor.encoder, torch.nn.ModuleList()
+    with torch.no_grad():  # without the encoder the last token is blind to the others
+        torch.testing.assert_close(compressor(x)[0, 4], compressor(swapped)[0, 4], atol=0, rtol=0)
+    compressor.encoder = encoder
+    assert not torch.allclose(out, bare)
+    with torch.no_grad():
+        batched = model(**batch4).logits
+        no_aux = compressor(torch.randn(1, 3, dim), torch.zeros(1, 3, dtype=torch.long))
+    assert torch.isfinite(no_aux).all()  # a sample whose aux is all padding gives no NaN
+    assert_rows_as_alone(model, batched, batch4, processor)
+    model.save_pretrained(tmp_path / "m")
+    loaded = MoAIForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.compressor_config.encoder_layers == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch4).logits, batched, atol=0, rtol=0)
+
+
 def test_text_only_logits_equal_transformers_llama_with_the_same_weights():
     """Without an image or aux the model is its LLM: transformers' Llama given the same weights computes the
     same logits (bench/recall_probe.py compares the two decoders' learning on that premise)."""

@@ -1249,6 +1249,30 @@ def test_expert_qk_init_and_compressor_passthrough_set_new_modules_and_refuse_tr
         build_model(TrainConfig.from_dict({**fields, "compressor_passthrough": True, "compat": "official"}))
 
 
+def test_aux_encoder_layers_set_a_new_compressor_and_refuse_a_trained_one(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import build_model
+
+    config = MoAIConfig.from_preset("tiny")
+    config.mixer_config.layers = []
+    MoAIForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    fields = {"model": str(tmp_path / "base"), "mixer_layers": [1, 3], "step": "step1"}
+    model = build_model(TrainConfig.from_dict({**fields, "aux_encoder_layers": 2}))[0]
+    assert model.config.compressor_config.encoder_layers == 2 and len(model.model.compressor.encoder) == 2
+    weights = [p for p in model.model.compressor.encoder.parameters() if p.dim() == 2]
+    assert all(p.requires_grad for p in weights)  # step 1 trains them
+    assert all(torch.isfinite(p).all() and p.std() > 0 for p in weights)  # initialised, not left empty
+    model.save_pretrained(tmp_path / "step1")
+    again = build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1")}))[0]
+    assert len(again.model.compressor.encoder) == 2
+    with pytest.raises(ValueError, match="has a trained compressor with 2 encoder layers"):
+        build_model(TrainConfig.from_dict({"model": str(tmp_path / "step1"), "aux_encoder_layers": 0}))
+    with pytest.raises(ValueError, match="compat official reads the bare word embeddings"):
+        build_model(TrainConfig.from_dict({**fields, "aux_encoder_layers": 1, "compat": "official"}))
+    with pytest.raises(ValueError, match="aux_encoder_layers"):
+        TrainConfig.from_dict({**fields, "aux_encoder_layers": -1})
+
+
 def test_image_dropout_blanks_the_drawn_images_only_and_keeps_their_aux(tmp_path):
     from moai.train.data import Collator, ImageDropout
 

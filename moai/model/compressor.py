@@ -12,6 +12,7 @@ Shapes: B batch, T aux tokens, L latents, D hidden, H heads, E head width.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .configuration import MoAICompressorConfig
@@ -64,6 +65,36 @@ class FeedForward(nn.Module):
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
+class AuxEncoderLayer(nn.Module):
+    """Not in the official model: one pre-LN transformer block over the aux tokens (bidirectional
+    self-attention, padded tokens masked as keys, then a feed-forward), so that each aux word carries its
+    neighbours: which object a relation's predicate belongs to, which the bare word embeddings do not say
+    (`MoAICompressorConfig.encoder_layers`; docs/shapesworld.md, "Position: the easiest case first")."""
+
+    def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        inner = config.num_heads * config.head_dim
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.ff = FeedForward(dim, config.ff_mult, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Args: x [B, T, D]; key_mask [B, T] (1 = real token) or None. Returns [B, T, D]."""
+        q, k, v = (
+            z.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+            for z in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        )  # [B, H, T, E] each
+        keep = None
+        if key_mask is not None:  # a row without any real token attends to all, so that nothing is NaN
+            keep = key_mask.bool() | ~key_mask.bool().any(dim=-1, keepdim=True)
+            keep = keep[:, None, None, :]  # [B, 1, 1, T]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, H, T, E]
+        x = x + self.to_out(out.transpose(1, 2).flatten(2))
+        return x + self.ff(x)
+
+
 class CompressorBlock(nn.Module):
     def __init__(self, dim: int, config: MoAICompressorConfig) -> None:
         super().__init__()
@@ -89,6 +120,7 @@ class MoAICompressor(nn.Module):
         self.position_embedding = (
             nn.Embedding(config.max_aux_positions, dim) if config.aux_position_embeddings else None
         )
+        self.encoder = nn.ModuleList(AuxEncoderLayer(dim, config) for _ in range(config.encoder_layers))
         depth = 0 if config.passthrough else config.depth
         self.layers = nn.ModuleList(CompressorBlock(dim, config) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
@@ -110,6 +142,8 @@ class MoAICompressor(nn.Module):
         """Args: aux_embeds [B, T, D]; aux_mask [B, T] (1 = real token) or None. Returns [B, L, D], or
         [B, T, D] with ``passthrough`` (the caller masks the padded tokens)."""
         aux_embeds = self.add_positions(aux_embeds, aux_mask)
+        for layer in self.encoder:
+            aux_embeds = layer(aux_embeds, aux_mask)  # [B, T, D]
         if self.latents is None:
             return self.norm(aux_embeds)  # [B, T, D]
         key_mask = aux_mask if self.config.key_padding_mask else None

@@ -65,6 +65,12 @@ class MoAICompressorConfig(PreTrainedConfig):
     input (every aux token; no latents, no blocks) and the AUX experts attend to all of those tokens, padding
     masked. Measured on ShapesWorld (docs/shapesworld.md, "Matching a word in the aux"): new experts on a
     synthetic aux leave the 50 % plateau sooner this way; the bundled recipe does not score higher with it."""
+    encoder_layers: int = 0
+    """Not in the official model: trainable transformer blocks (bidirectional self-attention over the aux
+    tokens, then a feed-forward; ``num_heads`` x ``head_dim`` wide) between the aux positions and the latents
+    (or the passthrough), so that each aux word carries its neighbours; 0 (official, paper §3): the compressor
+    reads the bare word embeddings, where "red circle is left of blue square" and "blue square is left of red
+    circle" differ only in positions (docs/shapesworld.md, "Position: the easiest case first")."""
     layer_norm_eps: float = 1e-5
     """Epsilon of the compressor's LayerNorms (PyTorch default, as the official)."""
 
@@ -369,7 +375,11 @@ def official_overrides(mixer_layers: list[int], gate_dtype: str = "float16") -> 
         vision_attn_implementation="moai_clip_official",
         vision_feature_layer=-1,
         compressor=dict(
-            key_padding_mask=False, aux_position_embeddings=False, text_layers=0, passthrough=False
+            key_padding_mask=False,
+            aux_position_embeddings=False,
+            text_layers=0,
+            passthrough=False,
+            encoder_layers=0,
         ),
         mixer=dict(
             layers=mixer_layers,

@@ -124,6 +124,11 @@ class TrainConfig:
     """``compressor_config.passthrough`` of a compressor this run creates (a preset's, or that of a saved model
     without mixers): no compression, the AUX experts attend to every aux token. None keeps the model's; a
     trained compressor keeps its own (another value is an error). Not with ``compat: official``."""
+    aux_encoder_layers: int | None = None
+    """``compressor_config.encoder_layers`` of a compressor this run creates (a preset's, or that of a saved
+    model without mixers): trainable self-attention blocks over the aux tokens before the compressor. None
+    keeps the model's; a trained compressor keeps its own (another value is an error). Not with ``compat:
+    official``."""
     mixer_rank: int | None = None
     """``mixer_config.rank`` (the experts' low-rank width) of a model whose mixers this run creates all of (a
     preset, or a saved model without mixers). None keeps the model's; a model with trained mixers keeps its
@@ -317,6 +322,7 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("log_every", 1, None),
     ("mixer_rank", 1, None),
     ("mixer_heads", 1, None),
+    ("aux_encoder_layers", 0, None),
 )
 
 

@@ -88,8 +88,9 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=had_mixers)
         _set_compressor_passthrough(config, model_config, trained=had_mixers)
+        _set_aux_encoder_layers(config, model_config, trained=had_mixers)
         _set_new_mixer_options(config, model_config, trained=had_mixers)
-        model = _load_with_new_mixers(path, model_config, added)
+        model = _load_with_new_mixers(path, model_config, added, new_compressor=not had_mixers)
         if added:
             model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
             _init_new_moai_modules(model, config, added, new_compressor=not had_mixers)
@@ -116,6 +117,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.scope = config.mixer_scope
         _set_aux_text_layers(config, model_config, trained=False)
         _set_compressor_passthrough(config, model_config, trained=False)
+        _set_aux_encoder_layers(config, model_config, trained=False)
         _set_new_mixer_options(config, model_config, trained=False)
         model = MoAIForConditionalGeneration(model_config)
         layers = model_config.mixer_config.layers
@@ -157,6 +159,24 @@ def _set_compressor_passthrough(config: TrainConfig, model_config: MoAIConfig, t
     if config.compat == "official" and value:
         raise ValueError(f"compressor_passthrough {value}: compat official compresses the aux into latents")
     model_config.compressor_config.passthrough = value
+
+
+def _set_aux_encoder_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
+    """``TrainConfig.aux_encoder_layers`` onto ``model_config`` (``trained``: the model's compressor is
+    trained)."""
+    value, current = config.aux_encoder_layers, model_config.compressor_config.encoder_layers
+    if value is None or value == current:
+        return
+    if trained:
+        raise ValueError(
+            f"aux_encoder_layers {value}: model {config.model} has a trained compressor with {current} encoder "
+            "layers; start from its base (a model without mixers)"
+        )
+    if config.compat == "official" and value:
+        raise ValueError(f"aux_encoder_layers {value}: compat official reads the bare word embeddings (0)")
+    if value < 0:
+        raise ValueError(f"aux_encoder_layers {value}: must be >= 0")
+    model_config.compressor_config.encoder_layers = value
 
 
 def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
@@ -202,10 +222,11 @@ def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, traine
 
 
 def _load_with_new_mixers(
-    path: Path, model_config: MoAIConfig, added: list[int]
+    path: Path, model_config: MoAIConfig, added: list[int], new_compressor: bool = False
 ) -> MoAIForConditionalGeneration:
     """``from_pretrained`` (quietly: no progress bar, no loader report about the mixers in ``added``, whose
-    weights are expected to be missing); any other missing weight is a one-line error naming the directory."""
+    weights are expected to be missing, nor, with ``new_compressor``, about compressor weights a base never
+    had, e.g. the aux encoder's); any other missing weight is a one-line error naming the directory."""
     from transformers.utils import logging as hf_logging
 
     previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -220,6 +241,7 @@ def _load_with_new_mixers(
         if bars:
             hf_logging.enable_progress_bar()
     new = tuple(f"model.language_model.layers.{i}.self_attn.moai_mixer." for i in added)
+    new += ("model.compressor.",) if new_compressor else ()
     missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
     if missing:
         raise ValueError(
