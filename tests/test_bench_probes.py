@@ -396,3 +396,34 @@ def test_sign_file_of_a_world_without_signs_is_refused_not_written_empty(tmp_pat
     assert write_sign_file(tmp_path, out) == {"yes": 0, "no": 3, "sign word": 0}  # all scenes: absent words
     with pytest.raises(SystemExit):
         signs.main(["write", "--world", str(tmp_path), "--out", str(out), "--signs-only"])
+
+
+def test_position_questions_write_a_shape_range_and_score_by_shape_count(tmp_path, capsys, monkeypatch):
+    from moai.engine import DEFAULT_MODEL, Engine
+    from moai.worlds.shapes import position_candidates, read_scenes, write_world
+
+    positions = load_bench("position_questions")
+    write_world(tmp_path / "w", scenes=12, seed=43)
+    scenes = read_scenes(tmp_path / "w")
+    for low, high in ((2, 2), (2, 6), (4, 5)):
+        rows = positions.records(tmp_path / "w", (low, high))
+        assert len(rows) == sum(len(position_candidates(s)) for s in scenes if low <= len(s.shapes) <= high)
+    for bad in ("1:2", "3:2", "two"):
+        monkeypatch.setattr(
+            "sys.argv",
+            ["position_questions.py", "write", "--world", str(tmp_path / "w"), "--out", "x", "--shapes", bad],
+        )
+        with pytest.raises(SystemExit) as exit_info:
+            positions.main()
+        assert exit_info.value.code == 2 and "--shapes" in capsys.readouterr().err
+    tally = positions.score(Engine.load(DEFAULT_MODEL), tmp_path / "w")  # runs the bundled model
+    asked = [json.loads(line) for line in (tmp_path / "w" / "questions.jsonl").read_text().splitlines()]
+    shapes = {s.id: len(s.shapes) for s in scenes}
+    expected = {}
+    for q in asked:
+        if q["category"] == "position":
+            n = shapes[q["question_id"].rsplit("-", 1)[0]]
+            expected[n] = expected.get(n, 0) + 1
+    assert {n: t for n, (_c, t) in tally.items()} == expected
+    assert all(0 <= c <= t for c, t in tally.values())
+    assert "by shapes" in positions.report("model", tally)

@@ -439,3 +439,43 @@ def test_score_integer_ids_and_answers_and_no_category(tmp_path, capsys):
         "(none)           1      1   100.0%",
         "overall          2      2   100.0%",
     ]
+
+
+def test_position_world_keeps_the_generators_two_shape_scenes_and_asks_every_allowed_pair(tmp_path):
+    """moai/worlds/positions.py: the scenes with two shapes among the first ones of the seed (the generator's
+    own, by index), every allowed position question of each one a record, each answer from the box centres."""
+    from moai.worlds.positions import POSITIONS_FILE, write_position_world
+    from moai.worlds.shapes import POSITION_MIN_OFFSET, generate_scene, read_scenes
+
+    counts = write_position_world(tmp_path / "pos", draws=60, seed=77)
+    scenes = read_scenes(tmp_path / "pos")
+    expected = [s for s in (generate_scene(77, i) for i in range(60)) if len(s.shapes) == 2]
+    assert [s.id for s in scenes] == [s.id for s in expected] and counts["scenes"] == len(scenes) >= 3
+    records = json.loads((tmp_path / "pos" / POSITIONS_FILE).read_text())
+    assert counts["yes"] + counts["no"] == len(records) and counts["yes"] == counts["no"]  # both orders
+    by_id = {s.id: s for s in scenes}
+    pattern = re.compile(r"Is the (\w+) (\w+) (to the left of|above) the (\w+) (\w+)\?")
+    asked = Counter()
+    for record in records:
+        scene = by_id[record["id"].rsplit("-pos", 1)[0]]
+        assert (tmp_path / "pos" / record["image"]).is_file()
+        question = record["conversations"][0]["value"].removeprefix("<image>\n")
+        c1, k1, where, c2, k2 = pattern.fullmatch(question).groups()
+        (a,) = [s for s in scene.shapes if (s.colour, s.kind) == (c1, k1)]
+        (b,) = [s for s in scene.shapes if (s.colour, s.kind) == (c2, k2)]
+        axis = 0 if where == "to the left of" else 1
+        assert abs(a.centre[axis] - b.centre[axis]) >= POSITION_MIN_OFFSET
+        assert record["conversations"][1]["value"] == ("yes" if a.centre[axis] < b.centre[axis] else "no")
+        asked[scene.id] += 1
+    for (
+        scene
+    ) in scenes:  # two shapes of one colour and kind have no referent; else every axis far enough apart
+        a, b = scene.shapes
+        apart = sum(abs(a.centre[i] - b.centre[i]) >= POSITION_MIN_OFFSET for i in (0, 1))
+        same = (a.colour, a.kind) == (b.colour, b.kind)
+        assert asked[scene.id] == (0 if same else 2 * apart)
+    for shapes in ((1, 2), (3, 2), (2, 7)):
+        with pytest.raises(ValueError, match="2 <= MIN <= MAX <= 6"):
+            write_position_world(tmp_path / "bad", draws=1, seed=77, shapes=shapes)
+    with pytest.raises(ValueError, match="no position question"):
+        write_position_world(tmp_path / "none", draws=1, seed=77, shapes=(6, 6))
