@@ -1,13 +1,13 @@
 """Position questions for training: every position question of a scene, one question a record.
 
-The base answers "Is the red circle to the left of the blue square?" from the pixels only when it first
-learns the easiest case alone: scenes of two shapes, where finding one referent almost gives the answer
-(docs/shapesworld.md, "Position: the easiest case first"). Trained from the start on every scene, or beside
-the world's other questions, it stays at chance. `write_position_world` renders a world of such scenes (the
-ones among the first scenes of a seed whose shape count is in range: the generator's own scenes, none drawn
-again) with the file of their questions; `position_records` makes the same records for any world's scenes (the recipe's
-second part, every scene of its training world). Both templates, both orders of each pair, every pair the
-rules of SHAPESWORLD.md allow (`position_candidates`). Not in the paper: a curriculum for a base trained from
+The base starts answering "Is the red circle to the left of the blue square?" from the pixels only when the
+easiest case comes first: scenes of two shapes, where finding one referent almost gives the answer; every
+scene's position questions from the start leave it at chance (docs/shapesworld.md, "Position: the easiest
+case first"). `write_position_world` renders a world of such scenes (the ones among the first scenes of a seed
+whose shape count is in range: the generator's own scenes, none drawn again) with the file of their
+questions; `position_records` makes the same records for any world's scenes (bench/position_questions.py).
+Both templates, both orders of each pair, every pair the rules of SHAPESWORLD.md allow
+(`position_candidates`). Not in the paper, nor yet in the shipped recipe: a curriculum for a base trained from
 nothing, where MoAI-7B's LLM arrives pretrained.
 """
 
