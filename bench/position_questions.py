@@ -23,15 +23,13 @@ Not in the paper: a probe of whether the position question is learnt when its ea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moai.worlds.positions import position_records  # noqa: E402
+from moai.worlds.positions import position_records, write_position_file  # noqa: E402
 from moai.worlds.shapes import read_scenes  # noqa: E402
 
 
@@ -94,9 +92,7 @@ def main() -> int:
         rows = records(args.world, shapes)
         if not rows:
             parser.error(f"--world {args.world}: no scene with {args.shapes} shapes asks a position question")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows))
-        answers = Counter(r["conversations"][1]["value"] for r in rows)
+        answers = write_position_file(rows, args.out)
         print(f"wrote {len(rows)} position questions to {args.out}: yes {answers['yes']}, no {answers['no']}")
         return 0
     # heavy: the engine loads torch and the model

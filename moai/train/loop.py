@@ -174,9 +174,7 @@ def _set_aux_encoder_layers(config: TrainConfig, model_config: MoAIConfig, train
         )
     if config.compat == "official" and value:
         raise ValueError(f"aux_encoder_layers {value}: compat official reads the bare word embeddings (0)")
-    if value < 0:
-        raise ValueError(f"aux_encoder_layers {value}: must be >= 0")
-    model_config.compressor_config.encoder_layers = value
+    model_config.compressor_config.encoder_layers = value  # >= 0: TrainConfig checks its range
 
 
 def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:

@@ -43,8 +43,8 @@ def position_records(scenes: Iterable[Scene]) -> list[dict]:
 
 
 def write_position_file(records: list[dict], out: Path) -> dict[str, int]:
-    """Write ``records`` to ``out`` (LLaVA JSON); returns the count of each answer. No record is refused: a
-    training stage cannot start on an empty file."""
+    """Write ``records`` to ``out`` (LLaVA JSON); returns the count of each answer. An empty list is refused:
+    a training stage cannot start on an empty file."""
     if not records:
         raise ValueError(f"{out}: no position question to write (make more scenes)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def write_position_world(
 ) -> dict[str, int]:
     """Of the first ``draws`` scenes of ``seed``, render those that hold ``shapes[0]``..``shapes[1]`` shapes
     into ``out`` (``images/``, ``scenes.jsonl``) with their position questions (``positions.json``); returns
-    the count of each answer and of the scenes kept. Refused when no scene is kept."""
+    the count of each answer and of the scenes kept. Refused when the scenes kept ask no position question."""
     low, high = shapes
     if not 2 <= low <= high <= SHAPE_COUNT_RANGE[1]:
         raise ValueError(
