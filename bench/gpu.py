@@ -82,32 +82,43 @@ def time_generation(model: torch.nn.Module, reps: int = 5, new_tokens: int = 32)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fixture", required=True)
+    parser.add_argument("--fixture", default="tests/fixtures/official_tiny", help="(default: %(default)s)")
     parser.add_argument("--out", default="bench/results/gpu.json")
+    parser.add_argument(
+        "--parts",
+        default="parity,timing",
+        help="comma-separated parts to run: parity, timing; the others' results already in --out are kept "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"parity", "timing"}:
+        raise SystemExit(f"--parts {args.parts!r}: expected parity and/or timing")
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py needs a CUDA device")
-    results = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    results["parity"] = parity(args.fixture)
-    timings = {}
-    for name, with_moai in (("moai", True), ("backbone", False)):
-        model = build_7b(with_moai)
-        timings[name] = time_generation(model)
-        del model
-        torch.cuda.empty_cache()
-    timings["prefill_ratio"] = timings["moai"]["prefill_s"] / timings["backbone"]["prefill_s"]
-    timings["decode_ratio"] = (
-        timings["moai"]["decode_s_per_token"] / timings["backbone"]["decode_s_per_token"]
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.update(
+        device=torch.cuda.get_device_name(), torch=torch.__version__, python=platform.python_version()
     )
-    results["moai_7b_bf16"] = timings
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "parity"}, indent=2))
-    print({d: (r["exit_code"], r["max_abs_diff"]) for d, r in results["parity"].items()})
+    if "parity" in parts:
+        results["parity"] = parity(args.fixture)
+        print({d: (r["exit_code"], r["max_abs_diff"]) for d, r in results["parity"].items()})
+    if "timing" in parts:
+        timings = {}
+        for name, with_moai in (("moai", True), ("backbone", False)):
+            model = build_7b(with_moai)
+            timings[name] = time_generation(model)
+            del model
+            torch.cuda.empty_cache()
+        timings["prefill_ratio"] = timings["moai"]["prefill_s"] / timings["backbone"]["prefill_s"]
+        timings["decode_ratio"] = (
+            timings["moai"]["decode_s_per_token"] / timings["backbone"]["decode_s_per_token"]
+        )
+        results["moai_7b_bf16"] = timings
+        print(json.dumps(timings, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

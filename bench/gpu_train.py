@@ -99,11 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="bench/results/gpu_train.json")
+    parser.add_argument(
+        "--timeout", type=int, default=300, help="seconds each training run may take (default: %(default)s)"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu_train.py needs a CUDA device")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results = train_engines(args.steps)
+    results = train_engines(args.steps, args.timeout)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "log_tail"} if isinstance(v, dict) else v

@@ -8,7 +8,7 @@ requests, failures, requests/s and p50/p95/p99 latency, and the throughput ratio
 measured in the same run. Target (issue: serving): >= 4x at 16 clients, no failed request. Without HTTP it
 also times one request and a batch of 8 with the engine's ``threads="auto"`` against torch's default threads.
 
-    python bench/serve.py [--seconds 30] [--clients 16] [--threads auto|N]
+    python bench/serve.py [--seconds 30] [--clients 16] [--threads auto|N] [--device cpu|cuda|auto] [--out FILE]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from timing import interleave, machine, median_ms
 
-from moai.args import thread_setting
+from moai.args import thread_setting, torch_device_or_auto
 from moai.engine import Engine
 from moai.serve.app import ServeSettings, create_app
 from moai.serve.batcher import BatchSettings
@@ -173,7 +173,7 @@ def engine_ceiling(engine: Engine, most: int) -> dict:
 
     def answer(e: Engine, items: list) -> None:
         inputs, _, _ = e.prepare([i for i, _ in items], [q for _, q in items])
-        e.generate(inputs, 16)
+        e.generate(inputs, 16).cpu()  # .cpu(): on an accelerator, wait for the tokens
 
     def on_worker(e: Engine, n: int) -> None:  # the engine's generate thread, as the server runs it
         engine.worker.submit(answer, e, batch[:n]).result()
@@ -191,6 +191,15 @@ def engine_ceiling(engine: Engine, most: int) -> dict:
     out["auto_speedup_one"] = round(times[("default", 1)] / times[("auto", 1)], 2)
     out["auto_speedup_eight"] = round(times[("default", 8)] / times[("auto", 8)], 2)
     return out
+
+
+def accelerator(device: str) -> dict:
+    """The accelerator's name, for the result's machine record (nothing on the CPU)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    return {"accelerator": torch.cuda.get_device_name(torch.device(device))}
 
 
 def main() -> None:
@@ -214,12 +223,19 @@ def main() -> None:
         default="auto",
         help="the servers' engine threads (moai serve --threads; default: %(default)s)",
     )
+    parser.add_argument(
+        "--device",
+        type=torch_device_or_auto,
+        default="cpu",
+        help="the servers' model device (moai serve --device; default: %(default)s)",
+    )
     parser.add_argument("--out", help="result file (default: bench/results/serve.json; none with --quick)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.window = 2.0, 1.0
     out = args.out or (None if args.quick else str(ROOT / "bench" / "results" / "serve.json"))
-    engine = Engine.load(threads=args.threads)
+    engine = Engine.load(device=args.device, threads=args.threads)
+    device = str(engine.model.device)
     ceiling = engine_ceiling(engine, most=5 if args.quick else 30)
     modes = run(engine, args.clients, args.seconds, args.window, args.max_requests)
     ratio = modes[8]["requests_per_s"] / modes[1]["requests_per_s"]
@@ -229,12 +245,13 @@ def main() -> None:
         "window_seconds": args.window,
         "model": "checkpoints/moai-tiny-shapes",
         "threads": args.threads,
+        "device": device,
         "unbatched": modes[1],
         "batched": modes[8],
         "throughput_ratio_batched_over_unbatched": round(ratio, 2),
         "target_ratio": 4.0,
         "engine_only": ceiling,
-        "machine": machine(),
+        "machine": machine(**accelerator(device)),
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

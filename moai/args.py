@@ -92,3 +92,14 @@ def torch_device(text: str) -> str:
 def torch_device_or_auto(text: str) -> str:
     """``auto`` (CUDA when available, else CPU) or a `torch_device`."""
     return text if text == "auto" else torch_device(text)
+
+
+def add_model_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of a command that loads the model into an `Engine` (``Engine.load``)."""
+    parser.add_argument(
+        "--device",
+        type=torch_device_or_auto,
+        default="auto",
+        help="torch device of the model: auto (CUDA when there is one, else cpu), cpu, cuda, cuda:N "
+        "(default: %(default)s)",
+    )

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .args import positive_int
+from .args import add_model_device, positive_int
 from .model.constants import EXPERT_NAMES
 
 if TYPE_CHECKING:  # heavy imports only when a command runs
@@ -45,11 +45,11 @@ def read_question(text: str) -> str:
     return question
 
 
-def load_engine(model: str | None) -> Engine:
+def load_engine(model: str | None, device: str = "auto") -> Engine:
     from .compat.resolve import resolve_model  # heavy: the converter (torch)
     from .engine import Engine  # heavy: torch, transformers
 
-    return Engine.load(resolve_model(model, log=lambda line: print(line, file=sys.stderr)))
+    return Engine.load(resolve_model(model, log=lambda line: print(line, file=sys.stderr)), device=device)
 
 
 def explain(
@@ -71,7 +71,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     question = read_question(args.question)
     image = load_image(args.image)
-    engine = load_engine(args.model)
+    engine = load_engine(args.model, args.device)
     answer = engine.answer([image], [question], gates=args.explain, max_new_tokens=args.max_new_tokens)[0]
     from .perception.draw import draw_on_image  # heavy: numpy, PIL drawing
 
@@ -155,7 +155,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .io import load_image  # heavy: PIL
 
     load_image(args.image)  # a bad image is a one-line error before the model loads
-    return chat(load_engine(args.model), args.image, sys.stdin, sys.stdout, args.max_new_tokens)
+    return chat(load_engine(args.model, args.device), args.image, sys.stdin, sys.stdout, args.max_new_tokens)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +166,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
+    add_model_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON record (default: plain text)")
     p.add_argument(
         "--show-aux", action="store_true", help="also print the verbalized aux knowledge (default: off)"
@@ -190,6 +191,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
+    add_model_device(p)
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,

@@ -119,8 +119,10 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Engine:
-        """Load a ``save_pretrained`` MoAI directory (default: the bundled ShapesWorld model)."""
+        """Load a ``save_pretrained`` MoAI directory (default: the bundled ShapesWorld model) onto ``device``
+        (``"auto"``: CUDA when there is a device, else the CPU; perception runs where its preset says)."""
         path = Path(path) if path is not None else DEFAULT_MODEL
+        device = pick_device(device)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model {path}: not a saved MoAI directory (no config.json)")
         from transformers.utils import logging as hf_logging
@@ -264,9 +266,12 @@ class Engine:
         return batch, aux, list(perceptions)
 
     def threads_for(self, input_ids: torch.Tensor) -> int:
-        """Intra-op threads for a forward over ``input_ids`` [B, S] (0: leave torch's setting; see ``threads``)."""
+        """Intra-op threads for a forward over ``input_ids`` [B, S] (0: leave torch's setting; see ``threads``).
+        ``"auto"`` leaves torch's setting on an accelerator, where the CPU threads only launch kernels."""
         if self.threads != "auto":
             return int(self.threads)
+        if input_ids.device.type != "cpu":
+            return 0
         width = self.model.config.text_config.hidden_size
         return 1 if input_ids.numel() * width**2 < ONE_THREAD_WORK else 0
 
@@ -345,6 +350,13 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def pick_device(device: str) -> str:
+    """``"auto"`` is ``"cuda"`` when torch sees a CUDA device, else ``"cpu"``; any other name is kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _pixel_hash(image: Image.Image) -> str:

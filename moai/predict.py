@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .args import positive_int
+from .args import add_model_device, positive_int
 from .io import ImageLoadError, Problem, load_image
 from .worlds.score import json_lines, read_answers, string_field
 
@@ -111,7 +111,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(
             f"moai predict: {len(answered)} question(s) already answered in {out}, skipped", file=sys.stderr
         )
-    engine = Engine.load(resolve_model(model_path, log=lambda line: print(line, file=sys.stderr)))
+    engine = Engine.load(
+        resolve_model(model_path, log=lambda line: print(line, file=sys.stderr)), device=args.device
+    )
     if gate_bias is not None:
         engine.model.set_mixer(gate_bias=gate_bias)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
+    add_model_device(p)
     p.add_argument(
         "--batch-size",
         type=positive_int,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import port_number, positive_int
+from .args import add_model_device, port_number, positive_int
 from .model.constants import EXPERT_NAMES
 
 if TYPE_CHECKING:  # heavy imports only when the page is built
@@ -135,7 +135,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from .compat.resolve import resolve_model
     from .engine import Engine
 
-    app = build_app(Engine.load(resolve_model(args.model)), args.max_new_tokens)
+    app = build_app(Engine.load(resolve_model(args.model), device=args.device), args.max_new_tokens)
     print(f"moai web: http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -149,6 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
+    add_model_device(p)
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,

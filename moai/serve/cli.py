@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..args import non_negative_float, port_number, positive_int, thread_setting
+from ..args import add_model_device, non_negative_float, port_number, positive_int, thread_setting
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .protocol import ServeLimits
 
     hosts = tuple(h.strip() for h in (args.allow_remote_images or "").split(",") if h.strip())
-    engine = Engine.load(resolve_model(args.model), threads=args.threads)
+    engine = Engine.load(resolve_model(args.model), device=args.device, threads=args.threads)
     model_id = args.model_id or (args.model.rstrip("/").split("/")[-1] if args.model else DEFAULT_MODEL.name)
     settings = ServeSettings(
         model_id=model_id,
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a saved MoAI directory (default: the bundled checkpoints/moai-tiny-shapes)"
     )
+    add_model_device(p)
     p.add_argument("--model-id", help="the model name clients send (default: the model directory's name)")
     p.add_argument(
         "--max-batch",
