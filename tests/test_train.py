@@ -1321,3 +1321,62 @@ def test_a_data_source_with_blank_images_blanks_every_image_of_that_file_only(tm
     with pytest.raises(ValueError, match=r"data\[0\]\.blank_images: expected bool"):
         TrainConfig.from_dict({"data": [{"path": "x.json", "blank_images": "yes"}]})
     train(cfg, **QUIET)  # a mixture with a blanked file trains
+
+
+def test_fsdp2_sharded_model_saves_whole_weights_and_resumes_its_shards(tmp_path):
+    """FSDP2 (``fsdp_version: 2``) makes the parameters DTensors, which safetensors cannot write: the loop gathers
+    the whole weights and optimizer state (`gathered_state`) for the checkpoint and final/, and a resumed run
+    takes its shards back. One gloo process on the CPU, the same code path as each rank of a GPU run."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+    from moai.train.loop import gathered_state, load_checkpoint, save_checkpoint
+
+    def sharded(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+        torch.manual_seed(seed)
+        model = MoAIForConditionalGeneration._from_config(MoAIConfig.from_preset("tiny"))
+        model.model.vision_tower.requires_grad_(False)  # a frozen part, as every MoAI step has
+        for layer in model.model.language_model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model, optimizer, scheduler = sharded(seed=0)
+        ids = torch.tensor([[5, 6, 7, 8]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        state = gathered_state(model, optimizer)
+        assert state is not None
+        weights, optim = state
+        assert all(type(t) is torch.Tensor and t.device.type == "cpu" for t in weights.values())
+        run = tmp_path / "run"
+        path = save_checkpoint(run, 1, model, optimizer, scheduler, keep=1, gathered=state)
+        model.save_pretrained(tmp_path / "final", state_dict=dict(weights))
+
+        trainable = load_file(path / "trainable.safetensors")
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert trainable and not frozen & set(trainable)
+        assert all(torch.equal(trainable[n], weights[n]) for n in trainable)
+        final = MoAIForConditionalGeneration.from_pretrained(tmp_path / "final").state_dict()
+        assert set(final) == set(weights) and all(torch.equal(final[n], weights[n]) for n in final)
+
+        other, other_optimizer, other_scheduler = sharded(seed=1)  # other weights, no optimizer state
+        assert load_checkpoint(path, other, other_optimizer, other_scheduler) == 1
+        back, back_optim = gathered_state(other, other_optimizer)
+        assert all(torch.equal(back[n], weights[n]) for n in trainable)
+        # Adam moments of the parameters the step touched (a text-only step leaves the aux path without any)
+        # (loading gives every parameter a state; those the step did not touch start from zero moments)
+        assert optim["state"] and set(optim["state"]) < set(back_optim["state"])
+        for name in set(back_optim["state"]) - set(optim["state"]):
+            assert not back_optim["state"][name]["exp_avg"].any()
+        for name, moments in optim["state"].items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert moments[key].abs().sum() > 0 and torch.equal(
+                    back_optim["state"][name][key], moments[key]
+                )
+    finally:
+        dist.destroy_process_group()

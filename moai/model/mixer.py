@@ -335,8 +335,16 @@ class MoAIMixer(nn.Module):
                 raise ValueError("sample mode needs the expert choice (image, language)")
             mix_img = img_experts[choice[0]](h_img, *img_inputs[choice[0]]) if h_img.shape[1] else h_img
             mix_lang = lang_experts[choice[1]](h_lang, *lang_inputs[choice[1]]) if h_lang.shape[1] else h_lang
-            w_img = F.one_hot(torch.tensor(choice[0]), k).to(hidden.dtype).expand(*h_img.shape[:2], k)
-            w_lang = F.one_hot(torch.tensor(choice[1]), k).to(hidden.dtype).expand(*h_lang.shape[:2], k)
+            w_img = (
+                F.one_hot(torch.tensor(choice[0], device=hidden.device), k)
+                .to(hidden.dtype)
+                .expand(*h_img.shape[:2], k)
+            )
+            w_lang = (
+                F.one_hot(torch.tensor(choice[1], device=hidden.device), k)
+                .to(hidden.dtype)
+                .expand(*h_lang.shape[:2], k)
+            )
         elif mode in ("gated", "topk"):
             bias = settings.gate_bias  # None, or six logits: the image gate's three, then the language gate's
             w_img = self._gate(self.gate_img, h_img, settings, bias and bias[:k])

@@ -367,8 +367,44 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
-    """Write ``checkpoints/step-N`` atomically (temp dir + rename), then point ``latest`` at it."""
+def _sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 shards the model's parameters (they are DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gathered_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+    """(model state dict, optimizer state dict), whole and on the CPU, of a model whose parameters are sharded
+    by FSDP2 (DTensors); ``None`` for any other model (its own state dicts hold whole tensors already).
+
+    A collective: every process calls it; the main process gets the state, the others empty dicts."""
+    if not _sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (
+        get_model_state_dict(model, options=options),
+        get_optimizer_state_dict(model, optimizer, options=options),
+    )
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    keep: int,
+    gathered: tuple[dict, dict] | None = None,
+) -> Path:
+    """Write ``checkpoints/step-N`` atomically (temp dir + rename), then point ``latest`` at it. ``gathered``:
+    the `gathered_state` of a sharded model (its trainable weights and optimizer state are written)."""
     from safetensors.torch import save_file
 
     root = run / "checkpoints"
@@ -376,12 +412,14 @@ def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, keep: int
     final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    weights = gathered[0] if gathered is not None else dict(model.named_parameters())
+    trainable = {n: weights[n].detach().cpu().contiguous() for n in names}
     save_file(trainable, str(tmp / "trainable.safetensors"))
     torch.save(
         {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": gathered[1] if gathered is not None else optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
         },
@@ -445,10 +483,21 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
             raise ValueError(
                 f"checkpoint {path}: {name} has shape {tuple(value.shape)}, the model {tuple(params[name].shape)}"
             )
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    if _sharded(model):  # FSDP2: each process takes its shards of the whole tensors
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, weights, options=options)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+    else:
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return int(state["step"])
@@ -837,8 +886,9 @@ def _train(
     def save(step: int) -> Path:
         """A checkpoint at ``step`` (written by the main process; every process waits for it)."""
         accelerator.wait_for_everyone()
+        gathered = gathered_state(unwrapped, optimizer)
         if main_process:
-            save_checkpoint(run, step, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+            save_checkpoint(run, step, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered)
         accelerator.wait_for_everyone()
         return run / "checkpoints" / f"step-{step:07d}"
 
@@ -931,11 +981,15 @@ def _train(
         "bad_records": [str(p) for p in report.problems],
         "fully_masked": [str(p) for p in report.fully_masked],
     }
+    gathered = gathered_state(unwrapped, optimizer)
     if main_process:
-        save_checkpoint(run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+        save_checkpoint(
+            run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered
+        )
         if config.trainable.endswith("+lora"):
             say(f"merged {merge_lora(unwrapped)} LoRA adapters into the LLM weights of final/")
-        unwrapped.save_pretrained(run / "final")
+        # FSDP2: the whole weights gathered above, not the model's shards
+        unwrapped.save_pretrained(run / "final", state_dict=None if gathered is None else dict(gathered[0]))
         processor.save_pretrained(run / "final")
         aux_settings(config, processor).save(run / "final")
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
