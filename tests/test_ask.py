@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import save_shapes_model
 from PIL import Image
 
@@ -118,6 +119,20 @@ def test_ask_defaults_to_the_bundled_model(capsys):
     assert code == 0
     expected = Engine.load().answer([image], [question])[0].text
     assert record == {"image": image, "question": question, "answer": expected}
+
+
+def test_ask_device_auto_is_the_cpu_here_and_cpu_answers_the_same(capsys):
+    """``--device auto`` (the default) is CUDA only where torch sees a device; ``--device cpu`` is the same run."""
+    image, question = str(EXAMPLES / "scene-2.png"), "How many circles are there?"
+    auto = Engine.load(device="auto")
+    assert auto.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert main(["ask", image, question, "--json", "--device", "cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert on_cpu["answer"] == Engine.load(device="cpu").answer([image], [question])[0].text
+    # threads="auto" picks one CPU thread for a small forward and leaves an accelerator's setting alone
+    small = torch.zeros(1, 8, dtype=torch.long)
+    assert auto.threads == "auto" and auto.threads_for(small) == 1
+    assert auto.threads_for(small.to("meta")) == 0
 
 
 @pytest.mark.parametrize(

@@ -246,6 +246,12 @@ ARGUMENT_CASES = [
     (["perceive", "x.png", "--data", "d.json", "--out", "c"], "moai perceive", "give either IMAGE or --data"),
     (["perceive", "--data", "d.json"], "moai perceive", "--out"),
     (["serve", "--threads", "-1"], "moai serve", "-1"),
+    (["serve", "--device", "cuda:7"], "moai serve", "cuda:7"),
+    (["ask", "x.png", "What?", "--device", "tpu"], "moai ask", "tpu"),
+    (["ask", "x.png", "What?", "--device", "cuda"], "moai ask", "cuda"),
+    (["chat", "x.png", "--device", "meta"], "moai chat", "meta"),
+    (["predict", "--questions", "q", "--out", "a", "--device", "cuda:7"], "moai predict", "cuda:7"),
+    (["web", "--device", "cuda"], "moai web", "cuda"),
     (["serve", "--threads", "many"], "moai serve", "many"),
 ]
 
