@@ -866,6 +866,11 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    if config.trainable.endswith("+lora") and _sharded(unwrapped):
+        raise ValueError(
+            f"trainable {config.trainable!r}: merging LoRA adapters into FSDP2-sharded weights is not supported; "
+            "train it with ddp.yaml or one process"
+        )
     start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say)
     metrics_path = run / "metrics.jsonl"
 
