@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    return Engine.load(model_dir)
+    return Engine.load(model_dir, device="auto")  # as the CLI (--device auto), so the numbers match
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_ask_defaults_to_the_bundled_model(capsys):
     code = main(["ask", image, question, "--json"])
     record = json.loads(capsys.readouterr().out)
     assert code == 0
-    expected = Engine.load().answer([image], [question])[0].text
+    expected = Engine.load(device="auto").answer([image], [question])[0].text
     assert record == {"image": image, "question": question, "answer": expected}
 
 

@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    return Engine.load(model_dir)
+    return Engine.load(model_dir, device="auto")  # as the CLI (--device auto), so the numbers match
 
 
 def _questions(world) -> list[dict]:
