@@ -185,3 +185,41 @@ def test_perceive_keeps_no_models_and_the_training_resolver_keeps_its_own(monkey
             [data.Problem("d.jsonl", 1, "not in perception cache: a.png")],
         )
     assert CountingPerceiver.built == 3  # one for the resolver, reused
+
+
+#: Tensor factories whose result lands on the CPU unless a ``device=`` says otherwise.
+FACTORIES = {"tensor", "arange", "zeros", "ones", "full", "empty", "eye", "linspace"}
+#: Model modules that build tensors outside a forward pass: the processor works on the CPU before ``.to``.
+HOST_SIDE = {"processing.py", "configuration.py"}
+
+
+def test_tensors_made_in_the_model_name_their_device():
+    """A ``torch.tensor(...)`` in a forward pass without ``device=`` is a CPU tensor, and mixing it with the
+    hidden states crashes on an accelerator (the step-1 expert one-hot did, first seen on a GPU run). Every
+    factory call in moai/model outside ``__init__`` and a ``nn.Parameter(...)`` names its device."""
+    bare = []
+    for path in sorted((PACKAGE / "model").glob("*.py")):
+        if path.name in HOST_SIDE:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef) or func.name == "__init__":
+                continue
+            parameters = {
+                id(inner)
+                for node in ast.walk(func)
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Parameter"
+                for inner in ast.walk(node)
+            }
+            for node in ast.walk(func):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in FACTORIES
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "torch"
+                    and id(node) not in parameters
+                    and not any(k.arg == "device" for k in node.keywords)
+                ):
+                    bare.append(f"moai/model/{path.name}:{node.lineno} torch.{node.func.attr}")
+    assert not bare, "tensors made without a device in the model: " + ", ".join(sorted(set(bare)))
