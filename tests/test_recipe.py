@@ -129,7 +129,7 @@ def test_stage_overrides_reach_their_stage_only(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
+def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     """Every stage for two steps on a handful of scenes: the driver, the checks' measurements, the card."""
     options = RecipeOptions(
         out=tmp_path / "run",
@@ -185,6 +185,12 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path):
     ).read_text().replace("\n", " ")
     engine = Engine.load(installed)
     assert engine.aux_settings.perception_preset == "shapesworld"
+    # --check-model: step 2's check of any saved model on the run's check set, nothing trained
+    assert shapesworld_main(["--out", str(tmp_path / "run"), "--check-model", str(installed)]) == 0
+    printed = capsys.readouterr().out
+    assert "MoAI, another scene's aux" in printed and "answers changed by another scene's aux" in printed
+    assert shapesworld_main(["--out", str(tmp_path / "nothing"), "--check-model", str(installed)]) == 2
+    assert "no check set" in capsys.readouterr().err
     assert (
         len(
             engine.answer(

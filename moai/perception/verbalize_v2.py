@@ -17,8 +17,9 @@ objects, and extra spaces for empty parts. ``v2``:
 * OCR: the official sentence (``confidence >= ocr_threshold``, reader order);
 * the non-empty sentences joined with single spaces.
 
-Whether this helps is to be measured in a ShapesWorld ablation (not run yet) before it becomes a default
-anywhere; until then ``official`` is the default style everywhere.
+Measured in the ShapesWorld ablation (docs/shapesworld.md, "Trained variants"): every MoAI stage trained on
+it scores 83.0 % of the held-out questions against 83.4 % on ``official`` and 82.1 % on ``compact``, within
+about one standard error; ``official`` stays the default style everywhere.
 """
 
 from __future__ import annotations

@@ -501,6 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="install the model of an earlier run of --out, train nothing",
     )
     parser.add_argument(
+        "--check-model",
+        metavar="MODEL",
+        help="train nothing: score a saved MoAI model on the check set of --out with its own, another scene's "
+        "and no aux, as step 2's check does (default: none)",
+    )
+    parser.add_argument(
         "--phrases",
         action="store_true",
         help="an experiment: each colour-kind object name one token (default: off, as the shipped model)",
@@ -527,6 +533,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             TrainConfig.load(CONFIGS / f"{stage}.yaml", settings, root=Path(args.out))
         except ValueError as err:
             parser.error(f"--override {stage}: {err}")
+    if args.check_model:
+        check = Path(args.out) / "check"
+        if not (check / "questions.jsonl").is_file():
+            print(f"shapesworld recipe: {args.out}: no check set (check/questions.jsonl)", file=sys.stderr)
+            return 2
+        from ..engine import Engine  # heavy: torch, transformers
+
+        try:
+            engine = Engine.load(args.check_model)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"shapesworld recipe: {err}", file=sys.stderr)
+            return 2
+        check_moai(engine, check, say=lambda m: print(m, flush=True))
+        return 0
     if args.install_only:
         if not args.install:
             parser.error("--install-only needs --install DIR")
