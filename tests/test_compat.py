@@ -357,3 +357,20 @@ def test_official_aux_map_preprocessing_matches_the_fixture(tmp_path):
         want = inputs[f"aux_recipe.map_embeds_{suffix}"]
         assert tokens.shape == want.shape
         assert (tokens - want).abs().max() <= 1e-4
+
+
+def test_parity_on_cuda_in_float32_turns_tf32_off_and_restores_it():
+    """cuDNN convolutions default to TF32 (1.8e-3 on the merged embeddings on an H200): the check runs float32 on
+    CUDA in IEEE precision and leaves the process's setting as it found it; other devices and dtypes untouched."""
+    from moai.compat.parity import _ieee_float32
+
+    def flags() -> tuple[str, str]:
+        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+
+    before = flags()
+    with _ieee_float32("cuda:0", "float32"):
+        assert flags() == ("ieee", "ieee")
+    assert flags() == before
+    for device, dtype in (("cpu", "float32"), ("cuda", "bfloat16")):
+        with _ieee_float32(device, dtype):
+            assert flags() == before

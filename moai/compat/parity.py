@@ -184,6 +184,15 @@ def _ieee_float32(device: str, dtype: str) -> Iterator[None]:
     if torch.device(device).type != "cuda" or dtype != "float32":
         yield
         return
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch before 2.9: the allow_tf32 flags
+        matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+        before = matmul.allow_tf32, conv.allow_tf32
+        matmul.allow_tf32 = conv.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, conv.allow_tf32 = before
+        return
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     before = matmul.fp32_precision, conv.fp32_precision
     matmul.fp32_precision = conv.fp32_precision = "ieee"
