@@ -18,10 +18,8 @@ from timing import interleave
 
 
 def parity(fixture: str) -> dict:
-    from moai.compat.parity import run_parity
+    from moai.compat.parity import run_parity  # turns TF32 off itself for float32 on CUDA
 
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
-    torch.backends.cudnn.conv.fp32_precision = "ieee"
     results = {}
     for dtype in ("float32", "bfloat16"):
         report: dict = {}

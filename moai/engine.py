@@ -28,7 +28,7 @@ from .model.mixer import gate_statistics
 from .model.modeling import MoAIForConditionalGeneration
 from .model.processing import MoAIProcessor
 from .perception.config import PerceptionConfig
-from .perception.run import Perceiver
+from .perception.run import Perceiver, resolve_device
 from .perception.settings import AuxSettings
 from .perception.types import Perception
 from .perception.verbalize import MODULES, aux_inputs
@@ -122,7 +122,7 @@ class Engine:
         """Load a ``save_pretrained`` MoAI directory (default: the bundled ShapesWorld model) onto ``device``
         (``"auto"``: CUDA when there is a device, else the CPU; perception runs where its preset says)."""
         path = Path(path) if path is not None else DEFAULT_MODEL
-        device = pick_device(device)
+        device = resolve_device(device)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model {path}: not a saved MoAI directory (no config.json)")
         from transformers.utils import logging as hf_logging
@@ -350,13 +350,6 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def pick_device(device: str) -> str:
-    """``"auto"`` is ``"cuda"`` when torch sees a CUDA device, else ``"cpu"``; any other name is kept."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _pixel_hash(image: Image.Image) -> str:
