@@ -50,8 +50,11 @@ def template(question: dict, signs: Sequence[str] = ()) -> str:
     return "no, same length" if any(len(word) == len(s) for s in signs) else "no, other length"
 
 
-def score(model: str | None, world: Path, limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Accuracy (%) per OCR template with the model's own aux, the OCR text alone and no aux (module docstring)."""
+def score(
+    model: str | None, world: Path, limit: int | None = None, show: int = 0
+) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per OCR template with the model's own aux, the OCR text alone and no aux (module docstring);
+    ``show``: also print the first ``show`` sign-word questions' expected word and answers."""
     from moai.engine import Engine  # heavy: torch and the model
     from moai.perception.verbalize import MODULES
     from moai.recipes.shapesworld import answer_all, read_questions, texts
@@ -71,6 +74,10 @@ def score(model: str | None, world: Path, limit: int | None = None) -> dict[str,
         for question, kind, answer in zip(questions, templates, answers):
             hits[kind] += is_correct(answer, question["answer"])
         table[row] = {t: 100 * hits[t] / counts[t] for t in counts}
+    words = [i for i, kind in enumerate(templates) if kind == "sign word"][:show]
+    for i in words:
+        said = ", ".join(f"{row} {answers[i]!r}" for row, answers in rows.items())
+        print(f"sign word {questions[i]['answer']}: {said}")
     print(" " * 10 + "".join(f"{f'{t} ({counts[t]})':>25}" for t in counts))
     for row, values in table.items():
         print(f"{row:10}" + "".join(f"{values[t]:25.1f}" for t in counts))
@@ -101,11 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scorer.add_argument("--model", default=None, help="a saved MoAI directory (default: the bundled model)")
     scorer.add_argument("--world", type=Path, required=True, help="a `moai worlds shapes` directory")
     scorer.add_argument("--limit", type=int, default=None, help="first N OCR questions (default: all)")
+    scorer.add_argument(
+        "--show", type=int, default=0, help="print the answers to the first N sign-word questions (default 0)"
+    )
     args = parser.parse_args(argv)
     if not (args.world / SCENES_FILE).is_file():
         parser.error(f"--world {args.world}: no {SCENES_FILE} (not a `moai worlds shapes` directory)")
     if args.command == "score":
-        score(args.model, args.world, args.limit)
+        score(args.model, args.world, args.limit, args.show)
         return 0
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: must be >= 1")

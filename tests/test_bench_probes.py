@@ -27,9 +27,10 @@ probe = load_bench("aux_match_probe")
 
 def parse(aux: str) -> tuple[list[tuple[str, str]], str, list[str], list[tuple[int, ...]]]:
     """Objects, sign word, relations and centres (empty when the aux has none) of a probe's aux text."""
-    match = re.fullmatch(r"objects: (.+?)\.(?: relations: (.+)\.)? text: ([A-Z]+)\.", aux)
+    match = re.fullmatch(r"(?:objects: (.+?)\.)?(?: relations: (.+)\.)? ?text: ([A-Z]+)\.", aux)
     assert match, aux
-    items = [item.split(" ") for item in match.group(1).split(", ")]
+    assert match.group(1) or not match.group(2), aux  # relations only after objects
+    items = [item.split(" ") for item in match.group(1).split(", ")] if match.group(1) else []
     objects = [tuple(item[:2]) for item in items]
     centres = [tuple(int(v) for v in item[2:]) for item in items]  # the xy task's, in percent
     assert all(len(c) == 0 for c in centres) or all(
@@ -70,6 +71,9 @@ def test_every_answer_follows_from_its_aux(task):
         elif task == "count":
             colour = re.fullmatch(r"How many (\w+) objects are there\?", question).group(1)
             assert answer == str(sum(c == colour for c, _ in objects))
+        elif task in ("word", "wordtext"):
+            assert question == "What word is written on the sign?" and answer == word
+            assert bool(objects) == (task == "word")  # wordtext: the OCR text alone
         elif task in ("ocr", "ocrrel"):
             asked = re.fullmatch(r"Is the word ([A-Z]+) written in the image\?", question).group(1)
             assert answer == ("yes" if asked == word else "no") and len(asked) == len(word)
@@ -144,6 +148,8 @@ def test_objects_range_bounds_every_task_and_bad_curriculum_flags_are_refused():
                 objects = parse(probe.sample(rng, task, (low, high))[0])[0]
                 if task == "copy":
                     assert len(objects) == 1  # its one circle, whatever the range
+                elif task == "wordtext":
+                    assert objects == []  # the OCR text alone
                 elif task == "colour":
                     assert 1 <= len(objects) <= high  # the asked kind's others taken out
                 else:
@@ -194,6 +200,29 @@ def test_a_fresh_llm_takes_the_weights_recall_probe_saved(tmp_path):
         probe.main(["--in-prompt", "--fresh-llm", "96:2", "--llm-weights", str(tmp_path / "recall.pt")])
     with pytest.raises(SystemExit):
         probe.main(["--llm-weights", str(tmp_path / "recall.pt")])  # without --fresh-llm
+
+
+def test_word_tasks_are_scored_on_every_answer_token(tmp_path, capsys):
+    out = probe.save_fresh_model(64, 4, 0, tmp_path / "base")  # 4 layers: step1.yaml mixes all four
+    argv = [
+        "--model",
+        str(out),
+        "--task",
+        "wordtext,ocr",
+        "--steps",
+        "2",
+        "--every",
+        "2",
+        "--batch-size",
+        "4",
+    ]
+    assert probe.main([*argv, "--override", "mixer_scope=causal"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["0", "2"]
+    for row in rows:
+        words, tokens = (float(v) for v in row[2].split("/"))  # whole words / answer tokens right, in %
+        assert 0.0 <= words <= tokens <= 100.0
+        assert "/" not in row[3] and 0.0 <= float(row[3]) <= 100.0  # a one-word task: the first token
 
 
 signs = load_bench("sign_questions")
@@ -268,7 +297,7 @@ def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, caps
     from moai.worlds.shapes import write_world
 
     write_world(tmp_path, scenes=10, seed=43)
-    table = signs.score(None, tmp_path)  # the bundled model
+    table = signs.score(None, tmp_path, show=2)  # the bundled model
     asked = [json.loads(line) for line in (tmp_path / "questions.jsonl").read_text().splitlines()]
     ocr = [q for q in asked if q["category"] == "ocr"]
     assert list(table) == ["own aux", "ocr alone", "no aux"]
@@ -277,6 +306,10 @@ def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, caps
     for row in table.values():
         assert all(0.0 <= v <= 100.0 for v in row.values())
     lines = capsys.readouterr().out.splitlines()
+    shown = [q["answer"] for q in ocr if q["text"] == "What word is written on the sign?"][:2]
+    assert [line.split(":")[0] for line in lines[: len(shown)]] == [f"sign word {w}" for w in shown]
+    assert all(" own aux " in line and " no aux " in line for line in lines[: len(shown)])
+    lines = lines[len(shown) :]
     assert [line.split()[0] for line in lines[1:4]] == ["own", "ocr", "no"]
 
 
