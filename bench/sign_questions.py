@@ -51,10 +51,14 @@ def template(question: dict, signs: Sequence[str] = ()) -> str:
 
 
 def score(
-    model: str | None, world: Path, limit: int | None = None, show: int = 0
+    model: str | None, world: Path, limit: int | None = None, show: int = 0, blank: bool = False
 ) -> dict[str, dict[str, float]]:
     """Accuracy (%) per OCR template with the model's own aux, the OCR text alone and no aux (module docstring);
-    ``show``: also print the first ``show`` sign-word questions' expected word and answers."""
+    ``show``: also print the first ``show`` sign-word questions' expected word and answers; ``blank``: ask about
+    a canvas of the image normaliser's mean colour (pixel values zero, as a training source's ``blank_images``)
+    with the perception of the question's own image."""
+    from PIL import Image
+
     from moai.engine import Engine  # heavy: torch and the model
     from moai.perception.verbalize import MODULES
     from moai.recipes.shapesworld import answer_all, read_questions, texts
@@ -62,9 +66,25 @@ def score(
 
     engine = Engine.load(model)
     questions = [q for q in read_questions(world) if q["category"] == "ocr"][:limit]
-    rows = {"own aux": texts(answer_all(engine, world, questions))}
-    rows["ocr alone"] = texts(answer_all(engine, world, questions, drop=[m for m in MODULES if m != "ocr"]))
-    rows["no aux"] = texts(answer_all(engine, world, questions, drop=MODULES))
+
+    def answers(drop: Sequence[str] = ()) -> list[str]:
+        if not blank:
+            return texts(answer_all(engine, world, questions, drop=drop))
+        size, mean = engine.processor.image_size, engine.processor.image_mean
+        canvas = Image.new("RGB", (size, size), tuple(round(255 * m) for m in mean))
+        out = []
+        for start in range(0, len(questions), 32):
+            chunk = questions[start : start + 32]
+            perceptions = engine.perceive([Image.open(world / q["image"]).convert("RGB") for q in chunk])
+            asked = engine.answer(
+                [canvas] * len(chunk), [q["text"] for q in chunk], perceptions=perceptions, drop=drop
+            )
+            out += texts(asked)
+        return out
+
+    rows = {"own aux": answers()}
+    rows["ocr alone"] = answers([m for m in MODULES if m != "ocr"])
+    rows["no aux"] = answers(MODULES)
     signs = {image_path(s): [sign.word for sign in s.signs] for s in read_scenes(world)}
     templates = [template(q, signs[q["image"]]) for q in questions]
     counts = {t: templates.count(t) for t in sorted(set(templates))}
@@ -111,11 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scorer.add_argument(
         "--show", type=int, default=0, help="print the answers to the first N sign-word questions (default 0)"
     )
+    scorer.add_argument(
+        "--blank",
+        action="store_true",
+        help="ask about a blank canvas with each image's own perception, as blank_images trains (default: the image)",
+    )
     args = parser.parse_args(argv)
     if not (args.world / SCENES_FILE).is_file():
         parser.error(f"--world {args.world}: no {SCENES_FILE} (not a `moai worlds shapes` directory)")
     if args.command == "score":
-        score(args.model, args.world, args.limit, args.show)
+        score(args.model, args.world, args.limit, args.show, args.blank)
         return 0
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: must be >= 1")

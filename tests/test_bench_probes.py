@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from moai.model.configuration import CLIP_MEAN
 from moai.worlds.shapes import COLOURS, KINDS
 
 
@@ -311,6 +312,36 @@ def test_sign_questions_score_runs_the_model_on_each_ocr_template(tmp_path, caps
     assert all(" own aux " in line and " no aux " in line for line in lines[: len(shown)])
     lines = lines[len(shown) :]
     assert [line.split()[0] for line in lines[1:4]] == ["own", "ocr", "no"]
+
+
+def test_sign_questions_score_blank_asks_about_a_mean_canvas_with_the_images_own_perception(
+    tmp_path, monkeypatch
+):
+    from moai.engine import Engine
+    from moai.worlds.shapes import write_world
+
+    write_world(tmp_path, scenes=6, seed=44)
+    asked, answer = [], Engine.answer
+
+    def spy(self, images, questions, **kwargs):
+        asked.append((images, kwargs.get("perceptions")))
+        return answer(self, images, questions, **kwargs)
+
+    monkeypatch.setattr(Engine, "answer", spy)
+    table = signs.score(None, tmp_path, limit=4, blank=True)
+    assert list(table) == ["own aux", "ocr alone", "no aux"] and len(asked) == 3
+    for images, perceptions in asked:
+        assert len(images) == len(perceptions) == 4
+        for image in images:  # one colour, pixel values zero after the normaliser
+            assert image.getextrema() == tuple((round(255 * m),) * 2 for m in CLIP_MEAN)
+    from moai.recipes.shapesworld import read_questions
+
+    questions = [q for q in read_questions(tmp_path) if q["category"] == "ocr"][:4]
+    scenes = {f"images/{s.id}.png": s for s in signs.read_scenes(tmp_path)}
+    for question, perception in zip(questions, asked[0][1]):  # each question's own scene, not the canvas
+        found = [line.text for line in perception.text_lines]
+        assert len(found) == len(scenes[question["image"]].signs)
+        assert len(perception.detections) == len(scenes[question["image"]].shapes)
 
 
 def test_sign_questions_template_splits_the_absent_words_by_length():
