@@ -35,6 +35,9 @@ Tasks (``--task``, comma-separated for a mixture):
 * ``xy``: the same question with no relation in the aux but every object's centre in percent of the canvas
   (``objects: red circle 34 12, blue square 70 45.``): find two numbers and compare them.
 
+``--word-pool N`` draws the training samples' sign words from a fixed pool of N words, as a training file
+repeats its scenes' words (the recipe's sign file: 2,411); the held-out words stay fresh.
+
 ``--in-prompt`` takes the MoAI modules away: the base's own projector and LLM are trained (every weight, as
 `bench/aux_probe.py --aux-in-prompt`), the aux text written into the prompt before the question. Can the LLM
 read it from its own context, given unlimited fresh samples?
@@ -50,6 +53,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,11 +155,19 @@ def position_sample(
     return aux + ".", f"Is the {ca} {ka} {where} the {cb} {kb}?", "yes" if before else "no"
 
 
-def sample(rng: random.Random, task: str, objects_range: tuple[int, int] = OBJECTS) -> tuple[str, str, str]:
-    """(aux text, question, answer) of one random scene description of 2-5 objects (``objects_range``)."""
+def sample(
+    rng: random.Random,
+    task: str,
+    objects_range: tuple[int, int] = OBJECTS,
+    words: Sequence[str] | None = None,
+) -> tuple[str, str, str]:
+    """(aux text, question, answer) of one random scene description of 2-5 objects (``objects_range``); its
+    sign word from ``words`` when given (``--word-pool``), else a fresh random one."""
     colours, kinds = list(COLOURS), list(KINDS)
     objects = [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.randint(*objects_range))]
     word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
+    if words:
+        word = rng.choice(words)
     if task == "copy":
         colour = rng.choice(colours)
         return aux_text([(colour, "circle")], word), "What color is the circle?", colour
@@ -271,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         "held-out samples keep 2-5 (default 2:5)",
     )
     parser.add_argument(
+        "--word-pool",
+        type=int,
+        default=0,
+        help="training sign words drawn from a fixed pool of N random words, as a training file repeats its "
+        "scenes' words; the held-out words stay fresh (default 0: a fresh word every sample)",
+    )
+    parser.add_argument(
         "--held-out-objects",
         default="2:5",
         help="objects a held-out sample describes, MIN:MAX, e.g. 2:2 to score the first stage of a curriculum "
@@ -324,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--llm-weights {args.llm_weights}: not a {args.fresh_llm} model ({str(error).splitlines()[0]})"
             )
     tasks = args.task.split(",")
+    if args.word_pool < 0:
+        parser.error(f"--word-pool {args.word_pool}: must be >= 0")
+    pool_rng = random.Random(f"pool-{args.seed}")  # apart from the training and held-out streams
+    pool = [
+        "".join(pool_rng.choice(LETTERS) for _ in range(pool_rng.randint(3, 6)))
+        for _ in range(args.word_pool)
+    ]
     for task in tasks:
         if task not in TASKS:
             parser.error(f"--task {task!r}: must be one of {', '.join(TASKS)}")
@@ -390,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, step / 30)
-        items = [sample(rng, rng.choice(tasks), objects_range) for _ in range(args.batch_size)]
+        items = [sample(rng, rng.choice(tasks), objects_range, pool) for _ in range(args.batch_size)]
         loss = model(**batch(items)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

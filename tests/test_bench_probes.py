@@ -203,6 +203,16 @@ def test_a_fresh_llm_takes_the_weights_recall_probe_saved(tmp_path):
         probe.main(["--llm-weights", str(tmp_path / "recall.pt")])  # without --fresh-llm
 
 
+def test_word_pool_gives_the_training_sign_words_and_a_bad_pool_is_refused(capsys):
+    rng = random.Random(0)
+    for task in ("word", "wordtext", "ocr"):
+        seen = {parse(probe.sample(rng, task, words=["ABC", "QRSTU"])[0])[1] for _ in range(60)}
+        assert seen == {"ABC", "QRSTU"}
+    with pytest.raises(SystemExit):
+        probe.main(["--task", "wordtext", "--word-pool", "-1"])
+    assert "--word-pool -1: must be >= 0" in capsys.readouterr().err
+
+
 def test_word_tasks_are_scored_on_every_answer_token(tmp_path, capsys):
     out = probe.save_fresh_model(64, 4, 0, tmp_path / "base")  # 4 layers: step1.yaml mixes all four
     argv = [
