@@ -86,6 +86,8 @@ TASKS = (
     "xy",
 )
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+WORD_TASKS = ("word", "wordtext")
+"""The tasks whose answer is the sign word: scored on every answer token, not the first alone."""
 HELD_OUT = 200
 OBJECTS = (2, 5)
 """Objects a sample describes, the fewest and the most (the held-out samples always; training unless
@@ -166,7 +168,7 @@ def sample(
     colours, kinds = list(COLOURS), list(KINDS)
     objects = [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.randint(*objects_range))]
     word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
-    if words:
+    if words:  # drawn after the fresh one, as the measured --word-pool runs drew it (docs/shapesworld.md)
         word = rng.choice(words)
     if task == "copy":
         colour = rng.choice(colours)
@@ -207,7 +209,7 @@ def sample(
             if relations := relation_text(objects, centres):
                 aux = aux.replace(". text:", f". relations: {relations}. text:")
         return aux, f"Is the word {asked} written in the image?", answer
-    if task in ("word", "wordtext"):
+    if task in WORD_TASKS:
         aux = aux_text(objects, word) if task == "word" else f"text: {word}."
         return aux, "What word is written on the sign?", word
     if task in ("position", "relword", "xy"):
@@ -397,13 +399,13 @@ def main(argv: list[str] | None = None) -> int:
             logits = model(**inputs).logits
             for row in range(labels.shape[0]):
                 answer = (labels[row] != -100).nonzero()[:, 0]  # the answer's token positions
-                if task not in ("word", "wordtext"):
+                if task not in WORD_TASKS:
                     answer = answer[:1]  # the first token decides a one-word answer
                 hits = logits[row, answer - 1].argmax(-1) == labels[row, answer]
                 correct += int(hits.all())
                 tokens, right = tokens + len(answer), right + int(hits.sum())
         model.train()
-        if task in ("word", "wordtext"):
+        if task in WORD_TASKS:
             return f"{100 * correct / HELD_OUT:.1f}/{100 * right / tokens:.1f}"
         return f"{100 * correct / HELD_OUT:.1f}"
 
