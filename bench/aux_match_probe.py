@@ -38,6 +38,9 @@ Tasks (``--task``, comma-separated for a mixture):
 ``--word-pool N`` draws the training samples' sign words from a fixed pool of N words, as a training file
 repeats its scenes' words (the recipe's sign file: 2,411); the held-out words stay fresh.
 
+``--canvas mean`` asks about a canvas of the image normaliser's mean colour (pixel values zero, as
+`moai train`'s ``blank_images`` blanks a training image) instead of the light grey one.
+
 ``--in-prompt`` takes the MoAI modules away: the base's own projector and LLM are trained (every weight, as
 `bench/aux_probe.py --aux-in-prompt`), the aux text written into the prompt before the question. Can the LLM
 read it from its own context, given unlimited fresh samples?
@@ -285,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         "held-out samples keep 2-5 (default 2:5)",
     )
     parser.add_argument(
+        "--canvas",
+        choices=("grey", "mean"),
+        default="grey",
+        help="the blank image every question is about: light grey, or the normaliser's mean colour (pixel "
+        "values zero, as blank_images trains) (default grey)",
+    )
+    parser.add_argument(
         "--word-pool",
         type=int,
         default=0,
@@ -373,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}{what} ({trainable:,} trainable), overrides: {args.override or 'none'}")
 
     size = processor.image_size
-    canvas, black = Image.new("RGB", (size, size), (235, 235, 235)), Image.new("RGB", (size, size))
+    colour = (235, 235, 235) if args.canvas == "grey" else tuple(round(255 * m) for m in processor.image_mean)
+    canvas, black = Image.new("RGB", (size, size), colour), Image.new("RGB", (size, size))
 
     def batch(items: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         if args.in_prompt:

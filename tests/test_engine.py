@@ -18,7 +18,7 @@ from moai.model.configuration import MoAIConfig
 from moai.model.constants import IGNORE_INDEX
 from moai.perception.settings import AUX_FILE, AuxSettings
 from moai.perception.verbalize import MODULES, verbalize_perception, without_modules
-from moai.train.data import Example, ModuleDropout
+from moai.train.data import Collator, Example, ModuleDropout
 from moai.train.vocab import SHAPES_VOCAB_SIZE, shapes_tokenizer
 from moai.worlds.shapes import write_world
 
@@ -151,6 +151,31 @@ def test_prepare_with_answers_adds_labels_on_the_answers_only(world, engine):
     assert engine.processor.tokenizer.decode(forced["input_ids"][0, n:][labelled[n:]]).split()[0] == "3"
     with pytest.raises(ValueError, match="1 answers for 2 questions"):
         engine.prepare([image, image], [question, question], answers=["3"])
+
+
+def test_training_batches_put_the_image_where_the_engine_asks(world, engine):
+    """LLaVA data writes ``<image>`` into the first question; `moai train` moves it to the template's slot,
+    so a model is trained on the very prompt the engine (predict, server, evaluations) asks it with."""
+    image = world / "images" / "31-000000.png"
+    question, answer = "How many circles are there?", "3"
+    perception = engine.perceive([engine.perceiver.load(image)])[0]
+    aux_text, aux_map = engine.aux_inputs(perception, ())
+    asked, _, _ = engine.prepare([image], [question], perceptions=[perception], answers=[answer])
+
+    def trained(text: str, slot: str = "template") -> dict:
+        example = Example("x", image, ((text, answer),), aux_text, aux_map, "f", 1, perception)
+        return Collator(engine.processor, 512, engine.model.config.use_aux_map, image_slot=slot)([example])
+
+    for text in (f"<image>\n{question}", f"{question}\n<image>", f"<image> {question}"):
+        batch = trained(text)
+        assert batch.keys() == asked.keys()
+        for key in asked:
+            assert torch.equal(batch[key], asked[key]), (text, key)
+    as_written = trained(f"<image>\n{question}", "as_written")  # the image inside the user's turn
+    assert not torch.equal(as_written["input_ids"], asked["input_ids"])
+    assert torch.equal(as_written["pixel_values"], asked["pixel_values"])
+    with pytest.raises(ValueError, match="image_slot 'turn'"):
+        Collator(engine.processor, 512, True, image_slot="turn")
 
 
 def test_module_dropout_is_seeded_by_position(world, engine):

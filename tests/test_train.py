@@ -976,6 +976,26 @@ def test_split_turns_puts_every_question_in_the_prompt_stream():
         assert labelled.startswith(answer)
 
 
+def test_train_encodes_with_the_configs_image_slot(tmp_path, monkeypatch):
+    from moai.train import loop
+
+    slots = []
+
+    class Recording(loop.Collator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            slots.append(self.image_slot)
+
+    monkeypatch.setattr(loop, "Collator", Recording)
+    data = write_dataset(tmp_path, n=2)
+    for slot in ("as_written", None):  # None: the default
+        extra = {"image_slot": slot} if slot else {}
+        train(TrainConfig.load(write_config(tmp_path, data, max_steps=1, **extra)), **QUIET)
+    assert slots == ["as_written", "template"]
+    with pytest.raises(ValueError, match="image_slot"):
+        TrainConfig.load(write_config(tmp_path, data, image_slot="turn"))
+
+
 def test_split_turns_trains_one_sample_a_turn(tmp_path):
     data = write_dataset(tmp_path, n=3)
     records = [json.loads(line) for line in data.read_text().splitlines()]

@@ -165,9 +165,17 @@ class TrainConfig:
     sample can only be answered from the aux knowledge, so the MoAI modules must learn to read it. Not in the
     paper; measured in docs/shapesworld.md, "Matching a word in the aux" (the ShapesWorld model then leans on
     its aux without scoring higher)."""
+    image_slot: Literal["template", "as_written"] = "template"
+    """Where a training prompt puts the image: ``template``, the chat template's slot, before the user's turn,
+    where MoAI-7B's prompt has it (docs/model.md §3) and where the engine, `moai predict`, the server and the
+    evaluations ask (LLaVA data's ``<image>`` marker in the first question is taken out and the image put
+    there); ``as_written``, where the record's marker stands (in the user's turn, as LLaVA data writes it: a
+    prompt that inference never asks; the ShapesWorld models shipped before this option were trained so,
+    docs/shapesworld.md, "The image in the prompt")."""
     split_turns: bool = False
     """Train on each question-answer turn of a multi-turn conversation as a sample of its own, the image
-    token before each question (the form in which `moai predict` and the engine ask). With the mixer's
+    with each question (in ``image_slot``, so each sample is a one-question prompt as `moai predict` and the
+    engine ask). With the mixer's
     ``prompt`` scope only the first question of a conversation enters the mixer, so the whole-conversation
     form trains the aux path on one question a conversation (docs/shapesworld.md, "One question a
     sample")."""

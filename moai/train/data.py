@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,6 +355,21 @@ class ImageDropout:
         return random.Random(f"{self.seed}-image-dropout-{position}").random() < self.p
 
 
+IMAGE_SLOTS = ("template", "as_written")
+"""Where a training prompt puts the image (`TrainConfig.image_slot`)."""
+
+_IMAGE_MARKER = re.compile(rf"\s*{re.escape(IMAGE_TOKEN)}\s*")
+
+
+def image_in_template_slot(turns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``turns`` with the ``<image>`` marker of the first question taken out (and the whitespace around it), so
+    that the processor puts the image in its chat template's slot: where MoAI-7B's prompt has it (before the
+    user's turn, docs/model.md §3) and where the engine, `moai predict`, the server and the evaluations ask.
+    LLaVA-format data writes ``<image>\n`` at the start (or ``\n<image>`` at the end) of the first question."""
+    (question, answer), *rest = turns
+    return ((_IMAGE_MARKER.sub(" ", question).strip(), answer), *rest)
+
+
 class Collator:
     """Encode, truncate and batch a list of examples through the processor (`MoAIProcessor.build_batch`)."""
 
@@ -364,15 +380,22 @@ class Collator:
         use_aux_map: bool,
         dropout: ModuleDropout | None = None,
         image_dropout: ImageDropout | None = None,
+        image_slot: str = "template",
     ) -> None:
+        if image_slot not in IMAGE_SLOTS:
+            raise ValueError(f"image_slot {image_slot!r}: expected one of {', '.join(IMAGE_SLOTS)}")
         self.processor = processor
         self.max_length = max_length
         self.use_aux_map = use_aux_map
         self.dropout = dropout
         self.image_dropout = image_dropout
+        self.image_slot = image_slot
 
     def encode(self, example: Example) -> EncodedConversation:
-        return self.processor.encode_turns(example.turns).truncated(self.max_length)
+        """The example's prompt and answers as the processor encodes them: with the image in the template's
+        slot (``image_slot="template"``, as inference asks) or where the record's ``<image>`` stands."""
+        turns = image_in_template_slot(example.turns) if self.image_slot == "template" else example.turns
+        return self.processor.encode_turns(turns).truncated(self.max_length)
 
     def check(self, example: Example) -> str | None:
         """Why an example cannot be trained on after truncation, or None."""

@@ -851,6 +851,7 @@ def _train(
         model.config.use_aux_map and bool(model.config.mixer_config.layers),
         dropout,
         ImageDropout(config.image_dropout, config.seed) if config.image_dropout > 0 else None,
+        config.image_slot,
     )
     mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
