@@ -501,3 +501,41 @@ def test_position_questions_write_a_shape_range_and_score_by_shape_count(tmp_pat
     assert {n: t for n, (_c, t) in tally.items()} == expected
     assert all(0 <= c <= t for c, t in tally.values())
     assert "by shapes" in positions.report("model", tally)
+
+
+image_slot = load_bench("image_slot")
+
+
+def test_image_slot_asks_each_question_with_the_image_in_the_template_and_in_the_turn(tmp_path, monkeypatch):
+    from moai.engine import Engine
+    from moai.worlds.shapes import write_world
+
+    write_world(tmp_path, scenes=8, seed=45)
+    asked, answer = [], Engine.prepare
+
+    def spy(self, images, questions, drop=(), *args, **kwargs):
+        asked.append((list(questions), tuple(drop), images[0]))
+        return answer(self, images, questions, drop, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "prepare", spy)
+    table = image_slot.ask(None, tmp_path)  # the bundled model
+    questions = [json.loads(line) for line in (tmp_path / "questions.jsonl").read_text().splitlines()]
+    texts = [q["text"] for q in questions]
+    assert list(table) == ["template", "turn"]
+    assert [t for batch, _, _ in asked[: len(asked) // 2] for t in batch] == texts
+    assert [t for batch, _, _ in asked[len(asked) // 2 :] for t in batch] == [f"<image>\n{t}" for t in texts]
+    assert set(table["template"]) == {q["category"] for q in questions} | {"overall"}
+    # the two prompts differ, so the model is run twice and its answers may differ; both are scored
+    assert all(0.0 <= v <= 100.0 for row in table.values() for v in row.values())
+
+    asked.clear()
+    words = image_slot.ask(None, tmp_path, sign_words=True, blank=True)
+    sign_words = [q for q in questions if q["text"] == "What word is written on the sign?"]
+    assert list(words["template"]) == ["sign word"] and sign_words
+    assert all(drop == image_slot.OCR_ALONE for _, drop, _ in asked)
+    assert all(image.getextrema() == tuple((round(255 * m),) * 2 for m in CLIP_MEAN) for _, _, image in asked)
+    with pytest.raises(ValueError, match="no sign-word questions"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "questions.jsonl").write_text(json.dumps({**questions[0], "text": "How many?"}) + "\n")
+        image_slot.ask(None, empty, sign_words=True)
