@@ -40,9 +40,9 @@ def ask(
     model: str | None, world: Path, sign_words: bool = False, blank: bool = False, show: int = 0
 ) -> dict[str, dict[str, float]]:
     """Accuracy in % per category (``--sign-words``: of the sign words, ``sign word``) for each slot."""
+    from aux_only import mean_canvas
     from PIL import Image
 
-    from aux_only import mean_canvas
     from moai.engine import Engine  # heavy: torch and the model
     from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions
     from moai.worlds.score import is_correct
