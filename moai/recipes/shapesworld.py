@@ -412,7 +412,8 @@ def model_card(report: dict) -> str:
         "on the 2-core machine that made it:",
         f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
         "a vision tower pretrained on them, then `moai train` stages with the configs in",
-        "moai/train/configs/shapesworld/:",
+        "moai/train/configs/shapesworld/ (the image of every training prompt placed as `image_slot:"
+        f" {moai.image_slot}`; inference puts it in the chat template's slot):",
         "",
         f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind (circle / square / triangle /",
         "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
