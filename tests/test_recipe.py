@@ -12,6 +12,7 @@ from moai.engine import Engine
 from moai.recipes.shapesworld import (
     BASE_CHECKED,
     BASE_STAGES,
+    CONFIGS,
     MOAI_STAGES,
     SIGN_QUESTIONS,
     STAGES,
@@ -66,6 +67,10 @@ def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_pat
     options = RecipeOptions(out=tmp_path)
     configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
     assert [c.step for c in configs.values()] == ["base", "base", "step1", "step2", "step2", "step2"]
+    # every stage encodes the image as the shipped model was trained (in the user's turn; docs/shapesworld.md,
+    # "The image in the prompt"), the variants' step-2 config too, so that the recipe remakes that model
+    variant = TrainConfig.load(CONFIGS / "step2_dropout.yaml")
+    assert {c.image_slot for c in (*configs.values(), variant)} == {"as_written"}
     for stage in ("base", "base2"):  # the base in two runs, the second restarting the first's schedule
         assert (
             configs[stage].aux == "none"
