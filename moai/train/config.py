@@ -175,10 +175,9 @@ class TrainConfig:
     split_turns: bool = False
     """Train on each question-answer turn of a multi-turn conversation as a sample of its own, the image
     with each question (in ``image_slot``, so each sample is a one-question prompt as `moai predict` and the
-    engine ask). With the mixer's
-    ``prompt`` scope only the first question of a conversation enters the mixer, so the whole-conversation
-    form trains the aux path on one question a conversation (docs/shapesworld.md, "One question a
-    sample")."""
+    engine ask). With the mixer's ``prompt`` scope only the first question of a conversation enters the
+    mixer, so the whole-conversation form trains the aux path on one question a conversation
+    (docs/shapesworld.md, "One question a sample")."""
     max_length: int = 2048
     """Maximum tokens per sample (image tokens included); longer samples are truncated at the end."""
     batch_size: int = 4
