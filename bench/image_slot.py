@@ -44,7 +44,7 @@ def ask(
     from PIL import Image
 
     from moai.engine import Engine  # heavy: torch and the model
-    from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, read_questions
+    from moai.recipes.shapesworld import COLUMNS, accuracy_by_category, answer_all, read_questions, texts
     from moai.worlds.score import is_correct
 
     engine = Engine.load(model)
@@ -59,12 +59,8 @@ def ask(
     drop = OCR_ALONE if sign_words else ()
     table = {}
     for slot, prefix in SLOTS.items():
-        answers = []
-        for start in range(0, len(questions), 32):
-            chunk = slice(start, start + 32)
-            texts = [prefix + q["text"] for q in questions[chunk]]
-            answers += engine.answer(shown[chunk], texts, perceptions=perceptions[chunk], drop=drop)
-        said = [a.text for a in answers]
+        asked = [{**q, "text": prefix + q["text"]} for q in questions]
+        said = texts(answer_all(engine, world, asked, images=shown, perceptions=perceptions, drop=drop))
         if sign_words:
             right = sum(is_correct(a, q["answer"]) for a, q in zip(said, questions))
             table[slot] = {"sign word": 100 * right / len(questions)}

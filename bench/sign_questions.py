@@ -67,24 +67,20 @@ def score(
     engine = Engine.load(model)
     questions = [q for q in read_questions(world) if q["category"] == "ocr"][:limit]
 
+    blanked = {}
     if blank:  # each image perceived once, its questions asked about aux_only's mean-colour canvas
         sys.path.insert(0, str(ROOT / "bench"))
         from aux_only import mean_canvas
 
-        canvas = mean_canvas(engine)
-        perceptions = engine.perceive([Image.open(world / q["image"]).convert("RGB") for q in questions])
+        blanked = {
+            "images": [mean_canvas(engine)] * len(questions),
+            "perceptions": engine.perceive(
+                [Image.open(world / q["image"]).convert("RGB") for q in questions]
+            ),
+        }
 
     def answers(drop: Sequence[str] = ()) -> list[str]:
-        if not blank:
-            return texts(answer_all(engine, world, questions, drop=drop))
-        out = []
-        for start in range(0, len(questions), 32):
-            chunk, seen = questions[start : start + 32], perceptions[start : start + 32]
-            asked = engine.answer(
-                [canvas] * len(chunk), [q["text"] for q in chunk], perceptions=seen, drop=drop
-            )
-            out += texts(asked)
-        return out
+        return texts(answer_all(engine, world, questions, drop=drop, **blanked))
 
     rows = {"own aux": answers()}
     rows["ocr alone"] = answers([m for m in MODULES if m != "ocr"])

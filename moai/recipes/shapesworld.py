@@ -130,14 +130,23 @@ def read_questions(world: Path) -> list[dict]:
     return [json.loads(line) for line in (world / QUESTIONS_FILE).read_text().splitlines() if line.strip()]
 
 
-def answer_all(engine, world: Path, questions: Sequence[dict], batch_size: int = 32, **kwargs) -> list:
-    """The engine's `Answer`s to ``questions`` (images under ``world``), in order, ``batch_size`` at a time;
-    a list-valued keyword (``perceptions``) is sliced with the questions, the others go to every call."""
+def answer_all(
+    engine,
+    world: Path,
+    questions: Sequence[dict],
+    batch_size: int = 32,
+    images: Sequence | None = None,
+    **kwargs,
+) -> list:
+    """The engine's `Answer`s to ``questions`` (images under ``world``, or ``images``: what each question is
+    asked about, e.g. a blank canvas), in order, ``batch_size`` at a time; a list-valued keyword
+    (``perceptions``) is sliced with the questions, the others go to every call."""
+    images = [world / q["image"] for q in questions] if images is None else images
     out = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         extra = {k: v[start : start + batch_size] if isinstance(v, list) else v for k, v in kwargs.items()}
-        out += engine.answer([world / q["image"] for q in chunk], [q["text"] for q in chunk], **extra)
+        out += engine.answer(images[start : start + batch_size], [q["text"] for q in chunk], **extra)
     return out
 
 
