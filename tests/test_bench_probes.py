@@ -539,3 +539,44 @@ def test_image_slot_asks_each_question_with_the_image_in_the_template_and_in_the
         empty.mkdir()
         (empty / "questions.jsonl").write_text(json.dumps({**questions[0], "text": "How many?"}) + "\n")
         image_slot.ask(None, empty, sign_words=True)
+
+
+plateau = load_bench("plateau")
+
+
+def write_run(run: Path, losses: list[float], log_every: int = 10, **config) -> Path:
+    """A fake `moai train` run directory: metrics.jsonl with one row a ``log_every`` steps, and config.yaml."""
+    run.mkdir(parents=True)
+    rows = [{"step": (i + 1) * log_every, "loss": loss, "lr": 1e-3} for i, loss in enumerate(losses)]
+    rows.insert(2, {"step": 25, "eval": 1.0})  # a row without a loss is not a training step's
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in config.items()))
+    return run
+
+
+def test_plateau_finds_the_first_window_below_a_fraction_of_the_first(tmp_path, capsys):
+    stuck = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232] * 4  # within 3 % of the first window throughout
+    falling = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232, 0.20, 0.17, 0.15, 0.12, 0.10, 0.09]
+    means = plateau.window_means(
+        plateau.read_losses(write_run(tmp_path / "f", falling, model="runs/x/step1/final", seed=1)), window=30
+    )
+    assert [step for step, _ in means] == [30, 60, 90, 120]
+    assert means[0][1] == pytest.approx((0.233 + 0.229 + 0.236) / 3)
+    assert means[2][1] == pytest.approx((0.20 + 0.17 + 0.15) / 3)
+    assert plateau.escape_step(means, below=0.8) == 90
+    assert plateau.escape_step(means, below=0.3) is None
+    assert plateau.escape_step([], below=0.8) is None
+    with pytest.raises(ValueError, match="window 0"):
+        plateau.window_means([(1, 0.2)], window=0)
+
+    write_run(tmp_path / "s", stuck, model="runs/x/step1/final", image_slot="template", seed=2)
+    assert plateau.main([str(tmp_path / "f"), str(tmp_path / "s"), "--window", "30"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("left the plateau by step 90")
+    assert (
+        out[2] == f"{tmp_path / 's'}: from x/step1, image_slot template, seed 2; left the plateau by step -"
+    )
+    assert len(out[3].split()) == 8  # 24 losses logged every 10 steps: 8 windows of 30 steps
+
+    assert plateau.main([str(tmp_path / "missing")]) == 2
+    assert "no metrics.jsonl, skipped" in capsys.readouterr().err
