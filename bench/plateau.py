@@ -13,38 +13,16 @@ first), or ``-`` when none is.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-def read_losses(run: Path) -> list[tuple[int, float]]:
-    """(step, loss) of each logged step of ``run``'s metrics.jsonl, in step order."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return sorted((int(r["step"]), float(r["loss"])) for r in rows if "loss" in r and "step" in r)
-
-
-def window_means(losses: Sequence[tuple[int, float]], window: int) -> list[tuple[int, float]]:
-    """(last step, mean loss) of each window of ``window`` steps: steps 1-window, window+1-2*window, ...; a
-    window holds the logged steps in it (a run logs every ``log_every`` steps) and one without any is left out."""
-    if window < 1:
-        raise ValueError(f"window {window}: must be >= 1")
-    groups: dict[int, list[float]] = {}
-    for step, loss in losses:
-        groups.setdefault((step - 1) // window, []).append(loss)
-    return [((k + 1) * window, statistics.fmean(v)) for k, v in sorted(groups.items())]
-
-
-def escape_step(means: Sequence[tuple[int, float]], below: float) -> int | None:
-    """The last step of the first window whose mean is below ``below`` times the first window's; None if none."""
-    if not means:
-        return None
-    floor = below * means[0][1]
-    return next((step for step, mean in means[1:] if mean < floor), None)
+from moai.train.curves import PLATEAU_BELOW, plateau_exit, read_losses, window_means  # noqa: E402
 
 
 def describe(run: Path) -> str:
@@ -62,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--below",
         type=float,
-        default=0.8,
-        help="a window left the plateau when its mean is below this times the first window's (default 0.8)",
+        default=PLATEAU_BELOW,
+        help=f"a window left the plateau when its mean is below this times the first window's (default {PLATEAU_BELOW})",
     )
     args = parser.parse_args(argv)
     if args.window < 1:
@@ -75,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
             continue
         means = window_means(read_losses(run), args.window)
-        found = escape_step(means, args.below)
+        found = plateau_exit(means, args.below)
         print(f"{run}: {describe(run)}; left the plateau by step {found if found is not None else '-'}")
         print("  " + " ".join(f"{mean:.3f}" for _, mean in means))
     return status

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from moai.model.configuration import CLIP_MEAN
+from moai.train.curves import plateau_exit, read_losses, window_means
 from moai.worlds.shapes import COLOURS, KINDS
 
 
@@ -558,16 +559,16 @@ def test_plateau_finds_the_first_window_below_a_fraction_of_the_first(tmp_path, 
     stuck = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232] * 4  # within 3 % of the first window throughout
     falling = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232, 0.20, 0.17, 0.15, 0.12, 0.10, 0.09]
     means = plateau.window_means(
-        plateau.read_losses(write_run(tmp_path / "f", falling, model="runs/x/step1/final", seed=1)), window=30
+        read_losses(write_run(tmp_path / "f", falling, model="runs/x/step1/final", seed=1)), window=30
     )
     assert [step for step, _ in means] == [30, 60, 90, 120]
     assert means[0][1] == pytest.approx((0.233 + 0.229 + 0.236) / 3)
     assert means[2][1] == pytest.approx((0.20 + 0.17 + 0.15) / 3)
-    assert plateau.escape_step(means, below=0.8) == 90
-    assert plateau.escape_step(means, below=0.3) is None
-    assert plateau.escape_step([], below=0.8) is None
+    assert plateau_exit(means, below=0.8) == 90
+    assert plateau_exit(means, below=0.3) is None
+    assert plateau_exit([], below=0.8) is None
     with pytest.raises(ValueError, match="window 0"):
-        plateau.window_means([(1, 0.2)], window=0)
+        window_means([(1, 0.2)], window=0)
 
     write_run(tmp_path / "s", stuck, model="runs/x/step1/final", image_slot="template", seed=2)
     assert plateau.main([str(tmp_path / "f"), str(tmp_path / "s"), "--window", "30"]) == 0

@@ -1,6 +1,7 @@
 """The ShapesWorld recipe (moai/recipes/shapesworld.py): its baseline and checks, and a miniature run end to end."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from moai.recipes.shapesworld import (
     BASE_STAGES,
     CONFIGS,
     MOAI_STAGES,
+    READING_WINDOW,
     SIGN_QUESTIONS,
     STAGES,
     TOWER,
@@ -21,6 +23,7 @@ from moai.recipes.shapesworld import (
     accuracy_by_category,
     check_base,
     check_moai,
+    check_reading,
     install,
     majority_answers,
     make_tower,
@@ -166,6 +169,7 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
         tmp_path / "run" / "base" / "final"
     )
     assert 0.0 <= report["step2"]["check"]["changed_by_swapped_aux"] <= 1.0
+    assert report["step2_blank"]["check"]["failed"] == ["plateau"]  # two steps: one window, no fall to see
     for stage in STAGES:
         assert (tmp_path / "run" / stage / "training.png").is_file()
         assert report[stage]["summary"]["steps"] == 2
@@ -183,6 +187,7 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     installed = install(report, tmp_path / "model")
     card = (installed / "README.md").read_text()
     assert "## Scores" in card and "MoAI, no aux" in card and "reused" not in card
+    assert "- step2_blank: step2_blank's loss never fell below" in card
     again = run_recipe(options, say=lines.append)  # a rerun keeps every finished stage, and the card says so
     assert all(again[s]["reused"] for s in (TOWER, *STAGES))
     assert f"reused the stages {', '.join((TOWER, *STAGES))}" in install(again, tmp_path / "model2").joinpath(
@@ -342,6 +347,31 @@ def test_checks_pass_and_fail_on_scripted_answers(tmp_path):
     result = check_moai(ignores, tmp_path / "check", say.append)
     assert result["failed"] == ["swap"] and result["changed_by_swapped_aux"] == 0.0
     assert "does not read the aux" in result["message"]
+
+
+def test_reading_check_passes_when_the_loss_left_its_plateau_and_fails_when_it_stayed(tmp_path):
+    """step2_blank's check (`check_reading`): a loss that falls below PLATEAU_BELOW of its first window's mean
+    passes, one that stays at chance (as on a base that does not start the reading) fails, naming the stage."""
+
+    def run(name: str, losses: list[float]) -> Path:
+        (tmp_path / name).mkdir()
+        rows = [{"step": 10 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / name
+
+    chance = [0.233, 0.229, 0.236, 0.231, 0.230] * 2  # steps 10-100: two windows at chance
+    say = []
+    started = check_reading(run("started", chance + [0.20, 0.16, 0.12, 0.10, 0.09]), say.append)
+    assert started["failed"] == [] and started["left_plateau_at"] == READING_WINDOW * 3
+    assert started["means"][0] == pytest.approx(sum(chance[:5]) / 5, abs=1e-4)
+    assert any("left its plateau by step 150" in line for line in say)
+    stuck = check_reading(run("step2_blank", chance * 4), say.append)
+    assert stuck["failed"] == ["plateau"] and stuck["left_plateau_at"] is None
+    assert (
+        stuck["message"].startswith("step2_blank's loss never fell below") and "(0.232)" in stuck["message"]
+    )
+    empty = check_reading(run("empty", []), say.append)  # a run that logged nothing did not start either
+    assert empty["failed"] == ["plateau"] and "none logged" in empty["message"]
 
 
 def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without(tmp_path, capsys):

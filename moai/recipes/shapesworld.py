@@ -32,6 +32,7 @@ from ..perception.config import PerceptionConfig
 from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
+from ..train.curves import PLATEAU_BELOW, plateau_exit, read_losses, window_means
 from ..worlds.score import is_correct
 from ..worlds.shapes import (
     CATEGORIES,
@@ -70,6 +71,11 @@ COLUMNS = (*CATEGORIES, "overall")
 """Columns of the accuracy tables."""
 MIN_SWAP_CHANGED = 0.2
 """Fraction of check-set answers that must change when the model is given another scene's aux."""
+READING_STAGE = "step2_blank"
+"""The part of step 2 whose loss must leave its plateau: the sign questions about blanked images, which only
+the OCR aux answers (its check: `check_reading`)."""
+READING_WINDOW = 50
+"""Steps a window of that part's loss curve (moai/train/curves.py)."""
 
 
 class CheckFailed(RuntimeError):
@@ -195,6 +201,29 @@ def check_moai(engine, check: Path, say: Callable[[str], None]) -> dict:
             f"(needs {100 * MIN_SWAP_CHANGED:.0f}%): the MoAI stage does not read the aux"
         )
     return result
+
+
+def check_reading(run: Path, say: Callable[[str], None]) -> dict:
+    """Whether the loss of ``run`` (the ``READING_STAGE`` part) left its plateau (`moai.train.curves`): the
+    MoAI modules started reading the OCR aux. Whether they start depends on the frozen base they are trained on,
+    not on the seed of the part (docs/shapesworld.md, "What starts the reading: the base"); failed when no
+    window of ``READING_WINDOW`` steps falls below ``PLATEAU_BELOW`` times the first window's mean loss."""
+    means = window_means(read_losses(run), READING_WINDOW)
+    left = plateau_exit(means, PLATEAU_BELOW)
+    say(f"{run.name}: mean loss per {READING_WINDOW} steps " + " ".join(f"{mean:.3f}" for _, mean in means))
+    result = {"window": READING_WINDOW, "means": [round(m, 4) for _, m in means], "left_plateau_at": left}
+    if left is not None:
+        say(f"{run.name}: the loss left its plateau by step {left}")
+        return {**result, "failed": []}
+    first = f"{means[0][1]:.3f}" if means else "none logged"
+    return {
+        **result,
+        "failed": ["plateau"],
+        "message": f"{run.name}'s loss never fell below {PLATEAU_BELOW} times its first {READING_WINDOW} steps' "
+        f"mean ({first}): the MoAI modules did not start reading the OCR aux on this base, whose training decides "
+        'it (docs/shapesworld.md, "What starts the reading: the base"); a base trained with another seed '
+        "(--override base.seed=N) is the remedy to try",
+    }
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
@@ -347,6 +376,8 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         lap(stage)
         if stage == BASE_STAGES[-1]:
             result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
+        elif stage == READING_STAGE:
+            result = check_reading(run, say)
         elif stage == MOAI_STAGES[-1]:
             result = check_moai(Engine.load(model), out / "check", say)
         else:
@@ -401,7 +432,7 @@ def model_card(report: dict) -> str:
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
         else f"- {stage}: passed"
-        for stage in (BASE_STAGES[-1], MOAI_STAGES[-1])
+        for stage in (BASE_STAGES[-1], READING_STAGE, MOAI_STAGES[-1])
         if "check" in report.get(stage, {})
     ]
 

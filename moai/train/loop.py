@@ -43,6 +43,7 @@ from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
 from .config import TrainConfig
+from .curves import read_metrics
 from .data import (
     AuxResolver,
     Collator,
@@ -504,22 +505,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The records of ``run/metrics.jsonl`` (one per logged step), or [] when the run logged none."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: malformed JSON line: {err.msg}") from None
-    return records
-
-
 def _restart_metrics(path: Path, last_step: int) -> None:
     """Keep the metric lines of steps ``<= last_step`` (all gone for 0), atomically: a resumed run appends
     from ``last_step + 1``, so no step is ever logged twice. Unparseable lines (a write cut by a kill)
