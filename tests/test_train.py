@@ -1,5 +1,6 @@
 """Training: config, data validation and reporting, the loop, resume after SIGKILL, DDP equivalence."""
 
+import dataclasses
 import json
 import math
 import os
@@ -1400,3 +1401,26 @@ def test_fsdp2_sharded_model_saves_whole_weights_and_resumes_its_shards(tmp_path
                 )
     finally:
         dist.destroy_process_group()
+
+
+def test_resume_refuses_another_image_slot_than_the_run_was_trained_with(tmp_path):
+    """A run resumed with another ``image_slot`` would change every prompt at the resumed step; a config.yaml
+    written before the option means ``as_written`` (what `moai train` did then), so today's default is refused."""
+    data = write_dataset(tmp_path, n=4)
+    cfg = TrainConfig.load(write_config(tmp_path, data, max_steps=2, batch_size=2, save_every=1))
+    train(cfg, **QUIET)
+    run = Path(cfg.output_dir)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["image_slot"] == "template"
+    cfg.max_steps = 3
+    with pytest.raises(ValueError, match="trained with image_slot template, this config asks as_written"):
+        train(dataclasses.replace(cfg, image_slot="as_written"), resume=True, **QUIET)
+    del saved["image_slot"]  # as a run started before the option wrote it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ValueError, match=r"--override image_slot=as_written"):
+        train(cfg, resume=True, **QUIET)
+    assert [json.loads(line)["step"] for line in _metric_lines(run)] == [1, 2]  # nothing ran
+    summary = train(dataclasses.replace(cfg, image_slot="as_written"), resume=True, **QUIET)
+    assert summary["start_step"] == 2 and summary["steps"] == 3
+    # a fresh start (no --resume) is a new run: any slot
+    assert train(dataclasses.replace(cfg, max_steps=1), **QUIET)["start_step"] == 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from ..model.configuration import MoAIConfig, official_overrides
@@ -441,6 +442,27 @@ def _complete(path: Path) -> bool:
     return (path / "state.pt").is_file() and (path / "trainable.safetensors").is_file()
 
 
+def trained_image_slot(run: Path) -> str | None:
+    """The ``image_slot`` the run in ``run`` was started with, from its config.yaml: ``as_written`` when the file
+    predates the option (`moai train` then encoded the image where the data wrote it); None without the file."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text()) or {}
+    return str(saved.get("image_slot", "as_written"))
+
+
+def check_same_image_slot(config: TrainConfig, run: Path) -> None:
+    """Refuse to resume ``run`` with another image slot than it was trained with: every prompt would change at
+    the resumed step (a run started before the option resumed with today's default, say)."""
+    trained = trained_image_slot(run)
+    if trained is not None and trained != config.image_slot:
+        raise ValueError(
+            f"--resume: {run} was trained with image_slot {trained}, this config asks {config.image_slot}: the "
+            f"prompts would change at the resumed step; resume it with --override image_slot={trained}"
+        )
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     """The checkpoint ``checkpoints/latest`` names, or (pointer missing or broken) the newest complete one."""
     root = run / "checkpoints"
@@ -792,10 +814,12 @@ def _train(
     """`train` with its signal handlers installed: setup, data check, the steps, the final save."""
     if not config.data:
         raise ValueError("config.data is empty: list at least one LLaVA data file")
+    run = Path(config.output_dir)
+    if resume and latest_checkpoint(run) is not None:  # every rank, before rank 0 rewrites config.yaml
+        check_same_image_slot(config, run)
     accelerator = make_accelerator(config)
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda _msg: None)
-    run = Path(config.output_dir)
     if run.exists() and not run.is_dir():
         raise ValueError(f"output_dir {run} exists and is not a directory")
     if main_process:
