@@ -1,7 +1,8 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
     world (train + check sets, sign questions) -> perception cache -> vision tower -> base (two runs) -> check
-    -> MoAI step 1 -> step 2 (sign questions on blanked images, then shown, then beside the world's) -> check
+    -> MoAI step 1 -> step 2 (sign questions on blanked images -> check, then shown, then beside the world's)
+    -> check
     -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
@@ -9,10 +10,11 @@ pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the 
 ``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_shown,step2}.yaml`` (the paper's recipe in
 miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules
 trained on the frozen base in two steps, step 2 in three parts that start the reading of the OCR aux on the
-sign questions of moai/worlds/signs.py). The checks between stages are measured on a
-check set (its own world seed, never trained on) and stop the recipe when a stage did not learn:
+sign questions of moai/worlds/signs.py). The checks between stages stop the recipe when a stage did not
+learn (measured on a check set of its own world seed, never trained on, but the second):
 
 * base: beats the majority-answer-per-template baseline on existence, colour and shape;
+* the first part of step 2 (``READING_STAGE``): its training loss left its plateau (`check_reading`);
 * MoAI: answers follow the aux knowledge: with another scene's aux, at least ``MIN_SWAP_CHANGED`` of the
   answers change.
 """
@@ -221,8 +223,8 @@ def check_reading(run: Path, say: Callable[[str], None]) -> dict:
         "failed": ["plateau"],
         "message": f"{run.name}'s loss never fell below {PLATEAU_BELOW} times its first {READING_WINDOW} steps' "
         f"mean ({first}): the MoAI modules did not start reading the OCR aux on this base, whose training decides "
-        'it (docs/shapesworld.md, "What starts the reading: the base"); a base trained with another seed '
-        "(--override base.seed=N) is the remedy to try",
+        'it (docs/shapesworld.md, "What starts the reading: the base"); a base trained again with another seed '
+        "(--override base.seed=N) is the remedy to try (untested)",
     }
 
 
