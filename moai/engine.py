@@ -153,19 +153,18 @@ class Engine:
     def _perceive_keyed(self, images: Sequence[Image.Image]) -> tuple[list[str], list[Perception]]:
         """(pixel hash, perception) of each image (`perceive`)."""
         keys = [_pixel_hash(img) for img in images]
-        todo = {k: img for k, img in zip(keys, images) if k not in self._cache}
-        if todo:
-            found = self.perceiver.perceive_loaded(list(todo.values()))
-            for key, perception in zip(todo, found):
-                self._remember(key, perception)
-        out = []
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        todo = {k: img for k, img in zip(keys, images) if k not in found}
+        if todo:  # more new images than the cache holds still get their perception: kept in ``found``
+            found.update(zip(todo, self.perceiver.perceive_loaded(list(todo.values()))))
         for key in keys:
-            self._cache.move_to_end(key)
-            out.append(self._cache[key])
-        return keys, out
+            self._remember(key, found[key])
+        return keys, [found[k] for k in keys]
 
     def _remember(self, key: str, perception: Perception) -> None:
+        """Put (or refresh) ``key`` as the most recently used entry; drop the least recent over ``cache_size``."""
         self._cache[key] = perception
+        self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 

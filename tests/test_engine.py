@@ -59,6 +59,25 @@ def test_shapes_tokenizer_fits_the_preset_and_keeps_aux_short(world, engine):
     assert len(ids) < len(aux) / 2.5  # words, not bytes
 
 
+def test_engine_perceives_more_new_images_in_one_call_than_its_cache_holds(world, engine, monkeypatch):
+    """One call with more distinct images than ``cache_size`` returns every perception (the cache keeps the most
+    recent ``cache_size``) instead of losing the first ones to eviction."""
+    rows = _questions(world)
+    images = [engine.perceiver.load(world / r["image"]) for r in rows]
+    distinct = len({r["image"] for r in rows})
+    assert distinct >= 4
+    engine._cache.clear()
+    monkeypatch.setattr(engine, "cache_size", 2)
+    keyed, perceptions = engine._perceive_keyed(images)
+    assert len(perceptions) == len(images) and len(engine._cache) == 2
+    assert (
+        list(engine._cache) == list(dict.fromkeys(reversed(keyed)))[:2][::-1]
+    )  # the last two distinct images
+    monkeypatch.setattr(engine, "cache_size", 256)
+    engine._cache.clear()
+    assert [p.to_dict() for p in engine.perceive(images)] == [p.to_dict() for p in perceptions]
+
+
 def test_engine_perceives_each_image_once_and_batches_like_one_by_one(world, engine, monkeypatch):
     rows = _questions(world)[:6]
     images = [world / r["image"] for r in rows]
