@@ -21,6 +21,7 @@ from moai.recipes.shapesworld import (
     TOWER,
     RecipeOptions,
     accuracy_by_category,
+    answer_all,
     check_base,
     check_moai,
     check_reading,
@@ -30,6 +31,7 @@ from moai.recipes.shapesworld import (
     run_recipe,
     stage_config,
     template_key,
+    texts,
 )
 from moai.recipes.shapesworld import main as shapesworld_main
 from moai.train.config import TrainConfig
@@ -322,6 +324,21 @@ class ScriptedEngine:
         return [
             SimpleNamespace(text=self.rule(i, q, p, drop)) for i, q, p in zip(images, questions, perceptions)
         ]
+
+
+def test_answer_all_slices_the_perceptions_and_gives_drop_to_every_batch(tmp_path):
+    """``drop`` as a list reaches every batch whole (a list used to be sliced like the perceptions, so only the
+    first batch lost the modules); ``perceptions`` follow their questions."""
+    write_world(tmp_path, scenes=12, seed=5)
+    questions = [json.loads(x) for x in (tmp_path / "questions.jsonl").read_text().splitlines()]
+    assert len(questions) > 2 * 4
+    engine = ScriptedEngine(lambda i, q, p, d: f"{p}|{','.join(d)}")
+    perceptions = [f"p{k}" for k in range(len(questions))]
+    said = texts(
+        answer_all(engine, tmp_path, questions, batch_size=4, perceptions=perceptions, drop=["ps", "sgg"])
+    )
+    assert said == [f"p{k}|ps,sgg" for k in range(len(questions))]
+    assert texts(answer_all(engine, tmp_path, questions, batch_size=4, drop=("ocr",)))[-1].endswith("|ocr")
 
 
 def test_checks_pass_and_fail_on_scripted_answers(tmp_path):

@@ -138,6 +138,10 @@ def read_questions(world: Path) -> list[dict]:
     return [json.loads(line) for line in (world / QUESTIONS_FILE).read_text().splitlines() if line.strip()]
 
 
+PER_QUESTION = ("perceptions",)
+"""Keywords of `Engine.answer` that hold one entry per question (`answer_all` slices them with the batch)."""
+
+
 def answer_all(
     engine,
     world: Path,
@@ -147,13 +151,14 @@ def answer_all(
     **kwargs,
 ) -> list:
     """The engine's `Answer`s to ``questions`` (images under ``world``, or ``images``: what each question is
-    asked about, e.g. a blank canvas), in order, ``batch_size`` at a time; a list-valued keyword
-    (``perceptions``) is sliced with the questions, the others go to every call."""
+    asked about, e.g. a blank canvas), in order, ``batch_size`` at a time; the per-question keywords
+    (``PER_QUESTION``: ``perceptions``) are sliced with the questions, the others (``drop``, list or tuple)
+    go to every call."""
     images = [world / q["image"] for q in questions] if images is None else images
     out = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        extra = {k: v[start : start + batch_size] if isinstance(v, list) else v for k, v in kwargs.items()}
+        extra = {k: v[start : start + batch_size] if k in PER_QUESTION else v for k, v in kwargs.items()}
         out += engine.answer(images[start : start + batch_size], [q["text"] for q in chunk], **extra)
     return out
 
