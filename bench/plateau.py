@@ -6,8 +6,8 @@ The recipe's ``step2_blank`` part (sign questions about blanked images, the OCR 
 the chance loss until the MoAI modules start reading the aux, then falls (docs/shapesworld.md, "What starts the
 reading: the base"). For each run directory this prints its start model, image slot and seed (from its
 config.yaml), the mean loss of every ``--window`` logged steps and the first step whose window mean is below
-``--below`` times the first window's (the plateau: a stuck run's windows stay within a few percent of the
-first), or ``-`` when none is.
+``--below`` times the first window's, or ``-`` when none is (moai/train/curves.py, which the recipe's check of
+``step2_blank`` uses; a stuck run's windows stay within a few percent of the first).
 """
 
 from __future__ import annotations
