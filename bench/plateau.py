@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from moai.train.config import trained_image_slot  # noqa: E402
 from moai.train.curves import PLATEAU_BELOW, plateau_exit, read_losses, window_means  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def describe(run: Path) -> str:
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     model = Path(str(config.get("model", "?")))
     start = f"{model.parent.parent.name}/{model.parent.name}" if model.name == "final" else str(model)
-    return f"from {start}, image_slot {config.get('image_slot', 'as_written (before the option)')}, seed {config.get('seed', '?')}"
+    return f"from {start}, image_slot {trained_image_slot(run) or '?'}, seed {config.get('seed', '?')}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

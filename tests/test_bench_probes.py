@@ -558,7 +558,7 @@ def write_run(run: Path, losses: list[float], log_every: int = 10, **config) -> 
 def test_plateau_finds_the_first_window_below_a_fraction_of_the_first(tmp_path, capsys):
     stuck = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232] * 4  # within 3 % of the first window throughout
     falling = [0.233, 0.229, 0.236, 0.231, 0.230, 0.232, 0.20, 0.17, 0.15, 0.12, 0.10, 0.09]
-    means = plateau.window_means(
+    means = window_means(
         read_losses(write_run(tmp_path / "f", falling, model="runs/x/step1/final", seed=1)), window=30
     )
     assert [step for step, _ in means] == [30, 60, 90, 120]

@@ -417,3 +417,13 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from err
+
+
+def trained_image_slot(run: Path) -> str | None:
+    """The ``image_slot`` the run in ``run`` was started with, from its config.yaml: ``as_written`` when the file
+    predates the option (`moai train` then encoded the image where the data wrote it); None without the file."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = _load_yaml(path) or {}
+    return str(saved.get("image_slot", "as_written"))

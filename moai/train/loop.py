@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from ..model.configuration import MoAIConfig, official_overrides
@@ -43,7 +42,7 @@ from ..model.mixer import gate_statistics
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
-from .config import TrainConfig
+from .config import TrainConfig, trained_image_slot
 from .curves import read_metrics
 from .data import (
     AuxResolver,
@@ -440,16 +439,6 @@ def save_checkpoint(
 
 def _complete(path: Path) -> bool:
     return (path / "state.pt").is_file() and (path / "trainable.safetensors").is_file()
-
-
-def trained_image_slot(run: Path) -> str | None:
-    """The ``image_slot`` the run in ``run`` was started with, from its config.yaml: ``as_written`` when the file
-    predates the option (`moai train` then encoded the image where the data wrote it); None without the file."""
-    path = run / "config.yaml"
-    if not path.is_file():
-        return None
-    saved = yaml.safe_load(path.read_text()) or {}
-    return str(saved.get("image_slot", "as_written"))
 
 
 def check_same_image_slot(config: TrainConfig, run: Path) -> None:
