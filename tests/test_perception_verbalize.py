@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -260,6 +261,20 @@ def test_compact_names_each_object_once_in_reading_order_without_coordinates():
         order = list(range(4))
         rng.shuffle(order)
         assert verbalize_compact(v2_perception(order)) == verbalize_compact(p)
+
+
+def test_compact_text_first_moves_the_ocr_words_to_the_start_and_keeps_everything_else():
+    p = v2_perception()
+    first = verbalize_perception(p, "compact-text-first")
+    assert first == (
+        "text: EXIT. objects: wall, dog, man, person, dog. "
+        "relations: person (#2) is right of person (#1), person (#1) is left of person (#2)."
+    )
+    assert sorted(first.split()) == sorted(verbalize_compact(p).split())
+    only_text = Perception(image_size=(10, 10), text_lines=p.text_lines)
+    assert verbalize_perception(only_text, "compact-text-first") == verbalize_compact(only_text)
+    no_text = dataclasses.replace(p, text_lines=())
+    assert verbalize_perception(no_text, "compact-text-first") == verbalize_compact(no_text)
 
 
 def test_compact_all_keeps_every_relation_above_the_threshold_where_compact_keeps_ten():

@@ -23,7 +23,7 @@ class AuxSettings:
     perception_preset: str = "default"
     """Perception preset (``moai/perception/config.py``) the model was trained with."""
     verbalizer: str = "official"
-    """Verbalization style (``official`` | ``v2`` | ``compact`` | ``compact-all``, docs/verbalization.md)."""
+    """Verbalization style (``official`` | ``v2`` | ``compact`` | ``compact-all`` | ``compact-text-first``, docs/verbalization.md)."""
     map_style: str = "corrected"
     """Panoptic colour-map style (``official`` float map or ``corrected`` uint8 colours)."""
 

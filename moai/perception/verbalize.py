@@ -6,7 +6,8 @@ arrays the official pipeline hands them: the panoptic id map and ``segments_info
 boxes / scores / query names, the scene graph's object list and ``rel_dists`` rows, and the OCR
 ``(text, confidence)`` lines. ``style="v2"`` uses ``verbalize_v2.py`` and ``style="compact"``
 ``verbalize_compact.py`` (for new models only; not a default anywhere until the ShapesWorld ablation
-measures them); ``style="compact-all"`` is ``compact`` keeping every relation instead of the 10 best.
+measures them); ``style="compact-all"`` is ``compact`` keeping every relation instead of the 10 best,
+``style="compact-text-first"`` ``compact`` with the OCR words first.
 
 ``panoptic_map(p, style="official")`` is the official colour map (the quirky [0, 1] float map fed to CLIP);
 ``style="corrected"`` gives 0..255 uint8 colours (``moai.verbalize.colormap``).
@@ -33,7 +34,7 @@ from .types import Perception
 from .verbalize_compact import CompactOptions, verbalize_compact
 from .verbalize_v2 import verbalize_v2
 
-STYLES = ("official", "v2", "compact", "compact-all")
+STYLES = ("official", "v2", "compact", "compact-all", "compact-text-first")
 
 
 def official_parts(p: Perception, selection: str = DEFAULT_SELECTION) -> tuple[str, str, str, str]:
@@ -71,6 +72,8 @@ def verbalize_perception(p: Perception, style: str = "official") -> str:
         return verbalize_compact(p)
     if style == "compact-all":  # every relation above the score threshold, not the top 10
         return verbalize_compact(p, CompactOptions(sgg_top_k=len(p.relations)))
+    if style == "compact-text-first":  # the OCR words at the start of the aux
+        return verbalize_compact(p, CompactOptions(text_first=True))
     raise ValueError(f"unknown verbalization style {style!r} (expected one of {', '.join(STYLES)})")
 
 

@@ -15,7 +15,8 @@ random weights averages that text into almost the same vector for every scene (d
 * relations: v2's selection (`verbalize_v2.verbalize_relations_v2`: the ``top_k`` best above the threshold)
   with the official object numbering;
 * text: the confident OCR lines in reader order;
-* the non-empty parts joined with single spaces. A module removed from the perception (``drop``) removes its
+* the non-empty parts joined with single spaces, the text part last (or first, ``text_first``: the
+  ``compact-text-first`` style). A module removed from the perception (``drop``) removes its
   part (PS and OWOD share the object part: either one still names the objects).
 
 For new models only (the bundled ShapesWorld model's choice is measured in docs/shapesworld.md); MoAI-7B
@@ -56,6 +57,9 @@ class CompactOptions:
     """Keep relations with at least this score."""
     ocr_threshold: float = OCR_CONFIDENCE_THRESHOLD
     """Keep OCR lines with at least this confidence."""
+    text_first: bool = False
+    """Put the text part first, so that the OCR words start at the same aux position in every scene (a model
+    that copies the sign word letter by letter finds it where it found it in an OCR-only aux)."""
 
 
 def compact_objects(p: Perception, options: CompactOptions = CompactOptions()) -> list[tuple[str, Box]]:
@@ -85,9 +89,8 @@ def verbalize_compact(p: Perception, options: CompactOptions = CompactOptions())
         p, V2Options(sgg_top_k=options.sgg_top_k, sgg_threshold=options.sgg_threshold)
     )
     words = [t.text for t in p.text_lines if t.score >= options.ocr_threshold]
-    parts = (
-        OBJECTS_PREFIX + SEPARATOR.join(names) + "." if names else "",
-        RELATIONS_PREFIX + SEPARATOR.join(relations) + "." if relations else "",
-        TEXT_PREFIX + SEPARATOR.join(words) + "." if words else "",
-    )
+    objects = OBJECTS_PREFIX + SEPARATOR.join(names) + "." if names else ""
+    relations_part = RELATIONS_PREFIX + SEPARATOR.join(relations) + "." if relations else ""
+    text = TEXT_PREFIX + SEPARATOR.join(words) + "." if words else ""
+    parts = (text, objects, relations_part) if options.text_first else (objects, relations_part, text)
     return " ".join(part for part in parts if part)

@@ -152,9 +152,10 @@ class TrainConfig:
     perception_preset: str | None = None
     """Perception preset (``default`` | ``official``) run for ``aux: perceive``; with ``aux: cache`` it is
     checked against the cache's config when given."""
-    verbalizer: Literal["official", "v2", "compact", "compact-all"] = "official"
-    """How perception becomes the aux text (``v2``, ``compact`` and ``compact-all``, compact with every relation
-    instead of the 10 best, are for new models, see moai/perception/verbalize_v2.py and verbalize_compact.py)."""
+    verbalizer: Literal["official", "v2", "compact", "compact-all", "compact-text-first"] = "official"
+    """How perception becomes the aux text (``v2``, ``compact``, ``compact-all`` (compact with every relation
+    instead of the 10 best) and ``compact-text-first`` (compact with the OCR words first) are for new models,
+    see moai/perception/verbalize_v2.py and verbalize_compact.py)."""
     module_dropout: float = 0.0
     """Probability that one CV module's (PS, OWOD, SGG, OCR) outputs are removed from a sample's aux text
     and map, each module independently, drawn per sample and seeded by (seed, global position); needs
