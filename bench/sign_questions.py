@@ -9,7 +9,7 @@ for its own file), ``--draws`` rounds over the scenes, each
 round with absent words of its own: the sign-word question ("What word is written on the sign?") where the
 scene has exactly one sign, the word-present question for every sign's word ("yes") and as many absent
 words ("no"; one where the scene has no sign). ``--signs-only`` keeps the scenes with a sign (every aux then
-holds a text, so "is there a text" answers nothing), ``--no-word-question`` leaves the sign-word question out.
+holds a text, so "is there a text" answers nothing), ``--no-word-question`` leaves the sign-word question out, ``--words-only`` keeps it alone.
 ``--negatives`` chooses the absent words: ``any`` (SHAPESWORLD.md's: a random 3-6 letter word, most of them of
 another length than the sign's, which a model can tell without reading the letters), ``same-length`` (random
 letters as many as one of the scene's sign words) or ``near`` (a sign word with one letter changed); a scene
@@ -116,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-word-question", action="store_true", help="leave the sign-word question out (default: kept)"
     )
     write.add_argument(
+        "--words-only",
+        action="store_true",
+        help="the sign-word question alone (default: every sign question)",
+    )
+    write.add_argument(
         "--negatives",
         choices=NEGATIVES,
         default="any",
@@ -144,9 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.draws < 1:
         parser.error(f"--draws {args.draws}: must be >= 1")
+    if args.words_only and args.no_word_question:
+        parser.error("--words-only keeps the sign-word question alone: not with --no-word-question")
     try:
         counts = write_sign_file(
-            args.world, args.out, args.draws, args.signs_only, not args.no_word_question, args.negatives
+            args.world,
+            args.out,
+            args.draws,
+            args.signs_only,
+            not args.no_word_question,
+            args.negatives,
+            args.words_only,
         )
     except ValueError as err:
         parser.error(str(err))

@@ -581,3 +581,32 @@ def test_plateau_finds_the_first_window_below_a_fraction_of_the_first(tmp_path, 
 
     assert plateau.main([str(tmp_path / "missing")]) == 2
     assert "no metrics.jsonl, skipped" in capsys.readouterr().err
+
+
+def test_sign_word_file_keeps_the_sign_word_question_alone_as_the_full_file_asks_it(tmp_path):
+    from moai.worlds.shapes import generate_scene, read_scenes, sign_word_question, write_world
+    from moai.worlds.signs import training_records, write_sign_file
+
+    write_world(tmp_path, scenes=12, seed=41)
+    scenes = read_scenes(tmp_path)
+    full = training_records(scenes, 2, signs_only=True)
+    words = training_records(scenes, 2, signs_only=True, words_only=True)
+    asked = [r for r in full if r["conversations"][0]["value"].endswith(sign_word_question())]
+    assert words and words == asked  # the same records, ids included (the sign-word question comes first)
+    out = tmp_path / "words.json"
+    assert (
+        signs.main(["write", "--world", str(tmp_path), "--out", str(out), "--draws", "2", "--words-only"])
+        == 0
+    )
+    assert json.loads(out.read_text()) == training_records(scenes, 2, words_only=True)
+    with pytest.raises(SystemExit):
+        signs.main(
+            ["write", "--world", str(tmp_path), "--out", str(out), "--words-only", "--no-word-question"]
+        )
+    with pytest.raises(ValueError, match="needs word_question"):
+        training_records(scenes, 2, word_question=False, words_only=True)
+    seed = next(s for s in range(100) if len(generate_scene(s, 0).signs) != 1)  # no sign-word question
+    write_world(tmp_path / "none", scenes=1, seed=seed)
+    with pytest.raises(ValueError, match="no scene with exactly one sign"):
+        write_sign_file(tmp_path / "none", tmp_path / "none.json", words_only=True)
+    assert not (tmp_path / "none.json").exists()

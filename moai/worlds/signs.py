@@ -5,7 +5,7 @@ The recipe's step 2 starts the reading of the OCR aux on these (docs/shapesworld
 ("What word is written on the sign?") where the scene has exactly one sign, the word-present question for
 every sign's word ("yes") and as many absent words ("no"; one where the scene has no sign). ``signs_only``
 keeps the scenes with a sign (every aux then holds a text, so "is there a text" answers nothing),
-``word_question=False`` leaves the sign-word question out. ``negatives`` chooses the absent words:
+``word_question=False`` leaves the sign-word question out, ``words_only=True`` keeps it alone. ``negatives`` chooses the absent words:
 
 * ``any``: SHAPESWORLD.md's, a random 3-6 letter word, most of them of another length than the sign's, which a
   model can tell without reading a letter;
@@ -44,6 +44,8 @@ SIGN_STREAM = 7
 own streams (1: conversation order, 2: `more_questions`)."""
 SIGNS_FILE = "signs.json"
 """The recipe's sign-question file, beside the world's ``train.json``."""
+SIGN_WORDS_FILE = "sign-words.json"
+"""The recipe's file of the sign-word question alone, beside ``signs.json``."""
 
 
 def negative_word(scene: Scene, rng: np.random.Generator, negatives: str = "any") -> str:
@@ -66,13 +68,15 @@ def negative_word(scene: Scene, rng: np.random.Generator, negatives: str = "any"
 
 
 def sign_questions(
-    scene: Scene, draw: int, word_question: bool = True, negatives: str = "any"
+    scene: Scene, draw: int, word_question: bool = True, negatives: str = "any", words_only: bool = False
 ) -> list[tuple[str, str]]:
     """Round ``draw`` of the scene's (question, answer) pairs about its signs (module docstring)."""
     rng = np.random.default_rng([scene.seed, scene.index, SIGN_STREAM, draw])
     pairs = []
     if word_question and len(scene.signs) == 1:
         pairs.append((sign_word_question(), scene.signs[0].word))
+    if words_only:
+        return pairs
     pairs += [(word_present_question(sign.word), "yes") for sign in scene.signs]
     pairs += [
         (word_present_question(negative_word(scene, rng, negatives)), "no")
@@ -87,10 +91,13 @@ def training_records(
     signs_only: bool = False,
     word_question: bool = True,
     negatives: str = "any",
+    words_only: bool = False,
 ) -> list[dict]:
     """One LLaVA record a question (module docstring), ids ``{scene}-sign{draw}-{k}``."""
     if draws < 1:
         raise ValueError(f"draws {draws}: must be >= 1")
+    if words_only and not word_question:
+        raise ValueError("words_only keeps the sign-word question alone: it needs word_question")
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives {negatives!r}: must be one of {', '.join(NEGATIVES)}")
     records = []
@@ -98,7 +105,8 @@ def training_records(
         if signs_only and not scene.signs:
             continue
         for draw in range(draws):
-            for k, (question, answer) in enumerate(sign_questions(scene, draw, word_question, negatives)):
+            pairs = sign_questions(scene, draw, word_question, negatives, words_only)
+            for k, (question, answer) in enumerate(pairs):
                 turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
                 records.append(
                     {"id": f"{scene.id}-sign{draw}-{k}", "image": image_path(scene), "conversations": turns}
@@ -113,13 +121,19 @@ def write_sign_file(
     signs_only: bool = False,
     word_question: bool = True,
     negatives: str = "any",
+    words_only: bool = False,
 ) -> dict[str, int]:
     """Write the training records of ``world``'s scenes to ``out`` (LLaVA JSON); returns the count of each
     answer kind (``yes``, ``no``, ``sign word``). A world that gives no question (``signs_only`` and no
     scene with a sign) is refused: a training stage cannot start on an empty file."""
-    records = training_records(read_scenes(world), draws, signs_only, word_question, negatives)
+    records = training_records(read_scenes(world), draws, signs_only, word_question, negatives, words_only)
     if not records:
-        raise ValueError(f"{world}: no scene with a sign, so no sign question to write (make more scenes)")
+        what = (
+            "with exactly one sign, so no sign-word question"
+            if words_only
+            else "with a sign, so no sign question"
+        )
+        raise ValueError(f"{world}: no scene {what} to write (make more scenes)")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records))
     counts = {a: sum(r["conversations"][1]["value"] == a for r in records) for a in ("yes", "no")}
