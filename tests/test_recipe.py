@@ -17,6 +17,7 @@ from moai.recipes.shapesworld import (
     MOAI_STAGES,
     READING_WINDOW,
     SIGN_QUESTIONS,
+    SIGN_WORDS,
     STAGES,
     TOWER,
     RecipeOptions,
@@ -35,7 +36,7 @@ from moai.recipes.shapesworld import (
 )
 from moai.recipes.shapesworld import main as shapesworld_main
 from moai.train.config import TrainConfig
-from moai.worlds.shapes import read_scenes, write_world
+from moai.worlds.shapes import read_scenes, sign_word_question, write_world
 from moai.worlds.signs import training_records
 
 
@@ -68,14 +69,16 @@ def test_majority_baseline_and_accuracy_by_hand():
     assert acc == {"existence": 50.0, "colour": 100.0, "overall": pytest.approx(200 / 3)}
 
 
-def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_path):
+def test_shipped_stage_configs_chain_base_step1_and_step2_in_four_parts(tmp_path):
     options = RecipeOptions(out=tmp_path)
     configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
-    assert [c.step for c in configs.values()] == ["base", "base", "step1", "step2", "step2", "step2"]
-    # every stage encodes the image as the shipped model was trained (in the user's turn; docs/shapesworld.md,
-    # "The image in the prompt"), the variants' step-2 config too, so that the recipe remakes that model
-    variant = TrainConfig.load(CONFIGS / "step2_dropout.yaml")
-    assert {c.image_slot for c in (*configs.values(), variant)} == {"as_written"}
+    assert [c.step for c in configs.values()] == ["base", "base", "step1", *["step2"] * 4]
+    # the base encodes the image in the user's turn as the shipped model's base was trained, the MoAI stages (the
+    # variants' step-2 config too) in the template's slot, where the engine asks (docs/shapesworld.md, "The
+    # image in the prompt"), so that the recipe remakes that model
+    variant = TrainConfig.load(CONFIGS / "step2_dropout.yaml", root=tmp_path)
+    assert {configs[s].image_slot for s in BASE_STAGES} == {"as_written"}
+    assert {c.image_slot for c in (*(configs[s] for s in MOAI_STAGES), variant)} == {"template"}
     for stage in ("base", "base2"):  # the base in two runs, the second restarting the first's schedule
         assert (
             configs[stage].aux == "none"
@@ -90,14 +93,17 @@ def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_pat
         assert configs[stage].trainable == "moai" and configs[stage].aux == "cache"
         assert configs[stage].perception_cache == str(tmp_path / "cache")
         assert configs[stage].perception_preset == "shapesworld"
-        assert configs[stage].verbalizer == "compact"
+        assert configs[stage].verbalizer == "compact-text-first"
+    # the sign word's letters go through the mixer from step2_words on (and in the dropout variant)
+    assert [configs[s].mixer_scope for s in MOAI_STAGES] == [None, None, "causal", "causal", "causal"]
+    assert variant.mixer_scope == "causal"
     step1 = configs["step1"]  # the MoAI modules of the bundled model (docs/shapesworld.md, The bundled model)
     assert step1.mixer_layers == [0, 1, 2, 3] and step1.moai_init == "fan_in"
     assert step1.compressor_query_scale == 4.0
     assert step1.compressor_passthrough is True and step1.expert_qk_init == "tied"
     # every data path lies in the run directory
     world = tmp_path / "world"
-    train, signs = str(world / "train.json"), str(world / "signs.json")
+    train, signs, words = (str(world / name) for name in ("train.json", "signs.json", "sign-words.json"))
     for stage in (*BASE_STAGES, "step1"):
         assert [d.path for d in configs[stage].data] == [train]
     # step 2: the sign questions alone, images blanked and the OCR text alone ...
@@ -108,18 +114,31 @@ def test_shipped_stage_configs_chain_base_step1_and_step2_in_three_parts(tmp_pat
         True,
         ["ps", "owod", "sgg"],
     )
-    # ... then shown, half with the OCR text alone and half with the whole aux ...
+    # ... then the sign word alone the same way ...
+    (blank_words,) = configs["step2_words"].data
+    assert (blank_words.path, blank_words.blank_images, blank_words.drop_modules) == (
+        words,
+        True,
+        ["ps", "owod", "sgg"],
+    )
+    # ... then both shown, half with the OCR text alone and half with the whole aux ...
     shown = configs["step2_shown"].data
-    assert [(d.path, d.blank_images, d.drop_modules) for d in shown] == [
-        (signs, False, ["ps", "owod", "sgg"]),
-        (signs, False, []),
+    assert [(d.path, d.image_root, d.blank_images, d.drop_modules) for d in shown] == [
+        (signs, str(world), False, ["ps", "owod", "sgg"]),
+        (words, str(world), False, ["ps", "owod", "sgg"]),
+        (signs, str(world), False, []),
+        (words, str(world), False, []),
     ]
-    # ... then beside the world's questions
+    # ... then every sign question beside the world's questions, each question a sample as the engine asks
     mixed = configs["step2"].data
     assert [(d.path, d.drop_modules, d.weight) for d in mixed] == [
         (train, [], 1.0),
-        (signs, ["ps", "owod", "sgg"], 0.5),
         (signs, [], 0.5),
+        (words, [], 0.5),
+    ]
+    assert configs["step2"].split_turns and variant.split_turns
+    assert [(d.path, d.drop_modules, d.weight) for d in variant.data] == [
+        (d.path, d.drop_modules, d.weight) for d in mixed
     ]
     assert all(isinstance(c, TrainConfig) for c in configs.values())
 
@@ -181,6 +200,9 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     written = json.loads((tmp_path / "run" / "world" / "signs.json").read_text())
     assert written and written == training_records(read_scenes(tmp_path / "run" / "world"), **SIGN_QUESTIONS)
     assert {r["conversations"][1]["value"] for r in written} == {"yes", "no"}
+    words = json.loads((tmp_path / "run" / "world" / "sign-words.json").read_text())
+    assert words == training_records(read_scenes(tmp_path / "run" / "world"), **SIGN_WORDS)
+    assert all(r["conversations"][0]["value"].endswith(sign_word_question()) for r in words)
     # each part of step 2 goes on from the one before
     for stage, previous in zip(MOAI_STAGES[1:], MOAI_STAGES):
         assert TrainConfig.load(tmp_path / "run" / stage / "config.yaml").model == str(

@@ -1,16 +1,16 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
     world (train + check sets, sign questions) -> perception cache -> vision tower -> base (two runs) -> check
-    -> MoAI step 1 -> step 2 (sign questions on blanked images -> check, then shown, then beside the world's)
-    -> check
+    -> MoAI step 1 -> step 2 (sign questions on blanked images -> check, then the sign word on blanked images,
+    then shown, then beside the world's) -> check
     -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
 pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the shipped configs
-``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_shown,step2}.yaml`` (the paper's recipe in
+``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_words,step2_shown,step2}.yaml`` (the paper's recipe in
 miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules
-trained on the frozen base in two steps, step 2 in three parts that start the reading of the OCR aux on the
-sign questions of moai/worlds/signs.py). The checks between stages stop the recipe when a stage did not
+trained on the frozen base in two steps, step 2 in four parts that start the reading of the OCR aux and the
+copy of the sign word on the sign questions of moai/worlds/signs.py). The checks between stages stop the recipe when a stage did not
 learn (measured on a check set of its own world seed, never trained on, but the second):
 
 * base: beats the majority-answer-per-template baseline on existence, colour and shape;
@@ -46,14 +46,15 @@ from ..worlds.shapes import (
     TRAIN_FILE,
     write_world,
 )
-from ..worlds.signs import SIGNS_FILE, write_sign_file
+from ..worlds.signs import SIGN_WORDS_FILE, SIGNS_FILE, write_sign_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
-STAGES = ("base", "base2", "step1", "step2_blank", "step2_shown", "step2")
+STAGES = ("base", "base2", "step1", "step2_blank", "step2_words", "step2_shown", "step2")
 """The `moai train` stages, after the tower stage (`make_tower`): the base in two runs (``base2`` restarts
-``base``'s schedule from its model), then MoAI step 1 and step 2, the latter in three parts (the sign questions
-on blanked images, then on shown ones, then beside the world's questions)."""
+``base``'s schedule from its model), then MoAI step 1 and step 2, the latter in four parts (the word-present
+questions on blanked images, the sign-word question on blanked images, then on shown ones, then every sign
+question beside the world's questions)."""
 BASE_STAGES = ("base", "base2")
 """The stages that train the base (no aux); the check runs after the last."""
 MOAI_STAGES = STAGES[len(BASE_STAGES) :]
@@ -61,6 +62,8 @@ MOAI_STAGES = STAGES[len(BASE_STAGES) :]
 SIGN_QUESTIONS = {"draws": 3, "signs_only": True, "word_question": False, "negatives": "same-length"}
 """How the recipe writes ``world/signs.json`` (`moai.worlds.signs.write_sign_file`): three rounds over the
 scenes with a sign, the word-present question only, absent words of the sign word's length."""
+SIGN_WORDS = {**SIGN_QUESTIONS, "word_question": True, "words_only": True}
+"""How the recipe writes ``world/sign-words.json``: the sign-word question alone, on the same rounds."""
 TOWER = "tower"
 """Stage 0: the vision tower pretrained on patch labels (moai/recipes/tower.py)."""
 TRAIN_SEED = 1000
@@ -357,6 +360,9 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         say(
             f"[recipe] sign questions: {counts['yes']} yes, {counts['no']} no in {out / 'world' / SIGNS_FILE}"
         )
+    if not (out / "world" / SIGN_WORDS_FILE).is_file():
+        counts = write_sign_file(out / "world", out / "world" / SIGN_WORDS_FILE, **SIGN_WORDS)
+        say(f"[recipe] sign-word questions: {counts['sign word']} in {out / 'world' / SIGN_WORDS_FILE}")
     lap("worlds")
     say(f"[recipe] perception of {options.scenes} training scenes (preset shapesworld)")
     summary = precompute(
@@ -446,6 +452,7 @@ def model_card(report: dict) -> str:
     reused = [s for s in (TOWER, *STAGES) if report.get(s, {}).get("reused")]
 
     moai = TrainConfig.load(CONFIGS / "step1.yaml")  # the MoAI modules' settings (step 2 keeps them)
+    base_slot = TrainConfig.load(CONFIGS / f"{BASE_STAGES[-1]}.yaml").image_slot
     layers = ", ".join(str(i) for i in moai.mixer_layers or [])
     lines = [
         "# moai-tiny-shapes",
@@ -460,7 +467,8 @@ def model_card(report: dict) -> str:
         f"{opts['scenes']} training scenes (world seed {TRAIN_SEED}), perception preset `shapesworld`, {moai.verbalizer} verbalizer,",
         "a vision tower pretrained on them, then `moai train` stages with the configs in",
         "moai/train/configs/shapesworld/ (the image of every training prompt placed as `image_slot:"
-        f" {moai.image_slot}`; inference puts it in the chat template's slot):",
+        f" {base_slot}` in the base, `{moai.image_slot}` in the MoAI stages; inference puts it in the chat"
+        " template's slot):",
         "",
         f"0. vision tower ({steps.get(TOWER)} steps, moai/recipes/tower.py): the kind (circle / square / triangle /",
         "   sign) and colour of the item under each patch centre, from the ground truth the world writes for training; what a",
@@ -473,10 +481,13 @@ def model_card(report: dict) -> str:
         f"   {moai.compressor_query_scale:g}, compressor passthrough {moai.compressor_passthrough}, expert query/key",
         f"   init `{moai.expert_qk_init}`);",
         f"3. MoAI step 2 ({' + '.join(str(steps.get(s)) for s in MOAI_STAGES[1:])} steps): gated mixing, compressor,",
-        "   experts and gates trained, in three parts: the sign questions of world/signs.json (moai/worlds/signs.py:",
-        "   is the word WORD written in the image?, absent words of the sign word's length) with the images blanked",
-        "   and the OCR text alone (step2_blank.yaml), then with the images shown, half with the whole aux",
-        "   (step2_shown.yaml), then the world's questions with the sign questions beside them (step2.yaml).",
+        "   experts and gates trained, in four parts: the word-present questions of world/signs.json",
+        "   (moai/worlds/signs.py: is the word WORD written in the image?, absent words of the sign word's length)",
+        "   with the images blanked and the OCR text alone (step2_blank.yaml); the sign-word question of",
+        "   world/sign-words.json (what word is written on the sign?) the same way, its letters through the mixer",
+        "   (`causal` scope from here on; step2_words.yaml); both with the images shown, half with the OCR text alone",
+        "   and half with the whole aux (step2_shown.yaml); the world's questions, one question a sample, with both",
+        "   sign files beside them (step2.yaml).",
         "",
     ]
     if reused:
