@@ -277,7 +277,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     for name, verbalizer in (
         ("v2-verbalizer", "v2"),
         ("official-verbalizer", "official"),
-        ("reference", "compact"),
+        ("reference", "compact-text-first"),
     ):
         assert AuxSettings.load(report[name]["model"]).verbalizer == verbalizer
     for stage in MOAI_STAGES:  # the variants that retrain the MoAI modules run every MoAI stage

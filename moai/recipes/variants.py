@@ -12,7 +12,8 @@ finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``
 * ``module-dropout``: ``step2_dropout.yaml`` in its place (each module's aux removed from a sample with
   probability 0.3);
 * ``official-mode``: every MoAI stage with ``compat: official`` (the official compressor and mixer behaviour,
-  so no compressor passthrough);
+  so no compressor passthrough and the ``prompt`` mixer scope, where the recipe's later parts of step 2 set
+  ``causal``);
 * ``v2-verbalizer`` / ``official-verbalizer``: every MoAI stage on the v2 / official verbalization;
 * ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base, base2/final)
   until its training time equals that of the recipe's stages together (both base runs and the MoAI stages), as
@@ -59,7 +60,7 @@ VARIANTS = (
         "official-mode",
         BASE_STAGES[-1],
         MOAI_STAGES,
-        ("compat=official", "compressor_passthrough=false"),
+        ("compat=official", "compressor_passthrough=false", "mixer_scope=prompt"),
         "MoAI-tiny trained in official mode",
     ),
     Variant("v2-verbalizer", BASE_STAGES[-1], MOAI_STAGES, ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
