@@ -12,6 +12,7 @@ from PIL import Image
 
 from moai.cli import main
 from moai.engine import DEFAULT_MODEL, Engine
+from moai.model.constants import STREAM_ANSWER, STREAM_NONE
 from moai.recipes.shapesworld import MODEL_FILES
 from moai.worlds.score import is_correct
 from moai.worlds.shapes import CATEGORIES, COLOURS, KINDS, generate, write_world
@@ -122,8 +123,25 @@ def test_the_sign_word_is_read_from_the_ocr_aux(world, engine):
     assert right > sum(is_correct(a.text, q["answer"]) for q, a in zip(words, blind))
 
 
+def test_cached_decoding_answers_as_the_whole_sequence_does(world, engine):
+    """The bundled model's mixers run in causal scope: `generate`'s `MoAICache` decode gives every fresh
+    question the answer of the whole-sequence decode, multi-token sign words included, and the sign words
+    that of an independent decode without ``generate``."""
+    assert engine.model.mixer_settings.scope == "causal"
+    questions = _questions(world)
+    images, texts = [world / q["image"] for q in questions], [q["text"] for q in questions]
+    cached = [a.text for a in engine.answer(images, texts, max_new_tokens=12)]
+    whole = [a.text for a in engine.answer(images, texts, max_new_tokens=12, use_cache=False)]
+    assert cached == whole
+    words = [i for i, t in enumerate(texts) if t.startswith("What word")]
+    assert words and any(len(cached[i]) > 1 for i in words)
+    for i in words:
+        assert cached[i] == greedy_without_cache(engine, images[i], texts[i], steps=12)
+
+
 def greedy_without_cache(engine: Engine, image: Path, question: str, steps: int) -> str:
-    """The answer by repeated full forward passes (no KV cache, no ``generate``): an independent decode."""
+    """The answer by repeated full forward passes (no KV cache, no ``generate``): an independent decode. The
+    generated tokens get the stream answer tokens had in training (3 in causal mixer scope, else 0)."""
     perception = engine.perceive([engine.perceiver.load(image)])[0]
     aux, colour_map = engine.aux_inputs(perception)
     inputs = dict(
@@ -135,13 +153,14 @@ def greedy_without_cache(engine: Engine, image: Path, question: str, steps: int)
         )
     )
     ids = []
+    stream = STREAM_ANSWER if engine.model.mixer_settings.scope == "causal" else STREAM_NONE
     with torch.no_grad():
         for _ in range(steps):
             token = engine.model(**inputs).logits[:, -1].argmax(-1)
             if int(token) == engine.processor.tokenizer.eos_token_id:
                 break
             ids.append(int(token))
-            for key, value in (("input_ids", token), ("attention_mask", 1), ("mm_token_type_ids", 0)):
+            for key, value in (("input_ids", token), ("attention_mask", 1), ("mm_token_type_ids", stream)):
                 column = torch.zeros((1, 1), dtype=inputs[key].dtype) + value
                 inputs[key] = torch.cat([inputs[key], column.to(inputs[key].dtype)], dim=1)
     return engine.processor.decode(ids, skip_special_tokens=True).strip()

@@ -6,6 +6,7 @@ from conftest import AUX, QUESTIONS, random_images, randomize_zero_inits, select
 from transformers import DynamicCache, LlamaModel
 
 from moai import MoAIConfig, MoAIForConditionalGeneration
+from moai.model.cache import MoAICache
 from moai.model.modeling import MoAIModel
 
 
@@ -37,14 +38,23 @@ def test_kv_cache_equals_no_cache(batch4):
     assert cached.tolist() == uncached.tolist()
 
 
-def test_causal_scope_generation_equals_the_training_forward(batch4):
-    """In causal scope the answer tokens are in the mixer in training (stream 3): the logits of every greedy
-    step must be those of the forward pass over prompt + generated tokens with those streams."""
-    model = tiny_model(seed=1, scope="causal")
-    with torch.no_grad():  # experts strong enough that the answer tokens' mixing shows in the logits
+def causal_model(seed: int = 1, dtype: torch.dtype = torch.float32) -> MoAIForConditionalGeneration:
+    """A tiny model in causal mixer scope whose experts are strong enough that the answer tokens' mixing
+    shows in the logits."""
+    model = tiny_model(seed=seed, scope="causal")
+    with torch.no_grad():
         for name, module in model.named_modules():
             if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
                 module.weight.mul_(50)
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["moai-cache", "no-cache"])
+def test_causal_scope_generation_equals_the_training_forward(batch4, use_cache):
+    """In causal scope the answer tokens are in the mixer in training (stream 3): the logits of every greedy
+    step must be those of the forward pass over prompt + generated tokens with those streams, decoded with
+    the `MoAICache` (aux tokens and mixer states kept) or without a cache."""
+    model = causal_model()
     width, new = batch4["input_ids"].shape[1], 5
     with torch.no_grad():
         out = model.generate(
@@ -54,7 +64,9 @@ def test_causal_scope_generation_equals_the_training_forward(batch4):
             do_sample=False,
             return_dict_in_generate=True,
             output_logits=True,
+            use_cache=use_cache,
         )
+    assert isinstance(out.cache, MoAICache) if use_cache else out.cache is None
     generated = out.sequences[:, width:]  # [B, new]
     steps = torch.stack(out.logits, dim=1)  # [B, new, V]: the logits each step chose from
     full = dict(batch4)
@@ -71,11 +83,85 @@ def test_causal_scope_generation_equals_the_training_forward(batch4):
         with torch.no_grad():
             logits = model(**full).logits[:, width - 1 : -1]  # [B, new, V]
         gap[stream] = (logits - steps).abs().max().item()
-    # measured: 1.5e-7 with the training streams (fp32 reduction order), 2e-4 had the answer tokens been left
-    # out of the mixer (what a KV-cached decode did): the bound sits ~30x from each
+    # measured: 1.5e-7 (no cache) and 1.6e-7 (MoAICache) with the training streams (fp32 reduction order),
+    # 2e-4 had the answer tokens been left out of the mixer (a plain KV cache's decode): ~30x from each
     assert gap[3] < 5e-6 < gap[0]
-    with pytest.raises(ValueError, match="causal scope decodes without a KV cache"):
+    with pytest.raises(ValueError, match="causal scope makes its own cache"):
         model.generate(**batch4, max_new_tokens=2, cache=DynamicCache(config=model.config.text_config))
+
+
+def test_causal_scope_cache_equals_no_cache_in_float64(batch4):
+    """In float64 (no kernel-dependent fp32 rounding) the `MoAICache` decode equals the whole-sequence one:
+    greedy tokens and every step's logits to 1e-12, beam search (the cache reordered) token for token, and
+    a batch with a text-only sample (its tokens outside the mixer) the same."""
+    model = causal_model(dtype=torch.float64)
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch4.items()}
+    ids = batch["input_ids"].clone()
+    ids[1][ids[1] == model.config.image_token_id] = 5  # sample 1 is text only
+    mixed = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    mixed.update(input_ids=ids, pixel_values=batch["pixel_values"][[0, 2, 3]])
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    logged = dict(return_dict_in_generate=True, output_logits=True)
+    for inputs in (batch, mixed):
+        with torch.no_grad():
+            cached = model.generate(**inputs, **greedy, **logged)
+            whole = model.generate(**inputs, **greedy, **logged, use_cache=False)
+        assert cached.sequences.tolist() == whole.sequences.tolist()
+        gap = (torch.stack(cached.logits) - torch.stack(whole.logits)).abs().max().item()
+        assert gap < 1e-12  # measured 0.0; fp64 rounding of a reordered sum is ~1e-16 of the logits' ~1
+    with torch.no_grad():
+        beams = model.generate(**batch, max_new_tokens=5, num_beams=3, do_sample=False)
+        beams_whole = model.generate(**batch, max_new_tokens=5, num_beams=3, do_sample=False, use_cache=False)
+    assert beams.tolist() == beams_whole.tolist()
+
+
+def test_moai_cache_selects_and_crops_the_mixer_states_with_the_keys(batch4):
+    """`MoAICache.batch_select_indices` and `crop` act on the aux tokens and the mixers' states as on the
+    keys and values: a decode step after them equals the same step run on the selected / shorter sequence."""
+    model = causal_model(dtype=torch.float64)
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch4.items()}
+    cache = MoAICache(config=model.config.text_config)
+    mask, streams = batch["attention_mask"], batch["mm_token_type_ids"]
+
+    def step(token: torch.Tensor, cache: MoAICache, mask: torch.Tensor, streams: torch.Tensor):
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        streams = torch.cat([streams, torch.full_like(token, 3)], dim=1)  # the answer stream
+        out = model(
+            input_ids=token, attention_mask=mask, mm_token_type_ids=streams, cache=cache, use_cache=True
+        )
+        return out.logits[:, -1], mask, streams
+
+    with torch.no_grad():
+        logits = model(**batch, cache=cache, use_cache=True).logits[:, -1]
+        assert cache.holds_mixer_states and cache.decoded == 0
+        history = []
+        for _ in range(3):
+            token = logits.argmax(-1, keepdim=True)  # [B, 1]
+            history.append((token, mask, streams))
+            logits, mask, streams = step(token, cache, mask, streams)
+        assert cache.decoded == 3
+        cache.crop(-1)  # the last token out: its step again gives the same logits
+        token, before_mask, before_streams = history[-1]
+        again, _, _ = step(token, cache, before_mask, before_streams)
+        torch.testing.assert_close(again, logits, atol=1e-12, rtol=0)
+        cache.batch_select_indices(torch.tensor([2, 0]))
+        assert cache.aux.shape[0] == 2 and all(m.language.shape[0] == 2 for m in cache.mixers.values())
+        cache.crop(-1)
+        picked, _, _ = step(token[[2, 0]], cache, before_mask[[2, 0]], before_streams[[2, 0]])
+        torch.testing.assert_close(picked, logits[[2, 0]], atol=1e-12, rtol=0)
+        with pytest.raises(ValueError, match="only 3 decoded"):
+            cache.crop(-4)
+        assert cache.get_seq_length() == batch["input_ids"].shape[1] + 3  # nothing cropped
+
+
+def test_causal_scope_refuses_what_its_cache_cannot_follow(batch4):
+    """A static cache keeps no mixer states and assisted decoding verifies candidates outside the answer
+    stream: both are one-line errors in causal scope (the prompt scope runs them, test_hf_conformance)."""
+    model = causal_model()
+    with pytest.raises(ValueError, match="cache_implementation='static'"):
+        model.generate(**batch4, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="assisted generation"):
+        model.generate(**batch4, max_new_tokens=2, prompt_lookup_num_tokens=2)
 
 
 def test_save_load_round_trip(tmp_path, batch4):

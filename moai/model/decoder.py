@@ -38,7 +38,7 @@ from transformers.utils.generic import TransformersKwargs, merge_with_config_def
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration import MoAIMixerConfig, PLoRAConfig
-from .mixer import ExpertAttention, MixerInputs, MoAIMixer
+from .mixer import ExpertAttention, MixerInputs, MixerMemory, MoAIMixer
 from .plora import PLoRAFactor, PLoRALinear, plora_down
 
 
@@ -184,6 +184,8 @@ class MoAIDecoderLayer(GradientCheckpointingLayer):
         # un-mixed input (the official behaviour, docs/model.md §6) unless the mixer is `into_residual`
         gate_weights = None
         if self.mixer is not None and mixer_inputs is not None:
+            memory = mixer_inputs.memory  # causal scope, cached generation: the earlier tokens' states
+            past = None if memory is None else memory.get(self.layer_idx)
             mixed, gate_weights = self.mixer(
                 hidden_states,
                 mixer_inputs.streams,
@@ -191,7 +193,14 @@ class MoAIDecoderLayer(GradientCheckpointingLayer):
                 settings=mixer_inputs.settings,
                 choice=mixer_inputs.choices.get(self.layer_idx),
                 aux_keep=mixer_inputs.aux_keep,
+                past=past,
             )
+            if memory is not None:
+                memory[self.layer_idx] = (
+                    MixerMemory.of_prefill(hidden_states, mixer_inputs.streams)
+                    if past is None
+                    else past.extended(hidden_states, mixer_inputs.streams)
+                )
             if self.mixer.into_residual:
                 residual = residual + (mixed - hidden_states)
             hidden_states = mixed

@@ -174,6 +174,10 @@ class MixerInputs:
     aux_keep: torch.Tensor | None = None
     """[B, A] True where an aux token is real: set when the compressor passes padded aux tokens through
     (`MoAICompressorConfig.passthrough`); None when every aux token is real (the latents)."""
+    memory: dict[int, MixerMemory] | None = None
+    """Per mixer layer, the states of the tokens before this chunk (`MixerMemory`), kept by a `MoAICache`
+    for the decode steps of ``causal`` scope; None outside it. Each mixer layer reads its entry and writes
+    the entry extended by this chunk."""
 
 
 class LowRankLinear(nn.Sequential):
@@ -252,6 +256,56 @@ class Stream:
         return x.scatter(1, idx, values)
 
 
+@dataclass
+class MixerMemory:
+    """What one mixer layer keeps of the tokens already run, for the decode steps of ``causal`` scope
+    (docs/model.md §8): the pre-mix normalised states the new language tokens attend to. Image tokens are
+    all in the prefill and see only prompt language tokens, so nothing later changes them; a new answer
+    token reads the image stream (L_IMG) and every earlier language token (L_SELF)."""
+
+    image: torch.Tensor
+    """[B, Ni, D] the image stream, gathered at prefill (padding slots as the mixer gathered them)."""
+    image_valid: torch.Tensor
+    """[B, Ni] True at a real image token."""
+    language: torch.Tensor
+    """[B, Nl, D] the language stream so far: the prefill's gathered stream, then each decode chunk whole."""
+    language_valid: torch.Tensor
+    """[B, Nl] True at a language-stream token (padding slots and tokens outside the stream are False)."""
+
+    @classmethod
+    def of_prefill(cls, hidden: torch.Tensor, streams: torch.Tensor) -> MixerMemory:
+        """The memory after a prefill: hidden [B, S, D] normalised states, streams [B, S] (causal scope)."""
+        img = Stream.from_mask(streams == STREAM_IMAGE)
+        lang = Stream.from_mask(_language_mask(streams, causal=True))
+        return cls(img.gather(hidden), img.valid, lang.gather(hidden), lang.valid)
+
+    def extended(self, hidden: torch.Tensor, streams: torch.Tensor) -> MixerMemory:
+        """This memory with a decode chunk appended: hidden [B, S, D], streams [B, S] (no image token)."""
+        lang = _language_mask(streams, causal=True)  # [B, S]
+        return MixerMemory(
+            self.image,
+            self.image_valid,
+            torch.cat([self.language, hidden], dim=1),  # [B, Nl + S, D]
+            torch.cat([self.language_valid, lang], dim=1),  # [B, Nl + S]
+        )
+
+    def select(self, index: torch.Tensor) -> MixerMemory:
+        """The memory of the samples ``index`` [B'] (beam reordering, batch selection, repetition)."""
+        return MixerMemory(*(t.index_select(0, index.to(t.device)) for t in dataclasses.astuple(self)))
+
+    def cropped(self, tokens: int) -> MixerMemory:
+        """The memory without its last ``tokens`` decoded tokens (assisted decoding's rejected candidates)."""
+        return MixerMemory(
+            self.image, self.image_valid, self.language[:, :-tokens], self.language_valid[:, :-tokens]
+        )
+
+
+def _language_mask(streams: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[B, S] True at the language stream's tokens: prompt tokens, and answer tokens in ``causal`` scope."""
+    prompt = streams == STREAM_PROMPT
+    return (prompt | (streams == STREAM_ANSWER)) if causal else prompt
+
+
 class MoAIMixer(nn.Module):
     """Six experts + two gates for one decoder layer (paper §3, MoAI-Mixer).
 
@@ -285,6 +339,7 @@ class MoAIMixer(nn.Module):
         settings: MixerSettings,
         choice: tuple[int, int] | None = None,
         aux_keep: torch.Tensor | None = None,
+        past: MixerMemory | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix one layer's normalised states.
 
@@ -297,16 +352,21 @@ class MoAIMixer(nn.Module):
             choice: step-1 expert indices (image, language), required in ``sample`` mode (0 aux, 1 cross-modal,
                 2 self); drawn before the decoder runs (`MixerSettings.draw_experts`), so that a
                 gradient-checkpointing recompute reuses the draw.
+            past: the states of the tokens before this chunk (``causal`` scope, a decode step of a cached
+                generation; `MixerMemory`): the chunk's language tokens attend to them as to the earlier
+                tokens of one whole sequence.
 
         Returns:
             (mixed hidden [B, S, D], gate weights [B, S, 3]; image positions hold the weights of
             (I_AUX, I_LANG, I_SELF), language positions those of (L_AUX, L_IMG, L_SELF), others zero).
         """
+        if past is not None:
+            return self._decode(hidden, streams, aux, aux_keep, settings, past)
         mode = settings.mode
         causal = settings.scope == "causal"
         img_mask = streams == STREAM_IMAGE
         prompt_mask = streams == STREAM_PROMPT
-        lang_mask = (prompt_mask | (streams == STREAM_ANSWER)) if causal else prompt_mask
+        lang_mask = _language_mask(streams, causal)
         img, lang = Stream.from_mask(img_mask), Stream.from_mask(lang_mask)
         h_img, h_lang = img.gather(hidden), lang.gather(hidden)  # [B, Ni, D], [B, Nl, D]
 
@@ -358,6 +418,42 @@ class MoAIMixer(nn.Module):
         weights = hidden.new_zeros(*hidden.shape[:2], k)
         weights = lang.scatter(img.scatter(weights, w_img), w_lang)
         return out, weights
+
+    def _decode(
+        self,
+        hidden: torch.Tensor,
+        streams: torch.Tensor,
+        aux: torch.Tensor,
+        aux_keep: torch.Tensor | None,
+        settings: MixerSettings,
+        past: MixerMemory,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decode chunk in ``causal`` scope: its language tokens mixed as `forward` mixes them in the whole
+        sequence, their keys the image stream and the language stream of ``past`` followed by the chunk's own
+        language tokens up to each query (causal). A chunk has no image token: images are in the prefill."""
+        if settings.scope != "causal" or settings.mode == "sample":
+            raise ValueError("a mixer memory serves the gated decode steps of causal scope only")
+        if bool((streams == STREAM_IMAGE).any()):
+            raise ValueError(
+                "image tokens after the prefill: a mixer memory holds the image stream of the prefill"
+            )
+        chunk_lang = _language_mask(streams, causal=True)  # [B, S]
+        lang = Stream.from_mask(chunk_lang)
+        h_lang = lang.gather(hidden)  # [B, Nq, D]
+        span = torch.arange(hidden.shape[1], device=hidden.device)
+        sees_chunk = (span[None, None, :] <= lang.index[..., None]) & chunk_lang[:, None, :]  # [B, Nq, S]
+        sees_past = past.language_valid[:, None, :].expand(-1, lang.index.shape[1], -1)  # [B, Nq, Nl]
+        lang_self = torch.cat([sees_past, sees_chunk], dim=-1)  # [B, Nq, Nl + S]
+        keys = torch.cat([past.language, hidden], dim=1)  # [B, Nl + S, D]
+        img_keys = past.image_valid[:, None, :] if self.expert_padding_mask else None  # [B, 1, Ni]
+        aux_keys = None if aux_keep is None else aux_keep[:, None, :]  # [B, 1, A]
+        inputs = ((aux, aux_keys), (past.image, img_keys), (keys, lang_self))
+        bias = settings.gate_bias
+        k = EXPERTS_PER_STREAM
+        w_lang = self._gate(self.gate_lang, h_lang, settings, bias and bias[k:])
+        mix_lang = self._combine(h_lang, w_lang, [getattr(self, n) for n in LANGUAGE_EXPERTS], inputs)
+        weights = lang.scatter(hidden.new_zeros(*hidden.shape[:2], k), w_lang)
+        return lang.scatter(hidden, mix_lang), weights
 
     @staticmethod
     def _gate(

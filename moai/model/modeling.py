@@ -17,6 +17,7 @@ Shapes: B batch, S text sequence (image tokens expanded), N image tokens, T aux 
 tokens, D hidden, V vocabulary, H heads, E head width, n image tokens in the batch.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Unpack
 
@@ -28,16 +29,19 @@ from transformers import (
     AutoModel,
     AutoModelForImageTextToText,
     CLIPVisionModel,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
 )
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMode
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import TransformersKwargs, can_return_tuple
 
+from .cache import MoAICache
 from .compressor import MoAICompressor
 from .configuration import MoAICompressorConfig, MoAIConfig, MoAIMixerConfig, PLoRAConfig
 from .constants import IGNORE_INDEX, STREAM_ANSWER, STREAM_IMAGE, STREAM_NONE
@@ -318,6 +322,28 @@ class MoAIModel(MoAIPreTrainedModel):
         settings = self.mixer_settings if mixer_mode is None else self.mixer_settings.replace(mode=mixer_mode)
         return MixerInputs(streams, compressed, settings, settings.draw_experts(layers), aux_keep)
 
+    def _remember_prefill(self, mixer_inputs: MixerInputs, cache: MoAICache) -> MixerInputs:
+        """A prefill into a `MoAICache` in ``causal`` scope keeps the compressed aux tokens, and every mixer
+        layer its states (`MixerMemory`), for the decode steps; in another scope the cache keeps nothing."""
+        if mixer_inputs.settings.scope != "causal" or mixer_inputs.settings.mode == "sample":
+            return mixer_inputs
+        cache.remember_aux(mixer_inputs.aux, mixer_inputs.aux_keep)
+        return dataclasses.replace(mixer_inputs, memory=cache.mixers)
+
+    def _decode_mixer_inputs(self, streams: torch.Tensor, cache: MoAICache) -> MixerInputs:
+        """A decode step after a `_remember_prefill`: the chunk's tokens of the language stream (the answer
+        tokens generate marks, stream 3) are mixed against the cache's aux tokens and mixer states; every
+        chunk extends the states, its tokens outside the stream as padding, so that `MoAICache.crop` can cut
+        them by count."""
+        settings = self.mixer_settings
+        if settings.scope != "causal" or settings.mode == "sample":
+            raise ValueError(
+                "cache: its mixer states were kept for causal-scope decoding; the mixers are now "
+                f"scope={settings.scope!r}, mode={settings.mode!r}"
+            )
+        cache.decoded += streams.shape[1]
+        return MixerInputs(streams, cache.aux, settings, {}, cache.aux_keep, memory=cache.mixers)
+
     # -- forward ---------------------------------------------------------------------------------
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -354,7 +380,9 @@ class MoAIModel(MoAIPreTrainedModel):
             mm_token_type_ids.shape[1] != seq
         ):  # e.g. assisted decoding's candidates: newer tokens are stream 0
             mm_token_type_ids = fit_streams(mm_token_type_ids, seq)
-        if pixel_values is None and aux_input_ids is None and aux_embeds is None:
+        no_inputs = pixel_values is None and aux_input_ids is None and aux_embeds is None
+        decoding = no_inputs and isinstance(cache, MoAICache) and cache.holds_mixer_states and past_length > 0
+        if no_inputs and not decoding:
             # neither an image nor aux knowledge: the plain LLM (decode steps, a continued cache, text only,
             # or <image> tokens without their inputs, as an assistant model in assisted decoding sees them)
             if not torch.compiler.is_compiling() and bool((mm_token_type_ids != STREAM_NONE).any()):
@@ -375,16 +403,22 @@ class MoAIModel(MoAIPreTrainedModel):
                 input_ids, inputs_embeds, pixel_values, **vision_kwargs
             )
 
-        # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values
-        mixer_inputs = self._mixer_inputs(
-            mm_token_type_ids,
-            aux_input_ids,
-            aux_attention_mask,
-            aux_pixel_values,
-            aux_embeds,
-            inputs_embeds.dtype,
-            mixer_mode,
-        )
+        # 2. aux tokens (verbalization + panoptic map) -> MoAI-Compressor -> the mixers' keys and values; a
+        # decode step of causal scope takes them, and the earlier tokens' mixer states, from its MoAICache
+        if decoding:
+            mixer_inputs = self._decode_mixer_inputs(mm_token_type_ids, cache)
+        else:
+            mixer_inputs = self._mixer_inputs(
+                mm_token_type_ids,
+                aux_input_ids,
+                aux_attention_mask,
+                aux_pixel_values,
+                aux_embeds,
+                inputs_embeds.dtype,
+                mixer_mode,
+            )
+            if isinstance(cache, MoAICache) and mixer_inputs is not None and past_length == 0:
+                mixer_inputs = self._remember_prefill(mixer_inputs, cache)
 
         # 3. RoPE positions: from the mask (left padding) unless official (0..S-1, docs/model.md §8)
         padding_mask = attention_mask is not None and attention_mask.ndim == 2  # not a custom 4-D mask
@@ -694,16 +728,18 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
         needs neither the image nor the aux inputs again: the tokens after the cache are stream 0 too.
 
         With mixers in ``causal`` scope the answer tokens were in the mixer's language stream in training, so
-        generated tokens join it here too (stream 3, `_update_model_kwargs_for_generation`); a KV cache does not
-        keep the mixer's streams, so such a model decodes without one (each step runs the whole sequence).
+        generated tokens join it here too (stream 3, `_update_model_kwargs_for_generation`), and the KV cache is
+        a `MoAICache`, which also keeps the compressed aux tokens and the mixers' states of the tokens already
+        run (`_prepare_cache_for_generation`); with ``use_cache=False`` each step runs the whole sequence. Either
+        way each step's logits are those of the training forward over prompt and answer (docs/model.md §8).
+        Such a model starts every call from its prompt: a cache passed in is an error.
         """
         if self._decodes_in_causal_scope():
             if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
                 raise ValueError(
-                    "cache: a model whose mixers run in causal scope decodes without a KV cache; "
-                    "set the prompt scope (model.set_mixer(scope='prompt')) to continue a cache"
+                    "cache: a model whose mixers run in causal scope makes its own cache in generate and cannot "
+                    "continue one; set the prompt scope (model.set_mixer(scope='prompt')) to continue a cache"
                 )
-            kwargs["use_cache"] = False
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             past_length = cache.get_seq_length() if isinstance(cache, Cache) else 0
@@ -714,6 +750,38 @@ class MoAIForConditionalGeneration(MoAIPreTrainedModel, GenerationMixin):
 
     def _decodes_in_causal_scope(self) -> bool:
         return self.mixer_settings.scope == "causal" and bool(self.language_model.mixer_layers)
+
+    def _prepare_cache_for_generation(
+        self,
+        generation_config: GenerationConfig,
+        model_kwargs: dict[str, Any],
+        generation_mode: GenerationMode,
+        batch_size: int,
+        max_cache_length: int,
+    ) -> None:
+        """transformers' cache for ``generate``; in ``causal`` mixer scope a `MoAICache` in place of the
+        dynamic one (the mixers' states must be kept too); another cache implementation, and assisted
+        generation (its candidate tokens are verified outside the answer stream), are errors there."""
+        if self._decodes_in_causal_scope() and generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                "assisted generation (assistant_model, prompt_lookup_num_tokens): a model whose mixers run in "
+                "causal scope mixes every answer token, which the candidate tokens skip; decode without it"
+            )
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        cache = model_kwargs.get("cache")
+        if cache is None or not self._decodes_in_causal_scope() or isinstance(cache, MoAICache):
+            return
+        implementation = generation_config.cache_implementation
+        if type(cache) is not DynamicCache:
+            raise ValueError(
+                f"cache_implementation={implementation!r}: a model whose mixers run in causal scope decodes "
+                "with its dynamic MoAICache or without a cache (use_cache=False)"
+            )
+        model_kwargs["cache"] = MoAICache(
+            config=self.config.get_text_config(decoder=True), offloading=implementation == "offloaded"
+        )
 
     def _update_model_kwargs_for_generation(
         self,
