@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/parity_noise.py
 	$(BIN)/python bench/infer_threads.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/causal_decode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -64,7 +64,7 @@ class MoAICache(DynamicCache):
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         if self.aux is not None:
-            self._select(torch.arange(self.aux.shape[0]).repeat_interleave(repeats))
+            self._select(torch.arange(self.aux.shape[0], device=self.aux.device).repeat_interleave(repeats))
 
     def crop(self, tokens_to_remove: int) -> None:
         """transformers' `crop` (``tokens_to_remove`` < 0: that many of the last tokens out), the mixers'
