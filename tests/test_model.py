@@ -38,14 +38,20 @@ def test_kv_cache_equals_no_cache(batch4):
     assert cached.tolist() == uncached.tolist()
 
 
+def strengthen_experts(model: MoAIForConditionalGeneration, factor: float = 50.0) -> None:
+    """Scale every expert's last output factor (zero-initialised, randomised by `randomize_zero_inits`) by
+    ``factor``, so that what the mixers read shows in the logits."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
+                module.weight.mul_(factor)
+
+
 def causal_model(seed: int = 1, dtype: torch.dtype = torch.float32) -> MoAIForConditionalGeneration:
     """A tiny model in causal mixer scope whose experts are strong enough that the answer tokens' mixing
     shows in the logits."""
     model = tiny_model(seed=seed, scope="causal")
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
-                module.weight.mul_(50)
+    strengthen_experts(model)
     return model.to(dtype)
 
 
@@ -199,9 +205,7 @@ def test_into_residual_sends_the_mixers_change_past_the_attention(processor, int
         for i in text_model.mixer_layers:
             for weight in text_model.layers[i].self_attn.o_proj.parameters():
                 weight.zero_()
-        for name, module in model.named_modules():  # experts strong enough that the aux shows in the logits
-            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
-                module.weight.mul_(50)
+    strengthen_experts(model)  # experts strong enough that the aux shows in the logits
     images, maps = random_images(4), random_images(4, seed=1, size=(112, 112))
     own = processor(images=images, text=QUESTIONS, aux_text=AUX, aux_images=maps, return_tensors="pt")
     other = processor(
@@ -591,10 +595,7 @@ def test_passthrough_compressor_hands_every_real_aux_token_to_the_experts(batch4
     config.compressor_config.passthrough = True
     model = MoAIForConditionalGeneration(config).eval()
     randomize_zero_inits(model, 0)
-    with torch.no_grad():  # experts strong enough that what they read shows in the logits
-        for name, module in model.named_modules():
-            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
-                module.weight.mul_(50)
+    strengthen_experts(model)  # experts strong enough that what they read shows in the logits
     compressor = model.model.compressor
     assert compressor.latents is None and len(compressor.layers) == 0
     assert not any(".compressor.latents" in name for name, _ in model.named_parameters())
@@ -630,10 +631,7 @@ def test_aux_encoder_gives_each_aux_token_its_context_and_keeps_padding_out(batc
     config.compressor_config.aux_position_embeddings = True  # order is in the positions
     model = MoAIForConditionalGeneration(config).eval()
     randomize_zero_inits(model, 0)
-    with torch.no_grad():  # experts strong enough that what they read shows in the logits
-        for name, module in model.named_modules():
-            if ".moai_mixer." in name and getattr(module, "_moai_zero_init", False):
-                module.weight.mul_(50)
+    strengthen_experts(model)  # experts strong enough that what they read shows in the logits
     compressor = model.model.compressor
     assert len(compressor.encoder) == 2 and compressor.latents is None
     dim = config.text_config.hidden_size

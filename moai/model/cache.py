@@ -30,12 +30,17 @@ class MoAICache(DynamicCache):
         """[B, A] True at a real aux token (a passthrough compressor's padding), or None (all real)."""
         self.mixers: dict[int, MixerMemory] = {}
         """Per mixer layer index, the states its decode steps attend to."""
-        self.decoded = 0
-        """Tokens appended after the prefill (the most `crop` can remove from the mixers' memory)."""
+        self.prefill_length = 0
+        """Tokens of the prefill that filled the mixers' memory."""
 
-    def remember_aux(self, aux: torch.Tensor, aux_keep: torch.Tensor | None) -> None:
-        """Keep the prefill's compressed aux tokens for the decode steps."""
-        self.aux, self.aux_keep, self.mixers, self.decoded = aux, aux_keep, {}, 0
+    def remember_aux(self, aux: torch.Tensor | None, aux_keep: torch.Tensor | None, length: int = 0) -> None:
+        """Keep the compressed aux tokens of a prefill of ``length`` tokens for the decode steps."""
+        self.aux, self.aux_keep, self.mixers, self.prefill_length = aux, aux_keep, {}, length
+
+    @property
+    def decoded(self) -> int:
+        """Tokens run after the prefill (the most `crop` can remove from the mixers' memory)."""
+        return self.get_seq_length() - self.prefill_length if self.holds_mixer_states else 0
 
     @property
     def holds_mixer_states(self) -> bool:
@@ -78,4 +83,3 @@ class MoAICache(DynamicCache):
         super().crop(tokens_to_remove)
         if removed and self.holds_mixer_states:
             self.mixers = {layer: memory.cropped(removed) for layer, memory in self.mixers.items()}
-            self.decoded -= removed

@@ -135,6 +135,12 @@ class MixerSettings:
             scope=config.scope,
         )
 
+    @property
+    def decodes_with_memory(self) -> bool:
+        """Whether cached decode steps mix their tokens against a `MixerMemory`: the gated (or top-k) mixing
+        of ``causal`` scope, where answer tokens are in the language stream."""
+        return self.scope == "causal" and self.mode != "sample"
+
     def replace(self, **changes: Any) -> MixerSettings:
         """A copy with ``changes`` applied (validated); an unknown name is a ValueError naming it."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -431,7 +437,7 @@ class MoAIMixer(nn.Module):
         """A decode chunk in ``causal`` scope: its language tokens mixed as `forward` mixes them in the whole
         sequence, their keys the image stream and the language stream of ``past`` followed by the chunk's own
         language tokens up to each query (causal). A chunk has no image token: images are in the prefill."""
-        if settings.scope != "causal" or settings.mode == "sample":
+        if not settings.decodes_with_memory:
             raise ValueError("a mixer memory serves the gated decode steps of causal scope only")
         if bool((streams == STREAM_IMAGE).any()):
             raise ValueError(

@@ -325,9 +325,9 @@ class MoAIModel(MoAIPreTrainedModel):
     def _remember_prefill(self, mixer_inputs: MixerInputs, cache: MoAICache) -> MixerInputs:
         """A prefill into a `MoAICache` in ``causal`` scope keeps the compressed aux tokens, and every mixer
         layer its states (`MixerMemory`), for the decode steps; in another scope the cache keeps nothing."""
-        if mixer_inputs.settings.scope != "causal" or mixer_inputs.settings.mode == "sample":
+        if not mixer_inputs.settings.decodes_with_memory:
             return mixer_inputs
-        cache.remember_aux(mixer_inputs.aux, mixer_inputs.aux_keep)
+        cache.remember_aux(mixer_inputs.aux, mixer_inputs.aux_keep, mixer_inputs.streams.shape[1])
         return dataclasses.replace(mixer_inputs, memory=cache.mixers)
 
     def _decode_mixer_inputs(self, streams: torch.Tensor, cache: MoAICache) -> MixerInputs:
@@ -336,12 +336,11 @@ class MoAIModel(MoAIPreTrainedModel):
         chunk extends the states, its tokens outside the stream as padding, so that `MoAICache.crop` can cut
         them by count."""
         settings = self.mixer_settings
-        if settings.scope != "causal" or settings.mode == "sample":
+        if not settings.decodes_with_memory:
             raise ValueError(
                 "cache: its mixer states were kept for causal-scope decoding; the mixers are now "
                 f"scope={settings.scope!r}, mode={settings.mode!r}"
             )
-        cache.decoded += streams.shape[1]
         return MixerInputs(streams, cache.aux, settings, {}, cache.aux_keep, memory=cache.mixers)
 
     # -- forward ---------------------------------------------------------------------------------
