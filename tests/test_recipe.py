@@ -251,6 +251,28 @@ def test_a_world_of_another_size_is_made_again_not_reused(tmp_path):
     assert any("world: 3 scenes" in line and "4 asked: made again" in line for line in lines)
 
 
+def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_gone(tmp_path):
+    """The base-equal-compute variant's steps come from each stage's summary.json, else from recipe.json."""
+    from moai.recipes import variants
+
+    seconds = {"base": 100.0, "base2": 100.0, **{s: 30.0 for s in MOAI_STAGES}}
+    steps = {"base": 300, "base2": 100}
+    report = {s: {"summary": {"steps": steps.get(s, 10), "seconds": t}} for s, t in seconds.items()}
+    (tmp_path / "recipe.json").write_text(json.dumps(report))
+    moai = 30.0 * len(MOAI_STAGES)
+    assert variants.equal_compute_steps(tmp_path) == round(400 * moai / 200)
+    (tmp_path / "base").mkdir()  # a stage's own summary comes first
+    (tmp_path / "base" / "summary.json").write_text(json.dumps({"steps": 300, "seconds": 300.0}))
+    assert variants.equal_compute_steps(tmp_path) == round(400 * moai / 400)
+    del report["step2"]
+    (tmp_path / "recipe.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="no summary of stage step2"):
+        variants.equal_compute_steps(tmp_path)
+    # only the selected variants' start models are required
+    with pytest.raises(ValueError, match="no base2/final model"):
+        variants.train_variants(tmp_path, ["base-equal-compute"], say=lambda _m: None)
+
+
 def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_path):
     """Every trained variant of the ablation for two steps on a miniature recipe run, then the ablation with them."""
     from moai.perception.settings import AuxSettings

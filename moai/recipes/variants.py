@@ -78,17 +78,26 @@ NAMES = tuple(v.name for v in VARIANTS)
 STEP2_STAGES = ("step2", "step2_dropout")
 
 
-def _seconds(run: Path) -> float:
-    return float(json.loads((run / "summary.json").read_text())["seconds"])
+def _summary(recipe: Path, stage: str) -> dict:
+    """The training summary of one recipe stage: its ``summary.json``, else the copy the recipe keeps in
+    ``recipe.json`` (the only record left where the stage's run directory is gone)."""
+    path = recipe / stage / "summary.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    index = recipe / "recipe.json"
+    report = json.loads(index.read_text()) if index.is_file() else {}
+    if "summary" not in report.get(stage, {}):
+        raise ValueError(f"recipe run {recipe}: no summary of stage {stage} ({path} nor {index})")
+    return report[stage]["summary"]
 
 
 def equal_compute_steps(recipe: Path) -> int:
     """More base steps so that the base's training time equals the recipe run's base (both runs) + the MoAI
-    stages: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each
-    ``summary.json``)."""
-    runs = [json.loads((recipe / stage / "summary.json").read_text()) for stage in BASE_STAGES]
+    stages: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each stage's
+    summary)."""
+    runs = [_summary(recipe, stage) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    moai = sum(_seconds(recipe / stage) for stage in MOAI_STAGES)
+    moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in MOAI_STAGES)
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
 
@@ -127,7 +136,7 @@ def train_variants(
     from ..train.loop import train
     from ..train.plot import plot_run
 
-    for stage in (BASE_STAGES[-1], MOAI_STAGES[-2]):
+    for stage in sorted({v.start for v in VARIANTS if v.name in names}):
         if not (recipe / stage / "final" / "config.json").is_file():
             raise ValueError(
                 f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"
