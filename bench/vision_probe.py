@@ -47,6 +47,27 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, train: int, steps: int = 400)
         return 100 * (linear(x[train:]).argmax(-1) == y[train:]).float().mean().item()
 
 
+def order_probe(
+    x: torch.Tensor, centre: torch.Tensor, scene: torch.Tensor, train: int, margin: float
+) -> float:
+    """Held-out accuracy (%) of a least-squares linear regression from x [N, F] to the centre coordinate
+    ``centre`` [N], scored as the world's position question scores it: for every pair of held-out shapes of one
+    scene (``scene`` [N]) at least ``margin`` px apart, is the predicted order the true one?"""
+    mean, std = x[:train].mean(0), x[:train].std(0) + 1e-3
+    design = torch.cat([(x - mean) / std, torch.ones(len(x), 1)], 1).double()  # [N, F + 1]
+    ridge = 1e-2 * torch.eye(design.shape[1], dtype=torch.float64)
+    weights = torch.linalg.solve(
+        design[:train].T @ design[:train] + ridge, design[:train].T @ centre[:train].double()
+    )
+    predicted = design[train:] @ weights  # [N - train]
+    true, ids = centre[train:].double(), scene[train:]
+    same = (ids[:, None] == ids[None, :]) & (
+        (true[:, None] - true[None, :]) >= margin
+    )  # [M, M] pairs i right of j
+    right = (predicted[:, None] - predicted[None, :]) > 0
+    return 100 * right[same].double().mean().item()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -65,6 +86,7 @@ def main() -> int:
     crop = SIDE_RANGE[1]
     scenes = [generate_scene(args.seed, i) for i in range(args.scenes)]
     features, patches, crops, kinds, colours = [], [], [], [], []
+    centres, cells, owners = [], [], []
     with torch.no_grad():
         for start in range(0, len(scenes), args.batch_size):
             chunk = scenes[start : start + args.batch_size]
@@ -84,6 +106,9 @@ def main() -> int:
                     cell = pixels[row * patch : (row + 1) * patch, col * patch : (col + 1) * patch]
                     patches.append(torch.from_numpy(cell.reshape(-1).copy()))
                     crops.append(torch.from_numpy(padded[cy : cy + crop, cx : cx + crop].reshape(-1).copy()))
+                    centres.append((cx, cy))
+                    cells.append(F.one_hot(torch.tensor(row * grid + col), grid * grid).float())
+                    owners.append(scene.index)
                     kinds.append(KINDS.index(shape.kind))
                     colours.append(list(COLOURS).index(shape.colour))
     train = int(0.8 * len(kinds))
@@ -101,6 +126,12 @@ def main() -> int:
     )
     for name, x in rows:
         print(f"{name:<44}{linear_probe(x, y_kind, train):7.1f}%{linear_probe(x, y_colour, train):7.1f}%")
+    # the position question's reading: which of two shapes is further right / lower, from a linear read-out
+    xy, scene_ids = torch.tensor(centres, dtype=torch.float64), torch.tensor(owners)
+    print(f"\n{'linear read-out of the centre, pairs >= 8 px apart':<44}{'x order':>8}{'y order':>8}")
+    for name, x in ((rows[0][0], rows[0][1]), ("the index of the centre patch alone", torch.stack(cells))):
+        orders = [order_probe(x, xy[:, axis], scene_ids, train, margin=8) for axis in (0, 1)]
+        print(f"{name:<44}{orders[0]:7.1f}%{orders[1]:7.1f}%")
     return 0
 
 

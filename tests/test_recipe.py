@@ -149,7 +149,8 @@ def test_stage_overrides_reach_their_stage_only(tmp_path, capsys):
     assert configs["step2"].mixer_scope == "causal" and configs["step2"].lr == 3e-3
     assert configs["step2"].output_dir == str(tmp_path / "step2")  # the run's paths stay
     assert configs["step1"].mixer_scope is None and configs["step1"].lr == 1e-3
-    for bad in ("step3.lr=1", "step2.lr", "step2.lrr=1", "step2.lr=abc"):  # refused before anything runs
+    bad_ones = ("step3.lr=1", "step2.lr", "step2.lrr=1", "step2.lr=abc", "tower.nope=1", "tower.steps=x")
+    for bad in bad_ones:  # refused before anything runs
         with pytest.raises(SystemExit) as exit_info:
             shapesworld_main(["--out", str(tmp_path / "run"), "--override", bad])
         assert exit_info.value.code == 2
@@ -167,6 +168,7 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
         steps={s: 2 for s in (TOWER, *STAGES)},
         batch_size=2,
         checks=False,
+        overrides={TOWER: ["position_weight=1"]},
     )
     lines = []
     report = run_recipe(options, say=lines.append)
@@ -175,6 +177,7 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
         report[TOWER]["summary"]["steps"] == 2
         and (tmp_path / "run" / TOWER / "final" / "config.json").is_file()
     )
+    assert report[TOWER]["summary"]["position_error_px"] > 0  # the tower's override reached it
     base = TrainConfig.load(
         tmp_path / "run" / "base" / "config.yaml"
     )  # the base starts from the pretrained tower

@@ -301,7 +301,7 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
         steps=options.steps.get(TOWER, TowerConfig.steps),
         batch_size=options.batch_size or TowerConfig.batch_size,
         seed=base.seed,
-    )
+    ).overridden(options.overrides.get(TOWER, []))
     say(
         f"[recipe] stage {TOWER}: {config.steps} steps of batch {config.batch_size} (vision tower, patch labels)"
     )
@@ -575,20 +575,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help=f"a config override of one training stage ({', '.join(STAGES)}), as moai train takes KEY=VALUE "
-        "(relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
+        help=f"a config override of one training stage ({', '.join((TOWER, *STAGES))}), as moai train takes "
+        "KEY=VALUE (tower: a field of moai.recipes.tower.TowerConfig; relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, list[str]] = {}
     for item in args.override:
         stage, dot, setting = item.partition(".")
-        if not dot or stage not in STAGES or "=" not in setting:
+        if not dot or stage not in (TOWER, *STAGES) or "=" not in setting:
             parser.error(
-                f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}"
+                f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join((TOWER, *STAGES))}"
             )
         overrides.setdefault(stage, []).append(setting)
     for stage, settings in overrides.items():  # a bad key or value fails now, not after the stages before it
         try:
+            if stage == TOWER:
+                from .tower import TowerConfig  # heavy: torch
+
+                TowerConfig().overridden(settings)
+                continue
             TrainConfig.load(CONFIGS / f"{stage}.yaml", settings, root=Path(args.out))
         except ValueError as err:
             parser.error(f"--override {stage}: {err}")

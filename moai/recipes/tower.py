@@ -13,6 +13,7 @@ writes beside each image for training (`moai worlds shapes`: ``scenes.jsonl``); 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -50,8 +51,30 @@ class TowerConfig:
     colour_weight: float = 1.0
     """Weight of the second target, the item's colour, beside its kind (0: the kind alone). A base on a tower
     taught the kind alone learned colour slowly; with both, the kind needs more steps (docs/shapesworld.md)."""
+    position_weight: float = 0.0
+    """Weight of a third target, the item's centre (x, y in [-1, 1] of the canvas, mean squared error), read by a
+    linear head from the same patch feature (0: none). The kind and colour targets alone leave the patch
+    features with no linear trace of where the patch is (bench/vision_probe.py: which of two shapes is further
+    right, read linearly, at chance), so the base's LLM has nothing to compare in a position question."""
+    position_of: str = "item"
+    """Where the position target is: ``item``, the centre of the item labelled at a patch (sub-patch precise);
+    ``patch``, every patch its own centre (what the patch grid says, at every patch)."""
     seed: int = 0
     """Seed of the heads' init and of the order of the scenes."""
+
+    def overridden(self, settings: Sequence[str]) -> TowerConfig:
+        """A copy with ``KEY=VALUE`` settings applied (``position_weight=1``); a one-line error names a bad one."""
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        changes: dict[str, float | int] = {}
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            if key not in types:
+                raise ValueError(f"tower setting {setting!r}: no key {key!r} (keys: {', '.join(types)})")
+            try:
+                changes[key] = {"int": int, "float": float, "str": str}[types[key]](value)
+            except ValueError:
+                raise ValueError(f"tower setting {setting!r}: {value!r} is not a {types[key]}") from None
+        return dataclasses.replace(self, **changes)
 
 
 def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +98,22 @@ def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tenso
     return kinds.flatten(), colours.flatten()  # [grid * grid] each
 
 
-def _batch(model, processor, world: Path, scenes: Sequence[Scene]) -> tuple[torch.Tensor, ...]:
-    """Pixel values [B, 3, S, S] and patch labels (kind, colour) [B, N] of some scenes."""
+def patch_centres(scene: Scene, image_size: int, patch: int) -> torch.Tensor:
+    """The centre of the item labelled at each patch (`patch_labels`), x and y scaled to [-1, 1] of the canvas:
+    a [grid * grid, 2] float tensor, NaN at a patch under no item's centre."""
+    grid = image_size // patch
+    centres = torch.full((grid, grid, 2), float("nan"))
+    for x0, y0, x1, y1 in [s.box for s in scene.shapes] + [s.box for s in scene.signs]:
+        row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+        centres[row, col] = torch.tensor([(x0 + x1) / image_size - 1, (y0 + y1) / image_size - 1])
+    return centres.flatten(0, 1)  # [grid * grid, 2]
+
+
+def _batch(
+    model, processor, world: Path, scenes: Sequence[Scene], position_of: str = "item"
+) -> tuple[torch.Tensor, ...]:
+    """Pixel values [B, 3, S, S], patch labels (kind, colour) [B, N] and patch centres [B, N, 2] of some
+    scenes."""
     vision = model.config.vision_config
     images = [Image.open(world / image_path(s)) for s in scenes]
     if images[0].width != vision.image_size:
@@ -85,7 +122,13 @@ def _batch(model, processor, world: Path, scenes: Sequence[Scene]) -> tuple[torc
         )
     pixels = processor.preprocess_images(images)
     labels = [patch_labels(s, vision.image_size, vision.patch_size) for s in scenes]
-    return pixels, torch.stack([k for k, _ in labels]), torch.stack([c for _, c in labels])
+    centres = torch.stack([patch_centres(s, vision.image_size, vision.patch_size) for s in scenes])
+    if position_of == "patch":
+        grid = vision.image_size // vision.patch_size
+        steps = (torch.arange(grid) + 0.5) * 2 / grid - 1  # [grid] patch centres in [-1, 1]
+        rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+        centres = torch.stack([cols, rows], -1).flatten(0, 1).expand(len(scenes), -1, -1)  # [B, N, 2]
+    return pixels, torch.stack([k for k, _ in labels]), torch.stack([c for _, c in labels]), centres
 
 
 def pretrain_tower(
@@ -97,7 +140,8 @@ def pretrain_tower(
     on_step: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model``'s vision tower in place on ``world``'s patch labels; returns the final loss and the kind
-    accuracy on the labelled patches of the last 20 steps' batches (each scored before its update).
+    accuracy on the labelled patches of the last 20 steps' batches (each scored before its update), with
+    `TowerConfig.position_weight` also the centre's mean absolute error there, in pixels.
 
     Only the tower trains (the projector and the LLM are untouched); the linear heads are made here and dropped.
     ``on_step`` gets each step's loss.
@@ -106,8 +150,10 @@ def pretrain_tower(
     width, layer = model.config.vision_config.hidden_size, model.config.vision_feature_layer
     torch.manual_seed(config.seed)
     head, colour_head = nn.Linear(width, len(ITEM_CLASSES)), nn.Linear(width, len(COLOUR_CLASSES))
+    position_head = nn.Linear(width, 2)
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     params += list(colour_head.parameters()) if config.colour_weight > 0 else []
+    params += list(position_head.parameters()) if config.position_weight > 0 else []
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
 
     def factor(step: int) -> float:
@@ -120,14 +166,14 @@ def pretrain_tower(
     scenes = read_scenes(world)
     order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(config.seed)).tolist()
     tower.train()
-    start, cursor, hits, scored = time.perf_counter(), 0, 0, 0
+    start, cursor, hits, scored, position_error, placed_count = time.perf_counter(), 0, 0, 0, 0.0, 0
     loss = torch.zeros(())
     for step in range(config.steps):
         if cursor + config.batch_size > len(order):
             cursor = 0
         chunk = [scenes[i] for i in order[cursor : cursor + config.batch_size]]
         cursor += config.batch_size
-        pixels, labels, colours = _batch(model, processor, world, chunk)
+        pixels, labels, colours, centres = _batch(model, processor, world, chunk, config.position_of)
         outputs = tower(pixels.to(tower.dtype), output_hidden_states=layer != -1)
         features = select_patch_features(outputs, layer)  # [B, N, C]
         logits = head(features)  # [B, N, kinds]
@@ -137,6 +183,10 @@ def pretrain_tower(
             loss = loss + config.colour_weight * F.cross_entropy(
                 colour_logits, colours.flatten(), ignore_index=IGNORE
             )
+        placed = ~centres[..., 0].isnan()  # [B, N]: the labelled patches
+        if config.position_weight > 0:
+            predicted = position_head(features)[placed]  # [items, 2]
+            loss = loss + config.position_weight * F.mse_loss(predicted, centres[placed])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -147,13 +197,20 @@ def pretrain_tower(
             kept = labels != IGNORE
             hits += int((logits.argmax(-1)[kept] == labels[kept]).sum())
             scored += int(kept.sum())
+            if config.position_weight > 0:
+                error = (predicted.detach() - centres[placed]).abs().sum()
+                placed_count += int(placed.sum())
+                position_error += float(error) * model.config.vision_config.image_size / 2
         if (step + 1) % 100 == 0 or step + 1 == config.steps:
             say(
                 f"tower step {step + 1}/{config.steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
             )
     tower.eval()
-    return {
+    result = {
         "loss": round(loss.item(), 4),
         "accuracy": round(100 * hits / max(1, scored), 2),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if config.position_weight > 0:  # mean over both coordinates of the placed patches
+        result["position_error_px"] = round(position_error / max(1, 2 * placed_count), 2)
+    return result
