@@ -103,6 +103,8 @@ def test_tower_settings_are_overridden_by_name_and_refused_with_the_reason():
         TowerConfig().overridden(["nope=1"])
     with pytest.raises(ValueError, match="'x' is not a int"):
         TowerConfig().overridden(["steps=x"])
+    with pytest.raises(ValueError, match="position_of='edge': expected 'item' or 'patch'"):
+        TowerConfig().overridden(["position_of=edge"])
 
 
 def test_a_world_of_another_image_size_is_refused(world):

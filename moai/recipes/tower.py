@@ -62,6 +62,10 @@ class TowerConfig:
     seed: int = 0
     """Seed of the heads' init and of the order of the scenes."""
 
+    def __post_init__(self) -> None:
+        if self.position_of not in ("item", "patch"):
+            raise ValueError(f"tower setting position_of={self.position_of!r}: expected 'item' or 'patch'")
+
     def overridden(self, settings: Sequence[str]) -> TowerConfig:
         """A copy with ``KEY=VALUE`` settings applied (``position_weight=1``); a one-line error names a bad one."""
         types = {f.name: f.type for f in dataclasses.fields(self)}
@@ -88,12 +92,10 @@ def patch_labels(scene: Scene, image_size: int, patch: int) -> tuple[torch.Tenso
     The scene's coordinates are those of the image the tower reads (`_batch` checks that the sizes agree).
     """
     grid = image_size // patch
-    items = [(KINDS.index(s.kind), list(COLOURS).index(s.colour), s.box) for s in scene.shapes]
-    items += [(len(ITEM_CLASSES) - 1, len(COLOUR_CLASSES) - 1, s.box) for s in scene.signs]
     kinds = torch.full((grid, grid), IGNORE, dtype=torch.long)
     colours = torch.full((grid, grid), IGNORE, dtype=torch.long)
-    for kind, colour, (x0, y0, x1, y1) in items:
-        row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+    for kind, colour, box in _items(scene):
+        row, col = _centre_patch(box, grid, patch)
         kinds[row, col], colours[row, col] = kind, colour
     return kinds.flatten(), colours.flatten()  # [grid * grid] each
 
@@ -103,17 +105,37 @@ def patch_centres(scene: Scene, image_size: int, patch: int) -> torch.Tensor:
     a [grid * grid, 2] float tensor, NaN at a patch under no item's centre."""
     grid = image_size // patch
     centres = torch.full((grid, grid, 2), float("nan"))
-    for x0, y0, x1, y1 in [s.box for s in scene.shapes] + [s.box for s in scene.signs]:
-        row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+    for _, _, (x0, y0, x1, y1) in _items(scene):
+        row, col = _centre_patch((x0, y0, x1, y1), grid, patch)
         centres[row, col] = torch.tensor([(x0 + x1) / image_size - 1, (y0 + y1) / image_size - 1])
     return centres.flatten(0, 1)  # [grid * grid, 2]
 
 
-def _batch(
-    model, processor, world: Path, scenes: Sequence[Scene], position_of: str = "item"
-) -> tuple[torch.Tensor, ...]:
-    """Pixel values [B, 3, S, S], patch labels (kind, colour) [B, N] and patch centres [B, N, 2] of some
-    scenes."""
+def _items(scene: Scene) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+    """Item class, colour class and box of every shape, then every sign (a later item on the same patch wins)."""
+    items = [(KINDS.index(s.kind), list(COLOURS).index(s.colour), s.box) for s in scene.shapes]
+    return items + [(len(ITEM_CLASSES) - 1, len(COLOUR_CLASSES) - 1, s.box) for s in scene.signs]
+
+
+def _centre_patch(box: tuple[int, int, int, int], grid: int, patch: int) -> tuple[int, int]:
+    """Row and column of the patch under the centre of ``box``."""
+    x0, y0, x1, y1 = box
+    return min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+
+
+def position_targets(scenes: Sequence[Scene], image_size: int, patch: int, position_of: str) -> torch.Tensor:
+    """The position target of every patch of some scenes, [B, N, 2] in [-1, 1]: the labelled item's centre
+    (`patch_centres`, NaN elsewhere) or, with ``position_of="patch"``, every patch's own centre."""
+    if position_of == "item":
+        return torch.stack([patch_centres(s, image_size, patch) for s in scenes])
+    grid = image_size // patch
+    steps = (torch.arange(grid) + 0.5) * 2 / grid - 1  # [grid] patch centres in [-1, 1]
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([cols, rows], -1).flatten(0, 1).expand(len(scenes), -1, -1)  # [B, N, 2]
+
+
+def _batch(model, processor, world: Path, scenes: Sequence[Scene]) -> tuple[torch.Tensor, ...]:
+    """Pixel values [B, 3, S, S] and patch labels (kind, colour) [B, N] of some scenes."""
     vision = model.config.vision_config
     images = [Image.open(world / image_path(s)) for s in scenes]
     if images[0].width != vision.image_size:
@@ -122,13 +144,7 @@ def _batch(
         )
     pixels = processor.preprocess_images(images)
     labels = [patch_labels(s, vision.image_size, vision.patch_size) for s in scenes]
-    centres = torch.stack([patch_centres(s, vision.image_size, vision.patch_size) for s in scenes])
-    if position_of == "patch":
-        grid = vision.image_size // vision.patch_size
-        steps = (torch.arange(grid) + 0.5) * 2 / grid - 1  # [grid] patch centres in [-1, 1]
-        rows, cols = torch.meshgrid(steps, steps, indexing="ij")
-        centres = torch.stack([cols, rows], -1).flatten(0, 1).expand(len(scenes), -1, -1)  # [B, N, 2]
-    return pixels, torch.stack([k for k, _ in labels]), torch.stack([c for _, c in labels]), centres
+    return pixels, torch.stack([k for k, _ in labels]), torch.stack([c for _, c in labels])
 
 
 def pretrain_tower(
@@ -173,7 +189,7 @@ def pretrain_tower(
             cursor = 0
         chunk = [scenes[i] for i in order[cursor : cursor + config.batch_size]]
         cursor += config.batch_size
-        pixels, labels, colours, centres = _batch(model, processor, world, chunk, config.position_of)
+        pixels, labels, colours = _batch(model, processor, world, chunk)
         outputs = tower(pixels.to(tower.dtype), output_hidden_states=layer != -1)
         features = select_patch_features(outputs, layer)  # [B, N, C]
         logits = head(features)  # [B, N, kinds]
@@ -183,8 +199,10 @@ def pretrain_tower(
             loss = loss + config.colour_weight * F.cross_entropy(
                 colour_logits, colours.flatten(), ignore_index=IGNORE
             )
-        placed = ~centres[..., 0].isnan()  # [B, N]: the labelled patches
         if config.position_weight > 0:
+            vision = model.config.vision_config
+            centres = position_targets(chunk, vision.image_size, vision.patch_size, config.position_of)
+            placed = ~centres[..., 0].isnan()  # [B, N]: the patches with a target
             predicted = position_head(features)[placed]  # [items, 2]
             loss = loss + config.position_weight * F.mse_loss(predicted, centres[placed])
         optimizer.zero_grad(set_to_none=True)
