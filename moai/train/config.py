@@ -38,6 +38,10 @@ class DataSource:
     them at inference; module dropout draws among the modules left. A file whose aux holds the OCR text alone,
     beside the same file with the whole aux, is an easy and a hard version of one reading task. Not in the
     paper (docs/shapesworld.md, "A short aux beside the whole one")."""
+    scenes: str | None = None
+    """The ShapesWorld ground truth of this file's images (a world's ``scenes.jsonl``, or its directory), for
+    the referent target (`TrainConfig.referent_weight`): records are matched to scenes by image file name; a
+    record whose scene is missing is reported and skipped. Not in the paper (moai/train/referent.py)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight > 0):
@@ -166,6 +170,15 @@ class TrainConfig:
     sample can only be answered from the aux knowledge, so the MoAI modules must learn to read it. Not in the
     paper; measured in docs/shapesworld.md, "Matching a word in the aux" (the ShapesWorld model then leans on
     its aux without scoring higher)."""
+    referent_weight: float = 0.0
+    """Weight of the referent target's loss beside the answer's (0: off): a linear head regresses the centre of
+    each shape a prompt names as ``the {colour} {kind}`` from the LLM's hidden state at the phrase, the
+    ground truth coming from the data sources' ``scenes`` (moai/train/referent.py). It teaches a base trained
+    from nothing to look a referent up among the image tokens, which the position questions' one yes/no token
+    does not (docs/shapesworld.md, "Position with a target for the lookup"). One process only. Not in the
+    paper."""
+    referent_layer: int = 2
+    """Which hidden state the referent head reads: 0 the embeddings, ``i`` the output of LLM layer ``i``."""
     image_slot: Literal["template", "as_written"] = "template"
     """Where a training prompt puts the image: ``template``, the chat template's slot, before the user's turn,
     where MoAI-7B's prompt has it (docs/model.md §3) and where the engine, `moai predict`, the server and the
@@ -273,6 +286,8 @@ class TrainConfig:
                 source.path = str(base / source.path)
             if source.image_root is not None and not Path(source.image_root).is_absolute():
                 source.image_root = str(base / source.image_root)
+            if source.scenes is not None and not Path(source.scenes).is_absolute():
+                source.scenes = str(base / source.scenes)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +327,8 @@ _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("lora_dropout", 0, 1),
     ("module_dropout", 0, 1),
     ("image_dropout", 0, 1),
+    ("referent_weight", 0, None),
+    ("referent_layer", 0, None),
     ("max_length", 1, None),
     ("batch_size", 1, None),
     ("grad_accum", 1, None),

@@ -34,6 +34,7 @@ from ..perception import Perceiver, PerceptionCache, PerceptionConfig
 from ..perception.types import Perception
 from ..perception.verbalize import MODULES, aux_inputs
 from .config import DataSource
+from .referent import PhraseTokens, read_referents, referent_targets
 
 
 class DataError(ValueError):
@@ -58,6 +59,9 @@ class Example:
     """Blank this sample's image in the batch, its aux kept (its file's `DataSource.blank_images`)."""
     drop_modules: tuple[str, ...] = ()
     """CV modules removed from this sample's aux text and map (its file's `DataSource.drop_modules`)."""
+    referents: tuple[tuple[str, tuple[float, float]], ...] = ()
+    """(phrase, centre in [-1, 1]) of the shapes its scene names uniquely, for the referent target (its file's
+    `DataSource.scenes`; moai/train/referent.py)."""
 
 
 @dataclass
@@ -232,9 +236,14 @@ def load_examples(
             checked[image] = check_image(image)
         return checked[image]
 
+    scenes = None
+    if source.scenes is not None:
+        scenes = read_referents(Path(source.scenes))
     examples = []
     for line, record in _records(path):
         example, reason = validate_record(record, root, check)
+        if reason is None and scenes is not None and example.image.stem not in scenes:
+            reason = f"no scene {example.image.stem} in scenes {source.scenes}"
         if reason is not None:
             problem = Problem(str(path), line, reason)
             if strict:
@@ -250,6 +259,7 @@ def load_examples(
                     "line": line,
                     "blank_image": source.blank_images,
                     "drop_modules": tuple(source.drop_modules),
+                    "referents": scenes[example.image.stem] if scenes is not None else (),
                 }
             )
         )
@@ -381,7 +391,9 @@ class Collator:
         dropout: ModuleDropout | None = None,
         image_dropout: ImageDropout | None = None,
         image_slot: str = "template",
+        referents: bool = False,
     ) -> None:
+        """``referents``: add the referent target's `REFERENT_KEYS` to every batch (moai/train/referent.py)."""
         if image_slot not in IMAGE_SLOTS:
             raise ValueError(f"image_slot {image_slot!r}: expected one of {', '.join(IMAGE_SLOTS)}")
         self.processor = processor
@@ -390,6 +402,7 @@ class Collator:
         self.dropout = dropout
         self.image_dropout = image_dropout
         self.image_slot = image_slot
+        self.phrase_tokens = PhraseTokens(processor.tokenizer) if referents else None
 
     def encode(self, example: Example) -> EncodedConversation:
         """The example's prompt and answers as the processor encodes them: with the image in the template's
@@ -431,6 +444,12 @@ class Collator:
         if blank.any():
             # zero after normalisation = the normaliser's mean colour, a flat canvas; the aux map is not touched
             batch["pixel_values"] = batch["pixel_values"].masked_fill(blank[:, None, None, None], 0.0)
+        if self.phrase_tokens is not None:
+            batch.update(
+                referent_targets(
+                    batch["input_ids"], batch["labels"], [e.referents for e in examples], self.phrase_tokens
+                )
+            )
         return batch
 
     def _aux_map(self, example: Example) -> Image.Image | np.ndarray:

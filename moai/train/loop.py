@@ -58,6 +58,7 @@ from .data import (
     split_turns,
 )
 from .lora import add_lora, merge_lora
+from .referent import REFERENT_KEYS, ReferentHead, ReferentTarget
 from .vocab import PRESET_TOKENIZERS
 
 MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
@@ -403,9 +404,11 @@ def save_checkpoint(
     scheduler: Any,
     keep: int,
     gathered: tuple[dict, dict] | None = None,
+    head: nn.Module | None = None,
 ) -> Path:
     """Write ``checkpoints/step-N`` atomically (temp dir + rename), then point ``latest`` at it. ``gathered``:
-    the `gathered_state` of a sharded model (its trainable weights and optimizer state are written)."""
+    the `gathered_state` of a sharded model (its trainable weights and optimizer state are written); ``head``:
+    the referent target's head (moai/train/referent.py), kept with the optimizer state, not the model."""
     from safetensors.torch import save_file
 
     root = run / "checkpoints"
@@ -423,6 +426,7 @@ def save_checkpoint(
             "optimizer": gathered[1] if gathered is not None else optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
+            **({"referent_head": head.state_dict()} if head is not None else {}),
         },
         tmp / "state.pt",
     )
@@ -464,8 +468,9 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore trainable weights, optimizer, scheduler and RNG from ``path``; return its step.
+def load_checkpoint(path: Path, model, optimizer, scheduler, head: nn.Module | None = None) -> int:
+    """Restore trainable weights, optimizer, scheduler, RNG (and the referent target's ``head``) from
+    ``path``; return its step.
 
     A checkpoint that cannot be read, or that was written for other trainable parameters, is a one-line
     `ValueError` naming it.
@@ -490,6 +495,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
         raise ValueError(
             f"checkpoint {path} does not match this config's trainable parameters ({'; '.join(parts)})"
         )
+    if (head is not None) != ("referent_head" in state):
+        raise ValueError(
+            f"checkpoint {path} was written {'without' if head is not None else 'with'} the referent target "
+            f"(referent_weight {'0' if head is not None else '> 0'}); resume it with the same referent_weight"
+        )
     for name, value in weights.items():
         if params[name].shape != value.shape:
             raise ValueError(
@@ -511,6 +521,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
                 params[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if head is not None:
+        head.load_state_dict(state["referent_head"])
     _set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -698,7 +710,14 @@ def _load_mixture(
 
 
 def _start(
-    run: Path, resume: bool, model, optimizer, scheduler, main_process: bool, say: Callable
+    run: Path,
+    resume: bool,
+    model,
+    optimizer,
+    scheduler,
+    main_process: bool,
+    say: Callable,
+    head: nn.Module | None = None,
 ) -> tuple[int, Path | None]:
     """(first step, checkpoint resumed from): the latest checkpoint under ``resume``, else step 0.
 
@@ -708,12 +727,32 @@ def _start(
     checkpoint = latest_checkpoint(run) if resume else None
     if resume and checkpoint is None:
         say(f"--resume: no checkpoint in {run / 'checkpoints'}, starting from step 0")
-    start = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler)
+    start = 0 if checkpoint is None else load_checkpoint(checkpoint, model, optimizer, scheduler, head)
     if checkpoint is not None:
         say(f"resumed from {checkpoint} at step {start}")
     if main_process:
         _restart_metrics(run / "metrics.jsonl", start)
     return start, checkpoint
+
+
+def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration, processes: int):
+    """The run's `ReferentTarget` (its head seeded by ``seed``), or None when ``referent_weight`` is 0."""
+    if config.referent_weight == 0:
+        return None
+    if not any(source.scenes for source in config.data):
+        raise ValueError("referent_weight > 0 needs the ground truth: give a data source its scenes")
+    if processes > 1:
+        raise ValueError(f"referent_weight > 0 runs on one process, not {processes}")
+    layers = model.config.text_config.num_hidden_layers
+    if config.referent_layer > layers:
+        raise ValueError(f"referent_layer {config.referent_layer}: the LLM has {layers} layers")
+    generator = torch.Generator().manual_seed(config.seed)
+    head = ReferentHead(model.config.text_config.hidden_size)
+    with torch.no_grad():  # nn.Linear's default init, drawn from the run's seed
+        bound = 1 / math.sqrt(head.proj.in_features)
+        head.proj.weight.uniform_(-bound, bound, generator=generator)
+        head.proj.bias.uniform_(-bound, bound, generator=generator)
+    return ReferentTarget(head, config.referent_weight, config.referent_layer)
 
 
 def _stop_signal(stop: StopSignals, accelerator) -> int | None:
@@ -739,6 +778,8 @@ class StepMetrics:
     """Real (non-padding) tokens of the step, all processes."""
     gates: dict
     """`gate_statistics` of the last micro-batch of this process."""
+    referent_loss: float | None = None
+    """The referent target's mean squared error over the step's targets (None without the target)."""
 
 
 def micro_batch_seed(seed: int, step: int, micro: int) -> int:
@@ -756,6 +797,7 @@ def train_step(
     step: int,
     seed: int,
     max_grad_norm: float,
+    referent: ReferentTarget | None = None,
 ) -> StepMetrics:
     """One optimizer step over this process's micro-batches: what `train` runs per step (and bench/train.py times).
 
@@ -763,6 +805,8 @@ def train_step(
     so that accumulation and data parallelism equal one large batch; gradients are synchronised on the
     last micro-batch only; the mixers' step-1 generator is seeded per micro-batch (`micro_batch_seed`).
     Then: clip the gradient norm (``max_grad_norm`` > 0), optimizer step, schedule step, ``zero_grad``.
+    ``referent``: add the referent target's loss (moai/train/referent.py; one process), its squared errors
+    normalised by the step's target count; the batches then carry `REFERENT_KEYS`.
     """
     unwrapped = accelerator.unwrap_model(model)
     world = accelerator.num_processes
@@ -770,14 +814,24 @@ def train_step(
     count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
     generator = unwrapped.mixer_settings.generator
     step_loss = torch.zeros((), device=accelerator.device)
+    targets = sum(len(b["referent_rows"]) for b in batches) if referent is not None else 0
+    referent_sum = torch.zeros((), device=accelerator.device)
     gates: dict = {}
     for micro, batch in enumerate(batches):
         if generator is not None:
             generator.manual_seed(micro_batch_seed(seed, step, micro))
         sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(model)
+        inputs = {k: v for k, v in batch.items() if k not in REFERENT_KEYS}
         with sync, accelerator.autocast():
-            out = model(**batch, num_items_in_batch=count)
-            accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is a global mean
+            out = model(**inputs, num_items_in_batch=count, output_hidden_states=referent is not None)
+            loss = out.loss
+            if referent is not None and targets:
+                hidden = out.hidden_states[referent.layer]  # [B, S, D]
+                where = (batch["referent_rows"], batch["referent_cols"], batch["referent_xy"])
+                referent_loss = referent.head(hidden, *where) / targets
+                loss = loss + referent.weight * referent_loss
+                referent_sum += referent_loss.detach()
+            accelerator.backward(loss * world)  # DDP averages over ranks; the loss is a global mean
         step_loss += out.loss.detach()
         gates = gate_statistics(
             out.gate_weights, batch["mm_token_type_ids"], unwrapped.language_model.mixer_layers
@@ -794,6 +848,7 @@ def train_step(
         label_tokens=int(count),
         tokens=int(accelerator.reduce(real, "sum")),
         gates=gates,
+        referent_loss=float(referent_sum) if referent is not None else None,
     )
 
 
@@ -843,6 +898,7 @@ def _train(
                 f"data[{i}].drop_modules needs the perception of each sample (aux: cache or perceive), "
                 f"not aux: {config.aux}"
             )
+    referent = _referent_target(config, model, accelerator.num_processes)
     collator = Collator(
         processor,
         config.max_length,
@@ -850,11 +906,14 @@ def _train(
         dropout,
         ImageDropout(config.image_dropout, config.seed) if config.image_dropout > 0 else None,
         config.image_slot,
+        referents=referent is not None,
     )
     mixture = _load_mixture(config, processor, collator, report, say)
     say(f"data: {report.counts()}")
 
     groups = optimizer_groups(model, config)
+    if referent is not None:
+        groups.append({"name": "referent_head", "params": list(referent.head.parameters()), "lr": config.lr})
     say(
         "learning rates: "
         + ", ".join(f"{g['name']} {g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in groups)
@@ -870,7 +929,8 @@ def _train(
             f"trainable {config.trainable!r}: merging LoRA adapters into FSDP2-sharded weights is not supported; "
             "train it with ddp.yaml or one process"
         )
-    start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say)
+    head = referent.head if referent is not None else None
+    start, resumed_from = _start(run, resume, unwrapped, optimizer, scheduler, main_process, say, head)
     metrics_path = run / "metrics.jsonl"
 
     writer = None
@@ -892,7 +952,9 @@ def _train(
         accelerator.wait_for_everyone()
         gathered = gathered_state(unwrapped, optimizer)
         if main_process:
-            save_checkpoint(run, step, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered)
+            save_checkpoint(
+                run, step, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered, head
+            )
         accelerator.wait_for_everyone()
         return run / "checkpoints" / f"step-{step:07d}"
 
@@ -925,6 +987,7 @@ def _train(
                 step=step,
                 seed=config.seed,
                 max_grad_norm=config.max_grad_norm,
+                referent=referent,
             )
             last_loss = metrics.loss
             elapsed = time.perf_counter() - t0
@@ -939,6 +1002,7 @@ def _train(
                     "samples_per_s": per_step * config.grad_accum / elapsed,
                     "label_tokens": metrics.label_tokens,
                     "gates": metrics.gates,
+                    **({"referent_loss": metrics.referent_loss} if referent is not None else {}),
                 }
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -988,7 +1052,7 @@ def _train(
     gathered = gathered_state(unwrapped, optimizer)
     if main_process:
         save_checkpoint(
-            run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered
+            run, config.max_steps, unwrapped, optimizer, scheduler, config.keep_checkpoints, gathered, head
         )
         if config.trainable.endswith("+lora"):
             say(f"merged {merge_lora(unwrapped)} LoRA adapters into the LLM weights of final/")
