@@ -1,6 +1,7 @@
 """The ShapesWorld recipe (moai/recipes/shapesworld.py): its baseline and checks, and a miniature run end to end."""
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from moai.engine import Engine
 from moai.recipes.shapesworld import (
     BASE_CHECKED,
     BASE_STAGES,
+    COLUMNS,
     CONFIGS,
     MOAI_STAGES,
     READING_WINDOW,
@@ -228,6 +230,15 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     assert "MoAI, another scene's aux" in printed and "answers changed by another scene's aux" in printed
     assert shapesworld_main(["--out", str(tmp_path / "nothing"), "--check-model", str(installed)]) == 2
     assert "no check set" in capsys.readouterr().err
+    # --check-base: the base's check of any saved base, next to the majority baseline of the run's world
+    base2 = tmp_path / "run" / "base2" / "final"
+    assert shapesworld_main(["--out", str(tmp_path / "run"), "--check-base", str(base2)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    want = report["base2"]["check"]["base"]
+    row = next(line for line in printed if line.startswith("base "))
+    expected = [round(want.get(c, math.nan), 1) for c in COLUMNS]
+    assert [float(v) for v in row.split()[1:]] == pytest.approx(expected, abs=0.051, nan_ok=True)
+    assert any(line.startswith("majority baseline") for line in printed)
     assert (
         len(
             engine.answer(

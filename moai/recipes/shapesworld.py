@@ -566,6 +566,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and no aux, as step 2's check does (default: none)",
     )
     parser.add_argument(
+        "--check-base",
+        metavar="MODEL",
+        help="train nothing: score a saved base on the check set of --out next to the majority baseline of its "
+        "world's questions, as the base's check does (default: none)",
+    )
+    parser.add_argument(
         "--phrases",
         action="store_true",
         help="an experiment: each colour-kind object name one token (default: off, as the shipped model)",
@@ -597,19 +603,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             TrainConfig.load(CONFIGS / f"{stage}.yaml", settings, root=Path(args.out))
         except ValueError as err:
             parser.error(f"--override {stage}: {err}")
-    if args.check_model:
-        check = Path(args.out) / "check"
-        if not (check / "questions.jsonl").is_file():
-            print(f"shapesworld recipe: {args.out}: no check set (check/questions.jsonl)", file=sys.stderr)
-            return 2
+    if args.check_model and args.check_base:
+        parser.error("--check-model and --check-base: give one")
+    if args.check_model or args.check_base:
+        out = Path(args.out)
+        for need in (
+            out / "check" / QUESTIONS_FILE,
+            *([out / "world" / QUESTIONS_FILE] if args.check_base else []),
+        ):
+            if not need.is_file():
+                print(
+                    f"shapesworld recipe: {args.out}: no {need.parent.name} set ({need.parent.name}/{need.name})",
+                    file=sys.stderr,
+                )
+                return 2
         from ..engine import Engine  # heavy: torch, transformers
 
         try:
-            engine = Engine.load(args.check_model)
+            engine = Engine.load(args.check_model or args.check_base)
         except (FileNotFoundError, ValueError) as err:
             print(f"shapesworld recipe: {err}", file=sys.stderr)
             return 2
-        check_moai(engine, check, say=lambda m: print(m, flush=True))
+        say = lambda m: print(m, flush=True)  # noqa: E731
+        if args.check_model:
+            check_moai(engine, out / "check", say=say)
+        else:
+            check_base(engine, out / "check", read_questions(out / "world"), say=say)
         return 0
     if args.install_only:
         if not args.install:
