@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,59 +33,32 @@ sys.path.insert(0, str(ROOT))
 from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
 from moai.model.processing import MoAIProcessor  # noqa: E402
 from moai.train.data import Collator, Example  # noqa: E402
+from moai.train.referent import REFERENT_KEYS, ReferentHead, scene_referents  # noqa: E402
 from moai.worlds.positions import position_records  # noqa: E402
-from moai.worlds.shapes import KINDS, Scene, read_scenes  # noqa: E402
-
-REFERENT = re.compile(r"the (\w+) (\w+)")
-"""A referent in a position question: ``the {colour} {kind}`` (SHAPESWORLD templates)."""
+from moai.worlds.shapes import read_scenes  # noqa: E402
 
 
-def referent_centres(scene: Scene, question: str) -> list[tuple[float, float]]:
-    """The centres of the question's referents in order (each unique in the scene by the question rules)."""
-    centres = []
-    for colour, kind in REFERENT.findall(question):
-        if kind not in KINDS:
-            continue
-        (shape,) = [s for s in scene.shapes if s.colour == colour and s.kind == kind]
-        centres.append(shape.centre)
-    return centres
-
-
-def examples(world: Path, shapes: tuple[int, int]) -> list[tuple[Example, list[tuple[float, float]]]]:
-    """Each position question of the world's scenes with ``shapes`` shapes, with its referents' centres."""
+def examples(world: Path, shapes: tuple[int, int]) -> list[Example]:
+    """Each position question of the world's scenes with ``shapes`` shapes, with its scene's referents (the
+    targets stand where the question names them: moai/train/referent.py, as `moai train` makes them)."""
     scenes = [s for s in read_scenes(world) if shapes[0] <= len(s.shapes) <= shapes[1]]
     by_id = {s.id: s for s in scenes}
     out = []
     for record in position_records(scenes):
         question, answer = (t["value"] for t in record["conversations"])
-        scene = by_id[record["id"].rsplit("-pos", 1)[0]]
-        example = Example(
-            id=record["id"],
-            image=world / record["image"],
-            turns=((question, answer),),
-            aux_text="",
-            aux_map=None,
-            source="",
-            line=0,
+        out.append(
+            Example(
+                id=record["id"],
+                image=world / record["image"],
+                turns=((question, answer),),
+                aux_text="",
+                aux_map=None,
+                source="",
+                line=0,
+                referents=scene_referents(by_id[record["id"].rsplit("-pos", 1)[0]]),
+            )
         )
-        out.append((example, referent_centres(scene, question)))
     return out
-
-
-def referent_targets(
-    input_ids: torch.Tensor, kind_ids: torch.Tensor, centres: list[list[tuple[float, float]]], size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(batch index, token index, centre in [-1, 1]) of every referent's kind word in ``input_ids`` [B, S]."""
-    rows, cols, targets = [], [], []
-    for b, row in enumerate(input_ids):
-        where = torch.nonzero(torch.isin(row, kind_ids)).flatten()  # the kind words, in order
-        if len(where) != len(centres[b]):
-            raise ValueError(f"sample {b}: {len(where)} kind words for {len(centres[b])} referents")
-        for token, (x, y) in zip(where.tolist(), centres[b]):
-            rows.append(b)
-            cols.append(token)
-            targets.append((2 * x / size - 1, 2 * y / size - 1))
-    return torch.tensor(rows), torch.tensor(cols), torch.tensor(targets)
 
 
 def main() -> int:
@@ -112,13 +83,11 @@ def main() -> int:
     processor = MoAIProcessor.from_pretrained(args.model)
     model.set_trainable("projector+llm")
     model.train()
-    hidden = model.config.text_config.hidden_size
-    head = nn.Linear(hidden, 2)
+    head = ReferentHead(model.config.text_config.hidden_size)
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10))
-    collate = Collator(processor, max_length=512, use_aux_map=False, image_slot="as_written")
-    kind_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(k) for k in KINDS])
+    collate = Collator(processor, max_length=512, use_aux_map=False, image_slot="as_written", referents=True)
 
     data = examples(args.world, (low, high))
     print(f"{len(data)} position questions from {args.world} ({args.shapes} shapes)", flush=True)
@@ -134,13 +103,10 @@ def main() -> int:
             queue += more
         picked = [data[i] for i in queue[: args.batch_size]]
         del queue[: args.batch_size]
-        batch = collate([e for e, _ in picked])
-        rows, cols, targets = referent_targets(
-            batch["input_ids"], kind_ids, [c for _, c in picked], processor.image_size
-        )
+        batch = collate(picked)
+        rows, cols, targets = (batch.pop(k) for k in REFERENT_KEYS)
         out = model(**batch, output_hidden_states=True)
-        states = out.hidden_states[args.layer]  # [B, S, D]
-        ref_loss = nn.functional.mse_loss(head(states[rows, cols]), targets)
+        ref_loss = head(out.hidden_states[args.layer], rows, cols, targets) / len(rows)  # mean squared error
         loss = out.loss + args.weight * ref_loss
         optimizer.zero_grad()
         loss.backward()
