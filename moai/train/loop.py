@@ -746,12 +746,9 @@ def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration, p
     layers = model.config.text_config.num_hidden_layers
     if config.referent_layer > layers:
         raise ValueError(f"referent_layer {config.referent_layer}: the LLM has {layers} layers")
-    generator = torch.Generator().manual_seed(config.seed)
-    head = ReferentHead(model.config.text_config.hidden_size)
-    with torch.no_grad():  # nn.Linear's default init, drawn from the run's seed
-        bound = 1 / math.sqrt(head.proj.in_features)
-        head.proj.weight.uniform_(-bound, bound, generator=generator)
-        head.proj.bias.uniform_(-bound, bound, generator=generator)
+    with torch.random.fork_rng(devices=[]):  # drawn from the run's seed, the global generator left as it was
+        torch.manual_seed(config.seed)
+        head = ReferentHead(model.config.text_config.hidden_size)
     return ReferentTarget(head, config.referent_weight, config.referent_layer)
 
 
