@@ -67,8 +67,8 @@ from PIL import Image  # noqa: E402
 from transformers import PretrainedConfig  # noqa: E402
 
 from moai.model.modeling import MoAIForConditionalGeneration  # noqa: E402
+from moai.train.build import build_model  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
-from moai.train.loop import build_model  # noqa: E402
 from moai.worlds.shapes import CANVAS, COLOURS, KINDS, POSITION_MIN_OFFSET  # noqa: E402
 
 STEP1 = ROOT / "moai/train/configs/shapesworld/step1.yaml"

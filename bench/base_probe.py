@@ -37,8 +37,9 @@ from moai.cli import main as moai_main  # noqa: E402
 from moai.engine import Engine  # noqa: E402
 from moai.recipes.shapesworld import accuracy_by_category, answer_all, read_questions, texts  # noqa: E402
 from moai.recipes.tower import TowerConfig, pretrain_tower  # noqa: E402
+from moai.train.build import build_model  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
-from moai.train.loop import build_model, read_metrics  # noqa: E402
+from moai.train.curves import read_metrics  # noqa: E402
 from moai.worlds.shapes import CATEGORIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

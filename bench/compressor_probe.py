@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from moai.engine import Engine  # noqa: E402
 from moai.model.compressor import MoAICompressor  # noqa: E402
-from moai.train.loop import fan_in_init  # noqa: E402
+from moai.train.build import fan_in_init  # noqa: E402
 from moai.worlds.shapes import COLOURS, KINDS, generate_scene, render  # noqa: E402
 
 PAIRS = [(c, k) for c in COLOURS for k in KINDS]

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from moai.perception.cache import PerceptionCache  # noqa: E402
 from moai.perception.verbalize import verbalize_perception  # noqa: E402
+from moai.train.build import build_model  # noqa: E402
 from moai.train.config import TrainConfig  # noqa: E402
-from moai.train.loop import build_model  # noqa: E402
 
 STEP1 = REPO / "moai" / "train" / "configs" / "shapesworld" / "step1.yaml"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from moai.train.loop import read_metrics
+from moai.train.curves import read_metrics
 from moai.train.overfit import write_data
 
 CONFIGS = Path(__file__).resolve().parent.parent / "moai" / "train" / "configs"

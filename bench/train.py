@@ -33,9 +33,10 @@ import torch
 from timing import clock, interleave, machine, now, paired_ratio, ratio, write
 
 from moai.model.constants import IGNORE_INDEX
+from moai.train.build import build_model
 from moai.train.config import DataSource, TrainConfig
 from moai.train.data import Collator, load_examples
-from moai.train.loop import build_model, lr_lambda, make_accelerator, train_step
+from moai.train.loop import lr_lambda, make_accelerator, train_step
 from moai.train.sample import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent

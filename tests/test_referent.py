@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from train_data import write_config
 
 from moai.model.constants import IGNORE_INDEX
+from moai.train.build import build_model
 from moai.train.config import TrainConfig
 from moai.train.data import Collator, DataReport, Example, load_examples
-from moai.train.loop import build_model, train
+from moai.train.loop import train
 from moai.train.referent import scene_referents
 from moai.worlds.shapes import CANVAS, Scene, Shape, read_scenes, write_world
 

@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 from train_data import write_config, write_dataset
 
 from moai.cli import main
+from moai.train.build import build_model
 from moai.train.config import TrainConfig
+from moai.train.curves import read_metrics
 from moai.train.data import DataError, DataReport, load_examples
-from moai.train.loop import build_model, read_metrics, train
+from moai.train.loop import train
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -362,7 +364,7 @@ def test_loss_goes_down_and_plot(tmp_path):
 
 def test_step1_samples_experts_and_gates_get_no_gradient(tmp_path):
     from moai.model.constants import EXPERT_NAMES, IMAGE_EXPERTS, LANGUAGE_EXPERTS
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     data = write_dataset(tmp_path, n=4)
     cfg = TrainConfig.load(write_config(tmp_path, data, step="step1", max_steps=6, batch_size=4))
@@ -641,7 +643,7 @@ def test_gradient_checkpointing_bf16_and_accumulation_run(tmp_path):
     losses = {run: [r["loss"] for r in read_metrics(tmp_path / run)] for run in ("plain", "bf16")}
     assert all(map(math.isfinite, losses["bf16"])) and losses["bf16"] != losses["plain"]
     assert max(abs(a - b) for a, b in zip(losses["bf16"], losses["plain"])) < 2e-3, losses
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     init = dict(build_model(plain)[0].named_parameters())
     half = _final_trainable(tmp_path / "bf16")
@@ -792,7 +794,7 @@ def test_moai_modules_alone_overfit_16_samples(tmp_path):
 
 def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -808,7 +810,7 @@ def test_mixers_added_to_a_saved_model_are_seeded(tmp_path):
 def test_expert_init_std_draws_only_the_last_o_factor_of_the_new_experts(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
     from moai.model.mixer import IMAGE_EXPERTS, LANGUAGE_EXPERTS
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -829,7 +831,7 @@ def test_expert_init_std_draws_only_the_last_o_factor_of_the_new_experts(tmp_pat
 
 def test_fan_in_init_draws_the_new_mixers_and_the_untrained_compressor_only(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -862,7 +864,7 @@ def test_fan_in_init_draws_the_new_mixers_and_the_untrained_compressor_only(tmp_
 
 def test_compat_official_builds_the_official_moai_modules_on_a_base_and_refuses_a_trained_moai(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -901,7 +903,7 @@ def test_compressor_query_scale_multiplies_the_queries_of_a_never_trained_compre
     tmp_path, moai_init
 ):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -1037,8 +1039,8 @@ def test_mixture_of_files_follows_the_sampling_weights(tmp_path):
 
 def test_peft_lora_trains_with_moai_and_merges_into_final(tmp_path):
     from moai import MoAIForConditionalGeneration
+    from moai.train.build import build_model
     from moai.train.data import Collator
-    from moai.train.loop import build_model
     from moai.train.lora import add_lora
 
     data = write_dataset(tmp_path, n=4)
@@ -1134,7 +1136,7 @@ def test_lora_without_peft_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -1158,7 +1160,7 @@ def test_aux_text_layers_sets_a_new_compressor_and_refuses_a_trained_one(tmp_pat
 
 def test_mixer_rank_heads_sink_and_residual_set_new_mixers_and_refuse_trained_ones(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -1234,7 +1236,7 @@ def test_other_lr_scale_moves_the_llm_slower_than_the_moai_modules(tmp_path):
 def test_expert_qk_init_and_compressor_passthrough_set_new_modules_and_refuse_trained_ones(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
     from moai.model.constants import IMAGE_EXPERTS, LANGUAGE_EXPERTS
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -1272,7 +1274,7 @@ def test_expert_qk_init_and_compressor_passthrough_set_new_modules_and_refuse_tr
 
 def test_aux_encoder_layers_set_a_new_compressor_and_refuse_a_trained_one(tmp_path):
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import build_model
+    from moai.train.build import build_model
 
     config = MoAIConfig.from_preset("tiny")
     config.mixer_config.layers = []
@@ -1352,7 +1354,7 @@ def test_fsdp2_sharded_model_saves_whole_weights_and_resumes_its_shards(tmp_path
     from torch.distributed.fsdp import fully_shard
 
     from moai import MoAIConfig, MoAIForConditionalGeneration
-    from moai.train.loop import gathered_state, load_checkpoint, save_checkpoint
+    from moai.train.checkpoint import gathered_state, load_checkpoint, save_checkpoint
 
     def sharded(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
         torch.manual_seed(seed)

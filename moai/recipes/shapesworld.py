@@ -277,7 +277,7 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
     """Stage 0: the model the base stage would build from its preset, with the vision tower pretrained on the
     training world's patch labels (moai/recipes/tower.py); saved in ``out/tower/final`` (reused if there)."""
     # heavy: torch, transformers
-    from ..train.loop import build_model
+    from ..train.build import build_model
     from ..train.vocab import shapes_tokenizer
     from .tower import TowerConfig, pretrain_tower
 

@@ -10,6 +10,9 @@ DDP runs with unused-parameter detection (unchosen experts and the gates get no 
 
 SIGINT / SIGTERM: the current step finishes, a checkpoint is saved at it and `Interrupted` is raised (the
 CLI prints one line and exits with 130 / 143); ``--resume`` continues from it without repeating a step.
+
+The model a stage starts from is built in moai/train/build.py; checkpoints are written and restored in
+moai/train/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import signal
 import threading
 import time
@@ -28,21 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..model.configuration import MoAIConfig, official_overrides
 from ..model.constants import (
     IGNORE_INDEX,
-    IMAGE_EXPERTS,
-    LANGUAGE_EXPERTS,
 )
 from ..model.mixer import gate_statistics
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
-from .config import TrainConfig, trained_image_slot
+from .build import build_model
+from .checkpoint import (
+    check_same_image_slot,
+    gathered_state,
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig
 from .curves import read_metrics
 from .data import (
     AuxResolver,
@@ -59,270 +65,9 @@ from .data import (
 )
 from .lora import add_lora, merge_lora
 from .referent import REFERENT_KEYS, ReferentHead, ReferentTarget
-from .vocab import PRESET_TOKENIZERS
-
-MODES = {"step1": "sample", "step2": "gated", "base": "gated"}
 
 
-# -- model ----------------------------------------------------------------------------------------
-def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAIProcessor]:
-    """A random preset or a saved model (new modules seeded either way); the processor that goes with it."""
-    torch.manual_seed(config.seed)  # a preset's init, or the mixers a saved base model gains
-    path = Path(config.model)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model {path}: not a save_pretrained directory (no config.json)")
-        model_config = MoAIConfig.from_pretrained(path)
-        _check_mixer_layers(config, model_config)
-        had_mixers = bool(model_config.mixer_config.layers)  # else its compressor was never trained either
-        if config.compat == "official":
-            if had_mixers and model_config.compat != "official":
-                raise ValueError(
-                    f"compat official: model {path} already has trained MoAI modules in default mode; "
-                    "start from its base (a model without mixers)"
-                )
-            _official_moai_modules(model_config)
-        added = []
-        if config.mixer_layers is not None:
-            added = sorted(set(config.mixer_layers) - set(model_config.mixer_config.layers))
-            model_config.mixer_config.layers = list(config.mixer_layers)
-        if config.mixer_scope is not None:  # saved with the trained model: set before it is built
-            model_config.mixer_config.scope = config.mixer_scope
-        _set_aux_text_layers(config, model_config, trained=had_mixers)
-        _set_compressor_passthrough(config, model_config, trained=had_mixers)
-        _set_aux_encoder_layers(config, model_config, trained=had_mixers)
-        _set_new_mixer_options(config, model_config, trained=had_mixers)
-        model = _load_with_new_mixers(path, model_config, added, new_compressor=not had_mixers)
-        if added:
-            model.reset_mixers(added)  # new mixers: identity init, whatever the loader filled in
-            _init_new_moai_modules(model, config, added, new_compressor=not had_mixers)
-        processor = (
-            MoAIProcessor.from_pretrained(path)
-            if (path / "processor_config.json").is_file()
-            else MoAIProcessor.from_config(model.config)
-        )
-    else:
-        try:
-            model_config = MoAIConfig.from_preset(config.model)
-        except ValueError as err:
-            raise ValueError(
-                f"model {config.model!r} is neither a save_pretrained directory nor a preset: {err}"
-            ) from None
-        _check_mixer_layers(config, model_config)
-        if config.step == "base":  # a base model has no MoAI modules
-            model_config.mixer_config.layers = []
-        elif config.mixer_layers is not None:
-            model_config.mixer_config.layers = list(config.mixer_layers)
-        if config.compat == "official":
-            _official_moai_modules(model_config)
-        if config.mixer_scope is not None:
-            model_config.mixer_config.scope = config.mixer_scope
-        _set_aux_text_layers(config, model_config, trained=False)
-        _set_compressor_passthrough(config, model_config, trained=False)
-        _set_aux_encoder_layers(config, model_config, trained=False)
-        _set_new_mixer_options(config, model_config, trained=False)
-        model = MoAIForConditionalGeneration(model_config)
-        layers = model_config.mixer_config.layers
-        _init_new_moai_modules(model, config, layers, new_compressor=bool(layers))
-        tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
-        processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
-    if config.step != "base" and not model.config.mixer_config.layers:
-        raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
-    # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
-    model.set_mixer(mode=MODES[config.step], generator=torch.Generator())
-    return model, processor
-
-
-def _official_moai_modules(model_config: MoAIConfig) -> None:
-    """``TrainConfig.compat = official``: the official model's compressor, mixer and RoPE-position behaviour
-    (`official_overrides`) set on ``model_config`` before the MoAI modules are built; the mixer layers, and the
-    base's vision tower, projector, LLM and PLoRA stay as they are."""
-    over = official_overrides(model_config.mixer_config.layers)
-    model_config.compat = over["compat"]
-    model_config.position_ids_from_mask = over["position_ids_from_mask"]
-    for key, value in over["compressor"].items():
-        setattr(model_config.compressor_config, key, value)
-    for key, value in over["mixer"].items():
-        if key != "layers":
-            setattr(model_config.mixer_config, key, value)
-
-
-def _set_compressor_passthrough(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.compressor_passthrough`` onto ``model_config`` (``trained``: the model's compressor is
-    trained)."""
-    value, current = config.compressor_passthrough, model_config.compressor_config.passthrough
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"compressor_passthrough {value}: model {config.model} has a trained compressor with passthrough "
-            f"{current}; start from its base (a model without mixers)"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"compressor_passthrough {value}: compat official compresses the aux into latents")
-    model_config.compressor_config.passthrough = value
-
-
-def _set_aux_encoder_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.aux_encoder_layers`` onto ``model_config`` (``trained``: the model's compressor is
-    trained)."""
-    value, current = config.aux_encoder_layers, model_config.compressor_config.encoder_layers
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"aux_encoder_layers {value}: model {config.model} has a trained compressor with {current} encoder "
-            "layers; start from its base (a model without mixers)"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"aux_encoder_layers {value}: compat official reads the bare word embeddings (0)")
-    model_config.compressor_config.encoder_layers = value  # >= 0: TrainConfig checks its range
-
-
-def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.aux_text_layers`` onto ``model_config`` (``trained``: the model's compressor is trained)."""
-    value, current = config.aux_text_layers, model_config.compressor_config.text_layers
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"aux_text_layers {value}: model {config.model} has a trained compressor that reads the aux text "
-            f"after {current} LLM layers"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"aux_text_layers {value}: compat official reads the bare word embeddings (0)")
-    layers = model_config.text_config.num_hidden_layers
-    if not 0 <= value <= layers:
-        raise ValueError(f"aux_text_layers {value}: must be 0..{layers} (the LLM's decoder layers)")
-    model_config.compressor_config.text_layers = value
-
-
-def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.mixer_rank``, ``mixer_heads``, ``mixer_sink`` and ``mixer_residual`` onto ``model_config``
-    (``trained``: the model's mixers are trained, and keep theirs)."""
-    options = (  # key, config field, value, why compat official refuses it switched on (None: it does not)
-        ("mixer_rank", "rank", config.mixer_rank, None),
-        ("mixer_heads", "num_heads", config.mixer_heads, None),
-        ("mixer_sink", "attention_sink", config.mixer_sink, "has no attention sinks"),
-        ("mixer_residual", "into_residual", config.mixer_residual, "keeps the un-mixed residual"),
-    )
-    for key, field_name, value, official_refusal in options:
-        current = getattr(model_config.mixer_config, field_name)
-        if value is None or value == current:
-            continue
-        if trained:
-            raise ValueError(
-                f"{key} {value}: model {config.model} has trained mixers with {field_name} {current}; "
-                "start from its base (a model without mixers)"
-            )
-        if official_refusal and value and config.compat == "official":
-            raise ValueError(f"{key} {value}: compat official {official_refusal}")
-        setattr(model_config.mixer_config, field_name, value)
-    model_config.validate_moai()  # e.g. heads that do not divide the LLM's width
-
-
-def _load_with_new_mixers(
-    path: Path, model_config: MoAIConfig, added: list[int], new_compressor: bool = False
-) -> MoAIForConditionalGeneration:
-    """``from_pretrained`` (quietly: no progress bar, no loader report about the mixers in ``added``, whose
-    weights are expected to be missing, nor, with ``new_compressor``, about compressor weights a base never
-    had, e.g. the aux encoder's); any other missing weight is a one-line error naming the directory."""
-    from transformers.utils import logging as hf_logging
-
-    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        model, info = MoAIForConditionalGeneration.from_pretrained(
-            path, config=model_config, output_loading_info=True
-        )
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
-    new = tuple(f"model.language_model.layers.{i}.self_attn.moai_mixer." for i in added)
-    new += ("model.compressor.",) if new_compressor else ()
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith(new))
-    if missing:
-        raise ValueError(
-            f"model {path}: {len(missing)} weights missing from the checkpoint, e.g. {missing[0]}"
-        )
-    return model
-
-
-def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:
-    """``mixer_layers`` must name distinct decoder layers of the model."""
-    layers = config.mixer_layers or []
-    count = model_config.text_config.num_hidden_layers
-    bad = [i for i in layers if not 0 <= i < count]
-    if bad or len(set(layers)) != len(layers):
-        raise ValueError(
-            f"config.mixer_layers: {layers} must be distinct decoder layers 0..{count - 1} of model {config.model}"
-        )
-
-
-def _init_new_moai_modules(
-    model: MoAIForConditionalGeneration, config: TrainConfig, layers: list[int], new_compressor: bool
-) -> None:
-    """Initialise what this run creates: the mixers of ``layers`` and, when ``new_compressor``, the compressor
-    (``moai_init``, ``compressor_query_scale``, ``expert_init_std``)."""
-    if config.moai_init == "fan_in":
-        mixers = [model.language_model.layers[i].self_attn.moai_mixer for i in layers]
-        fan_in_init([*mixers, model.model.compressor] if new_compressor else mixers)
-    if new_compressor:
-        _scale_compressor_queries(model, config.compressor_query_scale)
-    _init_expert_outputs(model, layers, config.expert_init_std)
-    if config.expert_qk_init == "tied":
-        tie_expert_query_keys(model, layers)
-
-
-@torch.no_grad()
-def tie_expert_query_keys(model: MoAIForConditionalGeneration, layers: list[int]) -> None:
-    """``TrainConfig.expert_qk_init = tied``: copy every expert's query factors into its key factors (the two
-    then train apart), so that each expert starts attending to the keys most like its query."""
-    for idx in layers:
-        mixer = model.language_model.layers[idx].self_attn.moai_mixer
-        for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
-            expert = getattr(mixer, name)
-            for key, query in zip(expert.k_proj, expert.q_proj):
-                key.weight.copy_(query.weight)
-
-
-@torch.no_grad()
-def fan_in_init(modules: list[nn.Module]) -> None:
-    """``TrainConfig.moai_init = fan_in``: every linear weight of ``modules`` from N(0, 1 / in_features), biases
-    zero; the linears marked for zero init (an expert's last output factor) stay zero."""
-    for module in modules:
-        for sub in module.modules():
-            if isinstance(sub, nn.Linear):
-                if getattr(sub, "_moai_zero_init", False):
-                    sub.weight.zero_()
-                else:
-                    sub.weight.normal_(0.0, sub.in_features**-0.5)
-                if sub.bias is not None:
-                    sub.bias.zero_()
-
-
-@torch.no_grad()
-def _scale_compressor_queries(model: MoAIForConditionalGeneration, scale: float) -> None:
-    """``TrainConfig.compressor_query_scale``: multiply the query weights of every compressor block."""
-    if scale != 1.0:
-        for block in model.model.compressor.layers:
-            block.attn.to_q.weight.mul_(scale)
-
-
-def _init_expert_outputs(model: MoAIForConditionalGeneration, layers: list[int], std: float) -> None:
-    """Draw the last ``o`` factor of every expert of the mixers in ``layers`` from N(0, std²) (global RNG);
-    std 0 leaves the identity init untouched."""
-    if std <= 0:
-        return
-    with torch.no_grad():
-        for idx in layers:
-            mixer = model.language_model.layers[idx].self_attn.moai_mixer
-            for name in IMAGE_EXPERTS + LANGUAGE_EXPERTS:
-                getattr(mixer, name).o_proj[1].weight.normal_(0.0, std)
-
-
+# -- optimizer ------------------------------------------------------------------------------------
 def optimizer_groups(model: MoAIForConditionalGeneration, config: TrainConfig) -> list[dict[str, Any]]:
     """The trainable parameters as AdamW groups: the MoAI modules (compressor, experts, gates) at ``lr``, the
     others the policy trains at ``lr * other_lr_scale`` (one group when the scale is 1 or nothing else
@@ -351,180 +96,6 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _sharded(model: nn.Module) -> bool:
-    """Whether FSDP2 shards the model's parameters (they are DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def gathered_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
-    """(model state dict, optimizer state dict), whole and on the CPU, of a model whose parameters are sharded
-    by FSDP2 (DTensors); ``None`` for any other model (its own state dicts hold whole tensors already).
-
-    A collective: every process calls it; the main process gets the state, the others empty dicts."""
-    if not _sharded(model):
-        return None
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (
-        get_model_state_dict(model, options=options),
-        get_optimizer_state_dict(model, optimizer, options=options),
-    )
-
-
-def save_checkpoint(
-    run: Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    keep: int,
-    gathered: tuple[dict, dict] | None = None,
-    head: nn.Module | None = None,
-) -> Path:
-    """Write ``checkpoints/step-N`` atomically (temp dir + rename), then point ``latest`` at it. ``gathered``:
-    the `gathered_state` of a sharded model (its trainable weights and optimizer state are written); ``head``:
-    the referent target's head (moai/train/referent.py), kept with the optimizer state, not the model."""
-    from safetensors.torch import save_file
-
-    root = run / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    weights = gathered[0] if gathered is not None else dict(model.named_parameters())
-    trainable = {n: weights[n].detach().cpu().contiguous() for n in names}
-    save_file(trainable, str(tmp / "trainable.safetensors"))
-    torch.save(
-        {
-            "step": step,
-            "optimizer": gathered[1] if gathered is not None else optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            **({"referent_head": head.state_dict()} if head is not None else {}),
-        },
-        tmp / "state.pt",
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
-    others = sorted(p for p in root.glob("step-*") if p != final)
-    for old in others[: max(0, len(others) - max(keep - 1, 0))]:  # keep `keep` checkpoints, this one included
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _complete(path: Path) -> bool:
-    return (path / "state.pt").is_file() and (path / "trainable.safetensors").is_file()
-
-
-def check_same_image_slot(config: TrainConfig, run: Path) -> None:
-    """Refuse to resume ``run`` with another image slot than it was trained with: every prompt would change at
-    the resumed step (a run started before the option resumed with today's default, say)."""
-    trained = trained_image_slot(run)
-    if trained is not None and trained != config.image_slot:
-        raise ValueError(
-            f"--resume: {run} was trained with image_slot {trained}, this config asks {config.image_slot}: the "
-            f"prompts would change at the resumed step; resume it with --override image_slot={trained}"
-        )
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The checkpoint ``checkpoints/latest`` names, or (pointer missing or broken) the newest complete one."""
-    root = run / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if _complete(path):
-            return path
-    found = sorted(p for p in root.glob("step-*") if _complete(p)) if root.is_dir() else []
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, head: nn.Module | None = None) -> int:
-    """Restore trainable weights, optimizer, scheduler, RNG (and the referent target's ``head``) from
-    ``path``; return its step.
-
-    A checkpoint that cannot be read, or that was written for other trainable parameters, is a one-line
-    `ValueError` naming it.
-    """
-    from safetensors.torch import load_file
-
-    try:
-        weights = load_file(str(path / "trainable.safetensors"))
-        state = torch.load(path / "state.pt", weights_only=False)
-    except Exception as err:  # safetensors, pickle and zip errors differ by kind of damage
-        reason = " ".join(str(err).split())
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {reason})") from None
-    params = dict(model.named_parameters())
-    trainable = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != trainable:
-        extra, missing = sorted(set(weights) - trainable), sorted(trainable - set(weights))
-        parts = [
-            f"{len(names)} {what}, e.g. {names[0]}"
-            for what, names in (("missing", missing), ("unexpected", extra))
-            if names
-        ]
-        raise ValueError(
-            f"checkpoint {path} does not match this config's trainable parameters ({'; '.join(parts)})"
-        )
-    if (head is not None) != ("referent_head" in state):
-        raise ValueError(
-            f"checkpoint {path} was written {'without' if head is not None else 'with'} the referent target "
-            f"(referent_weight {'0' if head is not None else '> 0'}); resume it with the same referent_weight"
-        )
-    for name, value in weights.items():
-        if params[name].shape != value.shape:
-            raise ValueError(
-                f"checkpoint {path}: {name} has shape {tuple(value.shape)}, the model {tuple(params[name].shape)}"
-            )
-    if _sharded(model):  # FSDP2: each process takes its shards of the whole tensors
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(model, weights, options=options)
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
-    else:
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if head is not None:
-        head.load_state_dict(state["referent_head"])
-    _set_rng_state(state["rng"])
-    return int(state["step"])
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -921,7 +492,7 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    if config.trainable.endswith("+lora") and _sharded(unwrapped):
+    if config.trainable.endswith("+lora") and is_sharded(unwrapped):
         raise ValueError(
             f"trainable {config.trainable!r}: merging LoRA adapters into FSDP2-sharded weights is not supported; "
             "train it with ddp.yaml or one process"

@@ -40,7 +40,8 @@ from ..model.configuration import MoAIConfig
 from ..model.modeling import MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from .config import TrainConfig
-from .loop import Interrupted, read_metrics, train
+from .curves import read_metrics
+from .loop import Interrupted, train
 
 QUESTION = "What word is written on the sign?"
 
