@@ -170,3 +170,35 @@ def test_referent_config_errors_and_records_without_a_scene(tmp_path):
     assert len(examples) == len(scenes) - 1 and all(e.image.stem != missing for e in examples)
     assert len(report.problems) == 1 and f"no scene {missing} in scenes" in report.problems[0].reason
     assert all(e.referents == scene_referents(s) for e, s in zip(examples, read_scenes(world)))
+
+
+def test_the_referent_target_in_a_moai_step_trains_the_moai_modules_and_leaves_the_base_frozen(tmp_path):
+    # the `tiny` preset has one mixer, in layer 2: hidden state 3 is the first one it shapes
+    fields = dict(step="step2", trainable="moai", referent_layer=3, max_steps=3, save_every=0)
+    runs = {}
+    for name, weight in (("on", 1.0), ("off", 0.0)):
+        out = tmp_path / name
+        config = TrainConfig.load(
+            _world_config(tmp_path, **fields, referent_weight=weight, output_dir=str(out))
+        )
+        train(config, **QUIET)
+        runs[name] = load_file(str(out / "final" / "model.safetensors"))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(("referent_loss" in r) == (weight > 0) for r in rows)
+    start, _ = build_model(TrainConfig.load(_world_config(tmp_path, **fields)))
+    before = start.state_dict()
+    moai = set(start.moai_parameter_names())
+    on, off = runs["on"], runs["off"]
+    assert not any("referent" in name for name in on)
+    frozen = [name for name in on if name not in moai]
+    assert len(frozen) > len(on) // 2 and set(frozen) <= set(before)
+    for name in frozen:  # the base frozen, with or without the target
+        assert torch.equal(on[name], before[name]) and torch.equal(off[name], before[name]), name
+    assert any(not torch.equal(on[n], off[n]) for n in moai)  # the target's loss reached the MoAI modules
+
+    # a hidden state before the first mixer: nothing trainable under its loss, refused in one line
+    early = TrainConfig.load(_world_config(tmp_path, **{**fields, "referent_layer": 2}, referent_weight=1.0))
+    with pytest.raises(
+        ValueError, match=r"referent_layer 2: reads the LLM's state before its first mixer \(layer 2\)"
+    ):
+        train(early, **QUIET)

@@ -178,7 +178,9 @@ class TrainConfig:
     does not (docs/shapesworld.md, "Position with a target for the lookup"). One process only. Not in the
     paper."""
     referent_layer: int = 2
-    """Which hidden state the referent head reads: 0 the embeddings, ``i`` the output of LLM layer ``i``."""
+    """Which hidden state the referent head reads: 0 the embeddings, ``i`` the output of the first ``i`` LLM
+    layers (decoder layers 0..i-1). In a MoAI step with ``trainable: moai`` or ``mixers`` it must be past the
+    first mixer layer, else its loss reaches nothing that trains."""
     image_slot: Literal["template", "as_written"] = "template"
     """Where a training prompt puts the image: ``template``, the chat template's slot, before the user's turn,
     where MoAI-7B's prompt has it (docs/model.md §3) and where the engine, `moai predict`, the server and the

@@ -317,6 +317,12 @@ def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration, p
     layers = model.config.text_config.num_hidden_layers
     if config.referent_layer > layers:
         raise ValueError(f"referent_layer {config.referent_layer}: the LLM has {layers} layers")
+    mixers = model.config.mixer_config.layers
+    if config.trainable in ("moai", "mixers") and mixers and config.referent_layer <= min(mixers):
+        raise ValueError(
+            f"referent_layer {config.referent_layer}: reads the LLM's state before its first mixer (layer "
+            f"{min(mixers)}), so with trainable {config.trainable} its loss trains nothing; use {min(mixers) + 1} or more"
+        )
     with torch.random.fork_rng(devices=[]):  # drawn from the run's seed, the global generator left as it was
         torch.manual_seed(config.seed)
         head = ReferentHead(model.config.text_config.hidden_size)
