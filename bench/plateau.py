@@ -6,7 +6,7 @@ The recipe's ``step2_blank`` part (sign questions about blanked images, the OCR 
 the chance loss until the MoAI modules start reading the aux, then falls (docs/shapesworld.md, "What starts the
 reading: the base"). For each run directory this prints its start model, image slot and seed (from its
 config.yaml), the mean loss of every ``--window`` logged steps and the first step whose window mean is below
-``--below`` times the first window's, or ``-`` when none is (moai/train/curves.py, which the recipe's check of
+``--below`` times the median loss of the first window, or ``-`` when none is (moai/train/curves.py, which the recipe's check of
 ``step2_blank`` uses; a stuck run's windows stay within a few percent of the first).
 """
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from moai.train.config import trained_image_slot  # noqa: E402
-from moai.train.curves import PLATEAU_BELOW, plateau_exit, read_losses, window_means  # noqa: E402
+from moai.train.curves import PLATEAU_BELOW, plateau_exit, plateau_level, read_losses, window_means  # noqa: E402
 
 
 def describe(run: Path) -> str:
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--below",
         type=float,
         default=PLATEAU_BELOW,
-        help=f"a window left the plateau when its mean is below this times the first window's (default {PLATEAU_BELOW})",
+        help=f"a window left the plateau when its mean is below this times the first window's median loss (default {PLATEAU_BELOW})",
     )
     args = parser.parse_args(argv)
     if args.window < 1:
@@ -53,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"plateau: {run}: no metrics.jsonl, skipped", file=sys.stderr)
             status = 2
             continue
-        means = window_means(read_losses(run), args.window)
-        found = plateau_exit(means, args.below)
+        losses = read_losses(run)
+        means = window_means(losses, args.window)
+        found = plateau_exit(means, plateau_level(losses, args.window), args.below)
         print(f"{run}: {describe(run)}; left the plateau by step {found if found is not None else '-'}")
         print("  " + " ".join(f"{mean:.3f}" for _, mean in means))
     return status

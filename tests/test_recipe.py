@@ -425,8 +425,9 @@ def test_checks_pass_and_fail_on_scripted_answers(tmp_path):
 
 
 def test_reading_check_passes_when_the_loss_left_its_plateau_and_fails_when_it_stayed(tmp_path):
-    """step2_blank's check (`check_reading`): a loss that falls below PLATEAU_BELOW of its first window's mean
-    passes, one that stays at chance (as on a base that does not start the reading) fails, naming the stage."""
+    """step2_blank's check (`check_reading`): a loss that falls below PLATEAU_BELOW of its first window's median
+    passes, one that stays at chance (as on a base that does not start the reading) fails, naming the stage, also
+    after a first logged loss far above chance."""
 
     def run(name: str, losses: list[float]) -> Path:
         (tmp_path / name).mkdir()
@@ -443,8 +444,11 @@ def test_reading_check_passes_when_the_loss_left_its_plateau_and_fails_when_it_s
     stuck = check_reading(run("step2_blank", chance * 4), say.append)
     assert stuck["failed"] == ["plateau"] and stuck["left_plateau_at"] is None
     assert (
-        stuck["message"].startswith("step2_blank's loss never fell below") and "(0.232)" in stuck["message"]
+        stuck["message"].startswith("step2_blank's loss never fell below") and "(0.231)" in stuck["message"]
     )
+    assert stuck["level"] == pytest.approx(0.231)  # the median of the first window's losses
+    late = check_reading(run("late", [2.29, 0.259] + chance[2:] + chance * 3), say.append)
+    assert late["failed"] == ["plateau"] and late["means"][0] > 0.6  # the chance loss after it is no fall
     empty = check_reading(run("empty", []), say.append)  # a run that logged nothing did not start either
     assert empty["failed"] == ["plateau"] and "none logged" in empty["message"]
 

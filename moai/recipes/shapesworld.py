@@ -34,7 +34,7 @@ from ..perception.config import PerceptionConfig
 from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
-from ..train.curves import PLATEAU_BELOW, plateau_exit, read_losses, window_means
+from ..train.curves import PLATEAU_BELOW, plateau_exit, plateau_level, read_losses, window_means
 from ..worlds.score import is_correct
 from ..worlds.shapes import (
     CATEGORIES,
@@ -217,20 +217,27 @@ def check_reading(run: Path, say: Callable[[str], None]) -> dict:
     """Whether the loss of ``run`` (the ``READING_STAGE`` part) left its plateau (`moai.train.curves`): the
     MoAI modules started reading the OCR aux. Whether they start depends on the frozen base they are trained on,
     not on the seed of the part (docs/shapesworld.md, "What starts the reading: the base"); failed when no
-    window of ``READING_WINDOW`` steps falls below ``PLATEAU_BELOW`` times the first window's mean loss."""
-    means = window_means(read_losses(run), READING_WINDOW)
-    left = plateau_exit(means, PLATEAU_BELOW)
+    window of ``READING_WINDOW`` steps falls below ``PLATEAU_BELOW`` times the median loss of the first."""
+    losses = read_losses(run)
+    means = window_means(losses, READING_WINDOW)
+    level = plateau_level(losses, READING_WINDOW)
+    left = plateau_exit(means, level, PLATEAU_BELOW)
     say(f"{run.name}: mean loss per {READING_WINDOW} steps " + " ".join(f"{mean:.3f}" for _, mean in means))
-    result = {"window": READING_WINDOW, "means": [round(m, 4) for _, m in means], "left_plateau_at": left}
+    result = {
+        "window": READING_WINDOW,
+        "means": [round(m, 4) for _, m in means],
+        "level": None if level is None else round(level, 4),
+        "left_plateau_at": left,
+    }
     if left is not None:
         say(f"{run.name}: the loss left its plateau by step {left}")
         return {**result, "failed": []}
-    first = f"{means[0][1]:.3f}" if means else "none logged"
+    first = f"{level:.3f}" if level is not None else "none logged"
     return {
         **result,
         "failed": ["plateau"],
-        "message": f"{run.name}'s loss never fell below {PLATEAU_BELOW} times its first {READING_WINDOW} steps' "
-        f"mean ({first}): the MoAI modules did not start reading the OCR aux on this base, whose training decides "
+        "message": f"{run.name}'s loss never fell below {PLATEAU_BELOW} times the median loss of its first "
+        f"{READING_WINDOW} steps ({first}): the MoAI modules did not start reading the OCR aux on this base, whose training decides "
         'it (docs/shapesworld.md, "What starts the reading: the base"); a base trained again with another seed '
         "(--override base.seed=N) is the remedy to try (untested)",
     }

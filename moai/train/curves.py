@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 PLATEAU_BELOW = 0.8
-"""A window left the plateau when its mean loss is below this fraction of the first window's. Over their first
-1,000 steps the 50-step windows of the runs that stayed at chance (docs/shapesworld.md, "What starts the
-reading: the base") keep within 3 % of the first; the first window of a started reading below 0.8 of it is
+"""A window left the plateau when its mean loss is below this fraction of the plateau's level (`plateau_level`).
+Over their first 1,000 steps the 50-step windows of the runs that stayed at chance (docs/shapesworld.md, "What
+starts the reading: the base") keep within 3 % of it; the first window of a started reading below 0.8 of it is
 at 0.72-0.79, and the next ones lower."""
 
 
@@ -55,10 +55,20 @@ def window_means(losses: Sequence[tuple[int, float]], window: int) -> list[tuple
     return [((k + 1) * window, statistics.fmean(v)) for k, v in sorted(groups.items())]
 
 
-def plateau_exit(means: Sequence[tuple[int, float]], below: float = PLATEAU_BELOW) -> int | None:
-    """The last step of the first window whose mean is below ``below`` times the first window's; None when no
-    window is (or there is only one)."""
-    if not means:
+def plateau_level(losses: Sequence[tuple[int, float]], window: int) -> float | None:
+    """The loss a run sat on at its start: the median of the losses logged in its first ``window`` steps (None
+    when none is). A median, not the window's mean: a run whose first logged steps answer in another form (a
+    loss of 2.3 at step 10, then the chance loss from step 20, as the reading stage on the position tower's base
+    in docs/shapesworld.md) would otherwise put the level so high that the chance loss itself reads as a fall."""
+    first = [loss for step, loss in losses if step <= window]
+    return statistics.median(first) if first else None
+
+
+def plateau_exit(
+    means: Sequence[tuple[int, float]], level: float | None, below: float = PLATEAU_BELOW
+) -> int | None:
+    """The last step of the first window after the first (``means``: `window_means`) whose mean is below
+    ``below`` times ``level`` (`plateau_level`); None when no window is, or there is no level."""
+    if level is None:
         return None
-    floor = below * means[0][1]
-    return next((step for step, mean in means[1:] if mean < floor), None)
+    return next((step for step, mean in means[1:] if mean < below * level), None)
