@@ -42,9 +42,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             model_config.mixer_config.layers = list(config.mixer_layers)
         if config.mixer_scope is not None:  # saved with the trained model: set before it is built
             model_config.mixer_config.scope = config.mixer_scope
-        _set_aux_text_layers(config, model_config, trained=had_mixers)
-        _set_compressor_passthrough(config, model_config, trained=had_mixers)
-        _set_aux_encoder_layers(config, model_config, trained=had_mixers)
+        _set_compressor_options(config, model_config, trained=had_mixers)
         _set_new_mixer_options(config, model_config, trained=had_mixers)
         model = _load_with_new_mixers(path, model_config, added, new_compressor=not had_mixers)
         if added:
@@ -71,9 +69,7 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
             _official_moai_modules(model_config)
         if config.mixer_scope is not None:
             model_config.mixer_config.scope = config.mixer_scope
-        _set_aux_text_layers(config, model_config, trained=False)
-        _set_compressor_passthrough(config, model_config, trained=False)
-        _set_aux_encoder_layers(config, model_config, trained=False)
+        _set_compressor_options(config, model_config, trained=False)
         _set_new_mixer_options(config, model_config, trained=False)
         model = MoAIForConditionalGeneration(model_config)
         layers = model_config.mixer_config.layers
@@ -101,54 +97,50 @@ def _official_moai_modules(model_config: MoAIConfig) -> None:
             setattr(model_config.mixer_config, key, value)
 
 
-def _set_compressor_passthrough(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.compressor_passthrough`` onto ``model_config`` (``trained``: the model's compressor is
-    trained)."""
-    value, current = config.compressor_passthrough, model_config.compressor_config.passthrough
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"compressor_passthrough {value}: model {config.model} has a trained compressor with passthrough "
-            f"{current}; start from its base (a model without mixers)"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"compressor_passthrough {value}: compat official compresses the aux into latents")
-    model_config.compressor_config.passthrough = value
-
-
-def _set_aux_encoder_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.aux_encoder_layers`` onto ``model_config`` (``trained``: the model's compressor is
-    trained)."""
-    value, current = config.aux_encoder_layers, model_config.compressor_config.encoder_layers
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"aux_encoder_layers {value}: model {config.model} has a trained compressor with {current} encoder "
-            "layers; start from its base (a model without mixers)"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"aux_encoder_layers {value}: compat official reads the bare word embeddings (0)")
-    model_config.compressor_config.encoder_layers = value  # >= 0: TrainConfig checks its range
-
-
-def _set_aux_text_layers(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
-    """``TrainConfig.aux_text_layers`` onto ``model_config`` (``trained``: the model's compressor is trained)."""
-    value, current = config.aux_text_layers, model_config.compressor_config.text_layers
-    if value is None or value == current:
-        return
-    if trained:
-        raise ValueError(
-            f"aux_text_layers {value}: model {config.model} has a trained compressor that reads the aux text "
-            f"after {current} LLM layers"
-        )
-    if config.compat == "official" and value:
-        raise ValueError(f"aux_text_layers {value}: compat official reads the bare word embeddings (0)")
+def _set_compressor_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
+    """``TrainConfig.aux_text_layers``, ``compressor_passthrough`` and ``aux_encoder_layers`` onto
+    ``model_config`` (``trained``: the model's compressor is trained, and keeps what it was trained with)."""
+    compressor = model_config.compressor_config
+    options = (  # key, compressor field, value, what the trained compressor has, why compat official refuses it on
+        (
+            "aux_text_layers",
+            "text_layers",
+            config.aux_text_layers,
+            "that reads the aux text after {} LLM layers",
+            "reads the bare word embeddings (0)",
+        ),
+        (
+            "compressor_passthrough",
+            "passthrough",
+            config.compressor_passthrough,
+            "with passthrough {}",
+            "compresses the aux into latents",
+        ),
+        (
+            "aux_encoder_layers",
+            "encoder_layers",
+            config.aux_encoder_layers,
+            "with {} encoder layers",
+            "reads the bare word embeddings (0)",
+        ),
+    )
+    for key, field_name, value, trained_has, official_refusal in options:
+        current = getattr(compressor, field_name)
+        if value is None or value == current:
+            continue
+        if trained:
+            raise ValueError(
+                f"{key} {value}: model {config.model} has a trained compressor {trained_has.format(current)}; "
+                "start from its base (a model without mixers)"
+            )
+        if config.compat == "official" and value:
+            raise ValueError(f"{key} {value}: compat official {official_refusal}")
+        setattr(compressor, field_name, value)  # aux_encoder_layers >= 0: TrainConfig checks its range
     layers = model_config.text_config.num_hidden_layers
-    if not 0 <= value <= layers:
-        raise ValueError(f"aux_text_layers {value}: must be 0..{layers} (the LLM's decoder layers)")
-    model_config.compressor_config.text_layers = value
+    if not 0 <= compressor.text_layers <= layers:
+        raise ValueError(
+            f"aux_text_layers {compressor.text_layers}: must be 0..{layers} (the LLM's decoder layers)"
+        )
 
 
 def _set_new_mixer_options(config: TrainConfig, model_config: MoAIConfig, trained: bool) -> None:
