@@ -6,8 +6,8 @@ The recipe's ``step2_blank`` part (sign questions about blanked images, the OCR 
 the chance loss until the MoAI modules start reading the aux, then falls (docs/shapesworld.md, "What starts the
 reading: the base"). For each run directory this prints its start model, image slot and seed (from its
 config.yaml), the mean loss of every ``--window`` logged steps and the first step whose window mean is below
-``--below`` times the median loss of the first window, or ``-`` when none is (moai/train/curves.py, which the recipe's check of
-``step2_blank`` uses; a stuck run's windows stay within a few percent of the first).
+``--below`` times the median loss of the first window, or ``-`` when none is (moai/train/curves.py, which the
+recipe's check of ``step2_blank`` uses; a stuck run's windows stay within a few percent of the first).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from moai.train.config import trained_image_slot  # noqa: E402
-from moai.train.curves import PLATEAU_BELOW, plateau_exit, plateau_level, read_losses, window_means  # noqa: E402
+from moai.train.curves import PLATEAU_BELOW, find_plateau, read_losses  # noqa: E402
 
 
 def describe(run: Path) -> str:
@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--below",
         type=float,
         default=PLATEAU_BELOW,
-        help=f"a window left the plateau when its mean is below this times the first window's median loss (default {PLATEAU_BELOW})",
+        help="a window left the plateau when its mean is below this times the first window's median loss "
+        f"(default {PLATEAU_BELOW})",
     )
     args = parser.parse_args(argv)
     if args.window < 1:
@@ -53,11 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"plateau: {run}: no metrics.jsonl, skipped", file=sys.stderr)
             status = 2
             continue
-        losses = read_losses(run)
-        means = window_means(losses, args.window)
-        found = plateau_exit(means, plateau_level(losses, args.window), args.below)
+        plateau = find_plateau(read_losses(run), args.window, args.below)
+        found = plateau.left_at
         print(f"{run}: {describe(run)}; left the plateau by step {found if found is not None else '-'}")
-        print("  " + " ".join(f"{mean:.3f}" for _, mean in means))
+        print("  " + " ".join(f"{mean:.3f}" for _, mean in plateau.means))
     return status
 
 

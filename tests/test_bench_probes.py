@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moai.model.configuration import CLIP_MEAN
-from moai.train.curves import plateau_exit, plateau_level, read_losses, window_means
+from moai.train.curves import Plateau, find_plateau, plateau_level, read_losses, window_means
 from moai.worlds.shapes import COLOURS, KINDS
 
 
@@ -563,15 +563,15 @@ def test_plateau_finds_the_first_window_below_a_fraction_of_the_first(tmp_path, 
     assert [step for step, _ in means] == [30, 60, 90, 120]
     assert means[0][1] == pytest.approx((0.233 + 0.229 + 0.236) / 3)
     assert means[2][1] == pytest.approx((0.20 + 0.17 + 0.15) / 3)
-    level = plateau_level(losses, window=30)
-    assert level == pytest.approx(0.233)  # the median of the first window's three losses
-    assert plateau_exit(means, level, below=0.8) == 90
-    assert plateau_exit(means, level, below=0.3) is None
-    assert plateau_exit([], None, below=0.8) is None and plateau_level([], window=30) is None
+    assert plateau_level(losses, window=30) == pytest.approx(0.233)  # the median of the first window's losses
+    found = find_plateau(losses, window=30, below=0.8)
+    assert found.means == means and found.level == pytest.approx(0.233) and found.left_at == 90
+    assert find_plateau(losses, window=30, below=0.3).left_at is None
+    assert find_plateau([], window=30, below=0.8) == Plateau([], None, None)
     # a first logged loss far above the chance loss (answers in another form at first) is no plateau: the chance
     # loss after it is not a fall
     transient = [(10, 2.29), (20, 0.259), (30, 0.226)] + [(10 * i, 0.232) for i in range(4, 13)]
-    assert plateau_exit(window_means(transient, 30), plateau_level(transient, 30)) is None
+    assert find_plateau(transient, 30).left_at is None
     with pytest.raises(ValueError, match="window 0"):
         window_means([(1, 0.2)], window=0)
 

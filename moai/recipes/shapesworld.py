@@ -34,7 +34,7 @@ from ..perception.config import PerceptionConfig
 from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
-from ..train.curves import PLATEAU_BELOW, plateau_exit, plateau_level, read_losses, window_means
+from ..train.curves import PLATEAU_BELOW, find_plateau, read_losses
 from ..worlds.score import is_correct
 from ..worlds.shapes import (
     CATEGORIES,
@@ -218,10 +218,8 @@ def check_reading(run: Path, say: Callable[[str], None]) -> dict:
     MoAI modules started reading the OCR aux. Whether they start depends on the frozen base they are trained on,
     not on the seed of the part (docs/shapesworld.md, "What starts the reading: the base"); failed when no
     window of ``READING_WINDOW`` steps falls below ``PLATEAU_BELOW`` times the median loss of the first."""
-    losses = read_losses(run)
-    means = window_means(losses, READING_WINDOW)
-    level = plateau_level(losses, READING_WINDOW)
-    left = plateau_exit(means, level, PLATEAU_BELOW)
+    plateau = find_plateau(read_losses(run), READING_WINDOW, PLATEAU_BELOW)
+    means, level, left = plateau.means, plateau.level, plateau.left_at
     say(f"{run.name}: mean loss per {READING_WINDOW} steps " + " ".join(f"{mean:.3f}" for _, mean in means))
     result = {
         "window": READING_WINDOW,
@@ -237,9 +235,9 @@ def check_reading(run: Path, say: Callable[[str], None]) -> dict:
         **result,
         "failed": ["plateau"],
         "message": f"{run.name}'s loss never fell below {PLATEAU_BELOW} times the median loss of its first "
-        f"{READING_WINDOW} steps ({first}): the MoAI modules did not start reading the OCR aux on this base, whose training decides "
-        'it (docs/shapesworld.md, "What starts the reading: the base"); a base trained again with another seed '
-        "(--override base.seed=N) is the remedy to try (untested)",
+        f"{READING_WINDOW} steps ({first}): the MoAI modules did not start reading the OCR aux on this base, "
+        'whose training decides it (docs/shapesworld.md, "What starts the reading: the base"); a base trained '
+        "again with another seed (--override base.seed=N) is the remedy to try (untested)",
     }
 
 

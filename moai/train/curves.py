@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PLATEAU_BELOW = 0.8
-"""A window left the plateau when its mean loss is below this fraction of the plateau's level (`plateau_level`).
-Over their first 1,000 steps the 50-step windows of the runs that stayed at chance (docs/shapesworld.md, "What
+"""A window left the plateau when its mean loss is below this fraction of the plateau's level
+(`plateau_level`). Over their first 1,000 steps the 50-step windows of the runs that stayed at chance (docs/shapesworld.md, "What
 starts the reading: the base") keep within 3 % of it; the first window of a started reading below 0.8 of it is
 at 0.72-0.79, and the next ones lower."""
 
@@ -64,11 +65,22 @@ def plateau_level(losses: Sequence[tuple[int, float]], window: int) -> float | N
     return statistics.median(first) if first else None
 
 
-def plateau_exit(
-    means: Sequence[tuple[int, float]], level: float | None, below: float = PLATEAU_BELOW
-) -> int | None:
-    """The last step of the first window after the first (``means``: `window_means`) whose mean is below
-    ``below`` times ``level`` (`plateau_level`); None when no window is, or there is no level."""
-    if level is None:
-        return None
-    return next((step for step, mean in means[1:] if mean < below * level), None)
+@dataclass(frozen=True)
+class Plateau:
+    """Where a run's loss left the plateau it started on (`find_plateau`)."""
+
+    means: list[tuple[int, float]]
+    """(last step, mean loss) of each window (`window_means`)."""
+    level: float | None
+    """The plateau's loss (`plateau_level`); None when the run logged no step in its first window."""
+    left_at: int | None
+    """The last step of the first window after the first whose mean is below ``below`` times ``level``; None
+    when no window is."""
+
+
+def find_plateau(losses: Sequence[tuple[int, float]], window: int, below: float = PLATEAU_BELOW) -> Plateau:
+    """The window means of ``losses`` (step, loss), the plateau's level and the step the loss left it."""
+    means = window_means(losses, window)
+    level = plateau_level(losses, window)
+    left = None if level is None else next((step for step, mean in means[1:] if mean < below * level), None)
+    return Plateau(means, level, left)
