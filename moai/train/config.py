@@ -179,8 +179,8 @@ class TrainConfig:
     paper."""
     referent_layer: int = 2
     """Which hidden state the referent head reads: 0 the embeddings, ``i`` the output of the first ``i`` LLM
-    layers (decoder layers 0..i-1). In a MoAI step with ``trainable: moai`` or ``mixers`` it must be past the
-    first mixer layer, else its loss reaches nothing that trains."""
+    layers (decoder layers 0..i-1). With a ``trainable`` policy that trains MoAI modules alone (``moai``,
+    ``mixers``) it must be past the first mixer layer, else its loss reaches nothing that trains."""
     image_slot: Literal["template", "as_written"] = "template"
     """Where a training prompt puts the image: ``template``, the chat template's slot, before the user's turn,
     where MoAI-7B's prompt has it (docs/model.md §3) and where the engine, `moai predict`, the server and the

@@ -36,7 +36,7 @@ from ..model.constants import (
     IGNORE_INDEX,
 )
 from ..model.mixer import gate_statistics
-from ..model.modeling import MoAIForConditionalGeneration
+from ..model.modeling import TRAINABLE_POLICIES, MoAIForConditionalGeneration
 from ..model.processing import MoAIProcessor
 from ..perception.settings import AuxSettings
 from .build import build_model
@@ -318,7 +318,9 @@ def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration, p
     if config.referent_layer > layers:
         raise ValueError(f"referent_layer {config.referent_layer}: the LLM has {layers} layers")
     mixers = model.config.mixer_config.layers
-    if config.trainable in ("moai", "mixers") and mixers and config.referent_layer <= min(mixers):
+    # a policy that trains the MoAI modules alone has no trainable weight before the first mixer
+    only_moai = set(TRAINABLE_POLICIES[config.trainable]) <= {"compressor", "mixers"}
+    if only_moai and mixers and config.referent_layer <= min(mixers):
         raise ValueError(
             f"referent_layer {config.referent_layer}: reads the LLM's state before its first mixer (layer "
             f"{min(mixers)}), so with trainable {config.trainable} its loss trains nothing; use {min(mixers) + 1} or more"
