@@ -1426,3 +1426,32 @@ def test_resume_refuses_another_image_slot_than_the_run_was_trained_with(tmp_pat
     assert summary["start_step"] == 2 and summary["steps"] == 3
     # a fresh start (no --resume) is a new run: any slot
     assert train(dataclasses.replace(cfg, max_steps=1), **QUIET)["start_step"] == 0
+
+
+def test_base_weights_moves_the_moai_modules_onto_another_base(tmp_path):
+    from moai import MoAIConfig, MoAIForConditionalGeneration
+
+    torch.manual_seed(0)
+    moai = MoAIForConditionalGeneration(MoAIConfig.from_preset("tiny"))
+    moai.save_pretrained(tmp_path / "moai")
+    base_config = MoAIConfig.from_preset("tiny")
+    base_config.mixer_config.layers = []  # a base trained without MoAI modules
+    torch.manual_seed(1)
+    MoAIForConditionalGeneration(base_config).save_pretrained(tmp_path / "base")
+    base = load_file(tmp_path / "base" / "model.safetensors")
+
+    fields = {"model": str(tmp_path / "moai"), "base_weights": str(tmp_path / "base")}
+    moved = build_model(TrainConfig.from_dict(fields))[0].state_dict()
+    names = set(moai.moai_parameter_names())
+    assert names and all(torch.equal(moved[k], moai.state_dict()[k]) for k in names)
+    others = set(moved) - names
+    assert others and all(torch.equal(moved[k], base[k]) for k in others)
+    assert any(not torch.equal(moved[k], moai.state_dict()[k]) for k in others)  # the base did change
+
+    wide = MoAIConfig.from_preset("tiny")
+    wide.text_config.intermediate_size *= 2
+    MoAIForConditionalGeneration(wide).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match=r"base_weights .*wide: .*mlp.* is \(\d+, \d+\), model's is"):
+        build_model(TrainConfig.from_dict({**fields, "base_weights": str(tmp_path / "wide")}))
+    with pytest.raises(ValueError, match="base_weights .*nowhere: not a save_pretrained directory"):
+        build_model(TrainConfig.from_dict({**fields, "base_weights": str(tmp_path / "nowhere")}))

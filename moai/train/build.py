@@ -76,6 +76,8 @@ def build_model(config: TrainConfig) -> tuple[MoAIForConditionalGeneration, MoAI
         _init_new_moai_modules(model, config, layers, new_compressor=bool(layers))
         tokenizer = PRESET_TOKENIZERS[config.model]() if config.model in PRESET_TOKENIZERS else None
         processor = MoAIProcessor.from_config(model_config, tokenizer=tokenizer)
+    if config.base_weights is not None:
+        take_base_weights(model, Path(config.base_weights))
     if config.step != "base" and not model.config.mixer_config.layers:
         raise ValueError(f"step {config.step} needs mixer layers, but model {config.model} has none")
     # the step's routing; the step-1 draws come from a generator `train_step` seeds per micro-batch
@@ -194,6 +196,33 @@ def _load_with_new_mixers(
             f"model {path}: {len(missing)} weights missing from the checkpoint, e.g. {missing[0]}"
         )
     return model
+
+
+def take_base_weights(model: MoAIForConditionalGeneration, path: Path) -> int:
+    """Copy into ``model`` every weight of the saved model in ``path`` outside the MoAI modules (vision tower,
+    projector, LLM, LM head), keeping ``model``'s compressor and mixers: the MoAI modules moved onto another
+    base (paper §3.3 trains them on a frozen base; here the base may have trained on after them). Returns the
+    number of tensors copied; a directory that is not a saved model, or a base whose weights do not match
+    ``model``'s names and shapes, is a one-line error naming it."""
+    if not (path / "config.json").is_file():
+        raise ValueError(f"base_weights {path}: not a save_pretrained directory (no config.json)")
+    base_config = MoAIConfig.from_pretrained(path)
+    # a base trained without mixers has a compressor it never trained, maybe never saved: not read here
+    base = _load_with_new_mixers(path, base_config, [], new_compressor=not base_config.mixer_config.layers)
+    moai = set(model.moai_parameter_names())
+    theirs = base.state_dict()
+    ours = {name: tensor for name, tensor in model.state_dict().items() if name not in moai}
+    for name, tensor in ours.items():
+        if name not in theirs:
+            raise ValueError(f"base_weights {path}: no weight {name} (another architecture than model's)")
+        if theirs[name].shape != tensor.shape:
+            raise ValueError(
+                f"base_weights {path}: {name} is {tuple(theirs[name].shape)}, model's is {tuple(tensor.shape)}"
+            )
+    with torch.no_grad():
+        for name, tensor in ours.items():
+            tensor.copy_(theirs[name])
+    return len(ours)
 
 
 def _check_mixer_layers(config: TrainConfig, model_config: MoAIConfig) -> None:

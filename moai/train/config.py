@@ -66,6 +66,12 @@ class TrainConfig:
     """Run directory: checkpoints, metrics.jsonl, TensorBoard events, the saved config."""
     model: str = "tiny"
     """A preset name (tiny | mid | moai-7b) for a random model, or a ``save_pretrained`` directory."""
+    base_weights: str | None = None
+    """A ``save_pretrained`` directory whose base weights (vision tower, projector, LLM and LM head: every
+    weight outside the compressor and the mixers) replace ``model``'s before the run: the MoAI modules
+    ``model`` trained move onto another base of the same architecture, e.g. one trained on after the MoAI
+    stages, whose own MoAI stages would not start (docs/shapesworld.md, "The MoAI modules moved onto a base
+    trained on"). The tokenizer and processor stay ``model``'s. None keeps ``model``'s base."""
     step: Literal["base", "step1", "step2"] = "step2"
     """``step1``: mixer in sample mode (one random expert per stream and layer, gates unused); ``step2``:
     gated mixer, compressor + experts + gates trained; ``base``: projector (and optionally LLM/LoRA)
