@@ -38,6 +38,7 @@ from moai.recipes.shapesworld import (
 )
 from moai.recipes.shapesworld import main as shapesworld_main
 from moai.train.config import TrainConfig
+from moai.worlds.positions import position_records
 from moai.worlds.shapes import read_scenes, sign_word_question, write_world
 from moai.worlds.signs import training_records
 
@@ -74,7 +75,7 @@ def test_majority_baseline_and_accuracy_by_hand():
 def test_shipped_stage_configs_chain_base_step1_and_step2_in_four_parts(tmp_path):
     options = RecipeOptions(out=tmp_path)
     configs = {s: stage_config(s, options, f"{tmp_path}/prev") for s in STAGES}
-    assert [c.step for c in configs.values()] == ["base", "base", "step1", *["step2"] * 4]
+    assert [c.step for c in configs.values()] == ["base", "base", "step1", *["step2"] * 4, "base", "step2"]
     # the base encodes the image in the user's turn as the shipped model's base was trained, the MoAI stages (the
     # variants' step-2 config too) in the template's slot, where the engine asks (docs/shapesworld.md, "The
     # image in the prompt"), so that the recipe remakes that model
@@ -142,6 +143,26 @@ def test_shipped_stage_configs_chain_base_step1_and_step2_in_four_parts(tmp_path
     assert [(d.path, d.drop_modules, d.weight) for d in variant.data] == [
         (d.path, d.drop_modules, d.weight) for d in mixed
     ]
+    # then the base trained on from base2's model, the world's two-shape position questions beside its
+    # conversations, and step 2's last part again with step 2's modules moved onto that base
+    base_pos, moved = configs["base_pos"], configs["step2_pos"]
+    assert (
+        base_pos.aux == "none" and base_pos.perception_cache is None and base_pos.image_slot == "as_written"
+    )
+    assert base_pos.trainable == "projector+llm" and base_pos.base_weights is None
+    assert [d.path for d in base_pos.data] == [train, str(world / "positions2.json")]
+    assert moved.base_weights == str(tmp_path / "base_pos" / "final")
+    assert (moved.trainable, moved.mixer_scope, moved.split_turns, moved.verbalizer) == (
+        "moai",
+        "causal",
+        True,
+        "compact-text-first",
+    )
+    assert [(d.path, d.drop_modules, d.weight) for d in moved.data] == [
+        (d.path, d.drop_modules, d.weight) for d in mixed
+    ]
+    assert (moved.lr, moved.min_lr, moved.max_steps) == (configs["step2"].lr, configs["step2"].min_lr, 500)
+    assert all(configs[s].base_weights is None for s in STAGES if s != "step2_pos")
     assert all(isinstance(c, TrainConfig) for c in configs.values())
 
 
@@ -165,7 +186,7 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     """Every stage for two steps on a handful of scenes: the driver, the checks' measurements, the card."""
     options = RecipeOptions(
         out=tmp_path / "run",
-        scenes=6,
+        scenes=13,  # the first two-shape scene of the training seed that asks a position question is its 13th
         check_scenes=3,
         steps={s: 2 for s in (TOWER, *STAGES)},
         batch_size=2,
@@ -194,7 +215,28 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     assert TrainConfig.load(tmp_path / "run" / "base2" / "config.yaml").model == str(
         tmp_path / "run" / "base" / "final"
     )
-    assert 0.0 <= report["step2"]["check"]["changed_by_swapped_aux"] <= 1.0
+    assert 0.0 <= report["step2_pos"]["check"]["changed_by_swapped_aux"] <= 1.0
+    assert "check" not in report["step2"] and set(report["base_pos"]["check"]) >= {
+        "baseline",
+        "base",
+        "failed",
+    }
+    # the base trained on starts from base2's model on the world's two-shape position questions ...
+    run = tmp_path / "run"
+    assert TrainConfig.load(run / "base_pos" / "config.yaml").model == str(run / "base2" / "final")
+    two = [s for s in read_scenes(run / "world") if len(s.shapes) == 2]
+    written = json.loads((run / "world" / "positions2.json").read_text())
+    assert two and written == position_records(two)
+    # ... and the last stage puts step 2's MoAI modules on it, frozen, and trains them
+    assert TrainConfig.load(run / "step2_pos" / "config.yaml").model == str(run / "step2" / "final")
+    step2, base_pos, final = (
+        load_file(str(run / s / "final" / "model.safetensors")) for s in ("step2", "base_pos", "step2_pos")
+    )
+    moai = [k for k in final if k.startswith("model.compressor.") or ".moai_mixer." in k]
+    assert moai and len(final) - len(moai) > 100
+    assert all(torch.equal(final[k], base_pos[k]) for k in final if k not in moai)
+    assert any(not torch.equal(final[k], step2[k]) for k in moai)
+    assert report["model"] == str(run / "step2_pos" / "final")
     assert report["step2_blank"]["check"]["failed"] == ["plateau"]  # two steps: one window, no fall to see
     for stage in STAGES:
         assert (tmp_path / "run" / stage / "training.png").is_file()
@@ -217,8 +259,13 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     card = (installed / "README.md").read_text()
     assert "## Scores" in card and "MoAI, no aux" in card and "reused" not in card
     assert "- step2_blank: step2_blank's loss never fell below" in card
+    (run / "step2_blank" / "metrics.jsonl").unlink()  # a stage kept with its model and summary only
     again = run_recipe(options, say=lines.append)  # a rerun keeps every finished stage, and the card says so
     assert all(again[s]["reused"] for s in (TOWER, *STAGES))
+    assert (
+        again["step2_blank"]["check"] == report["step2_blank"]["check"]
+    )  # the check recorded when it trained
+    assert any("step2_blank: no loss curve" in line for line in lines)
     assert f"reused the stages {', '.join((TOWER, *STAGES))}" in install(again, tmp_path / "model2").joinpath(
         "README.md"
     ).read_text().replace("\n", " ")
@@ -250,10 +297,10 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
 
 
 def test_a_world_of_another_size_is_made_again_not_reused(tmp_path):
-    write_world(tmp_path / "world", 3, seed=1000)  # an earlier run's world, smaller than asked
+    write_world(tmp_path / "world", 12, seed=1000)  # an earlier run's world, smaller than asked
     options = RecipeOptions(
         out=tmp_path,
-        scenes=4,
+        scenes=13,  # the first with a two-shape position question
         check_scenes=2,
         steps={s: 1 for s in (TOWER, *STAGES)},
         batch_size=2,
@@ -261,8 +308,8 @@ def test_a_world_of_another_size_is_made_again_not_reused(tmp_path):
     )
     lines = []
     run_recipe(options, say=lines.append)
-    assert len((tmp_path / "world" / "scenes.jsonl").read_text().splitlines()) == 4
-    assert any("world: 3 scenes" in line and "4 asked: made again" in line for line in lines)
+    assert len((tmp_path / "world" / "scenes.jsonl").read_text().splitlines()) == 13
+    assert any("world: 12 scenes" in line and "13 asked: made again" in line for line in lines)
 
 
 def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_gone(tmp_path):
@@ -278,6 +325,9 @@ def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_g
     (tmp_path / "base").mkdir()  # a stage's own summary comes first
     (tmp_path / "base" / "summary.json").write_text(json.dumps({"steps": 300, "seconds": 300.0}))
     assert variants.equal_compute_steps(tmp_path) == round(400 * moai / 400)
+    report["step2_pos"] = {"summary": {"steps": 10, "seconds": 60.0}}  # a run with the moved modules' stage
+    (tmp_path / "recipe.json").write_text(json.dumps(report))
+    assert variants.equal_compute_steps(tmp_path) == round(400 * (moai + 60.0) / 400)
     del report["step2"]
     (tmp_path / "recipe.json").write_text(json.dumps(report))
     with pytest.raises(ValueError, match="no summary of stage step2"):
@@ -294,7 +344,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
 
     run = tmp_path / "run"
     options = RecipeOptions(
-        out=run, scenes=6, check_scenes=3, steps={s: 2 for s in (TOWER, *STAGES)}, batch_size=2
+        out=run, scenes=13, check_scenes=3, steps={s: 2 for s in (TOWER, *STAGES)}, batch_size=2
     )
     run_recipe(RecipeOptions(**{**options.__dict__, "checks": False}), say=lambda _m: None)
     with pytest.raises(ValueError, match="no base2/final model"):
@@ -456,13 +506,13 @@ def test_reading_check_passes_when_the_loss_left_its_plateau_and_fails_when_it_s
 def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without(tmp_path, capsys):
     """``--phrases``: the tower stage saves the phrase tokenizer the later stages load; a tower of the other
     kind is refused, not silently reused."""
-    write_world(tmp_path / "world", 3, seed=1000)
-    options = RecipeOptions(out=tmp_path, scenes=3, steps={TOWER: 1}, batch_size=2, phrases=True)
+    write_world(tmp_path / "world", 13, seed=1000)  # 13: one two-shape position question
+    options = RecipeOptions(out=tmp_path, scenes=13, steps={TOWER: 1}, batch_size=2, phrases=True)
     final = make_tower(options, {}, say=lambda m: None)
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.tokenize("Is there a red circle?") == ["is", "there", "a", "red circle", "?"]
     with pytest.raises(ValueError, match="phrases"):
-        make_tower(RecipeOptions(out=tmp_path, scenes=3, phrases=False), {}, say=lambda m: None)
+        make_tower(RecipeOptions(out=tmp_path, scenes=13, phrases=False), {}, say=lambda m: None)
     assert make_tower(options, {}, say=lambda m: None) == final  # the same kind: reused
-    assert shapesworld_main(["--out", str(tmp_path), "--scenes", "3"]) == 2  # the CLI: one line, exit 2
+    assert shapesworld_main(["--out", str(tmp_path), "--scenes", "13"]) == 2  # the CLI: one line, exit 2
     assert "a tower made with the object-name phrases" in capsys.readouterr().err

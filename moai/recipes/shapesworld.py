@@ -1,8 +1,11 @@
 """The bundled ShapesWorld model, end to end from nothing (docs/shapesworld.md, "The bundled model").
 
-    world (train + check sets, sign questions) -> perception cache -> vision tower -> base (two runs) -> check
+    world (train + check sets, sign and two-shape position questions) -> perception cache -> vision tower
+    -> base (two runs) -> check
     -> MoAI step 1 -> step 2 (sign questions on blanked images -> check, then the sign word on blanked images,
-    then shown, then beside the world's) -> check
+    then shown, then beside the world's)
+    -> the base trained on with position questions -> check -> step 2's last part again, the MoAI modules moved
+    onto that base -> check
     -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
@@ -10,13 +13,18 @@ pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the 
 ``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_words,step2_shown,step2}.yaml`` (the paper's recipe in
 miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules
 trained on the frozen base in two steps, step 2 in four parts that start the reading of the OCR aux and the
-copy of the sign word on the sign questions of moai/worlds/signs.py). The checks between stages stop the recipe when a stage did not
-learn (measured on a check set of its own world seed, never trained on, but the second):
+copy of the sign word on the sign questions of moai/worlds/signs.py), then ``base_pos`` and ``step2_pos``: the
+base trained on with the position questions of the world's two-shape scenes, and step 2's last part again with
+the MoAI modules moved onto it (`TrainConfig.base_weights`), because the reading does not start on a base
+trained on position (docs/shapesworld.md, "The MoAI modules moved onto a base trained on"). The checks between
+stages stop the recipe when a stage did not learn (measured on a check set of its own world seed, never trained
+on, but the second):
 
-* base: beats the majority-answer-per-template baseline on existence, colour and shape;
+* base (``base2``, and ``base_pos``): beats the majority-answer-per-template baseline on existence, colour and
+  shape;
 * the first part of step 2 (``READING_STAGE``): its training loss left its plateau (`check_reading`);
-* MoAI: answers follow the aux knowledge: with another scene's aux, at least ``MIN_SWAP_CHANGED`` of the
-  answers change.
+* MoAI (the last stage): answers follow the aux knowledge: with another scene's aux, at least
+  ``MIN_SWAP_CHANGED`` of the answers change.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
 from ..train.curves import PLATEAU_BELOW, find_plateau, read_losses
+from ..worlds.positions import position_records, write_position_file
 from ..worlds.score import is_correct
 from ..worlds.shapes import (
     CATEGORIES,
@@ -44,21 +53,34 @@ from ..worlds.shapes import (
     QUESTIONS_FILE,
     SCENES_FILE,
     TRAIN_FILE,
+    read_scenes,
     write_world,
 )
 from ..worlds.signs import SIGN_WORDS_FILE, SIGNS_FILE, write_sign_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
-STAGES = ("base", "base2", "step1", "step2_blank", "step2_words", "step2_shown", "step2")
-"""The `moai train` stages, after the tower stage (`make_tower`): the base in two runs (``base2`` restarts
-``base``'s schedule from its model), then MoAI step 1 and step 2, the latter in four parts (the word-present
-questions on blanked images, the sign-word question on blanked images, then on shown ones, then every sign
-question beside the world's questions)."""
 BASE_STAGES = ("base", "base2")
-"""The stages that train the base (no aux); the check runs after the last."""
-MOAI_STAGES = STAGES[len(BASE_STAGES) :]
-"""The stages that train the MoAI modules on the frozen base; the check runs after the last."""
+"""The stages that train the base the MoAI stages train on (no aux; ``base2`` restarts ``base``'s schedule from
+its model); the base check runs after the last."""
+MOAI_STAGES = ("step1", "step2_blank", "step2_words", "step2_shown", "step2")
+"""MoAI step 1 and step 2 on the frozen base, step 2 in four parts (the word-present questions on blanked
+images, the sign-word question on blanked images, then on shown ones, then every sign question beside the
+world's questions)."""
+MOVE_STAGES = ("base_pos", "step2_pos")
+"""The base trained on from ``base2``'s model with the world's two-shape position questions, then step 2's last
+part again with the MoAI modules of ``step2`` moved onto it (`STARTS`, `MOVED_ONTO`); the base check runs after
+the first, the MoAI check after the second."""
+STAGES = (*BASE_STAGES, *MOAI_STAGES, *MOVE_STAGES)
+"""The `moai train` stages, in order, after the tower stage (`make_tower`)."""
+NO_AUX_STAGES = (*BASE_STAGES, MOVE_STAGES[0])
+"""The stages that train a base: no aux, no perception cache."""
+STARTS = {"base_pos": "base2", "step2_pos": "step2"}
+"""A stage that does not start from the model of the stage before it: the stage whose model it starts from."""
+MOVED_ONTO = {"step2_pos": "base_pos"}
+"""A stage whose model's MoAI modules move onto another stage's base (`TrainConfig.base_weights`)."""
+POSITIONS2_FILE = "positions2.json"
+"""``world/``'s training file of every position question of its two-shape scenes (moai/worlds/positions.py)."""
 SIGN_QUESTIONS = {"draws": 3, "signs_only": True, "word_question": False, "negatives": "same-length"}
 """How the recipe writes ``world/signs.json`` (`moai.worlds.signs.write_sign_file`): three rounds over the
 scenes with a sign, the word-present question only, absent words of the sign word's length."""
@@ -259,8 +281,10 @@ def stage_config(stage: str, options: RecipeOptions, model: str):
         f"model={model}",
         "progress=false",
     ]
-    if stage not in BASE_STAGES:
+    if stage not in NO_AUX_STAGES:
         overrides.append(f"perception_cache={options.out / 'cache'}")
+    if stage in MOVED_ONTO:
+        overrides.append(f"base_weights={options.out / MOVED_ONTO[stage] / 'final'}")
     if stage in options.steps:
         overrides.append(f"max_steps={options.steps[stage]}")
         overrides.append(f"warmup_steps={min(options.steps[stage] // 10, 50)}")
@@ -342,6 +366,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
 
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").is_file() else {}
     report: dict = {"options": {**asdict(options), "out": str(out)}, "seconds": {}}
     clock = time.perf_counter()
 
@@ -368,6 +393,13 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     if not (out / "world" / SIGN_WORDS_FILE).is_file():
         counts = write_sign_file(out / "world", out / "world" / SIGN_WORDS_FILE, **SIGN_WORDS)
         say(f"[recipe] sign-word questions: {counts['sign word']} in {out / 'world' / SIGN_WORDS_FILE}")
+    if not (out / "world" / POSITIONS2_FILE).is_file():
+        two = position_records(s for s in read_scenes(out / "world") if len(s.shapes) == 2)
+        counts = write_position_file(two, out / "world" / POSITIONS2_FILE)
+        say(
+            f"[recipe] two-shape position questions: {counts['yes']} yes, {counts['no']} no in "
+            f"{out / 'world' / POSITIONS2_FILE}"
+        )
     lap("worlds")
     say(f"[recipe] perception of {options.scenes} training scenes (preset shapesworld)")
     summary = precompute(
@@ -379,6 +411,8 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     model = str(make_tower(options, report, say))
     lap("tower")
     for stage in STAGES:
+        if stage in STARTS:
+            model = str(out / STARTS[stage] / "final")
         config = stage_config(stage, options, model)
         run = Path(config.output_dir)
         if (run / "summary.json").is_file() and (run / "final" / "config.json").is_file():
@@ -392,11 +426,19 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
             plot_run(run)
         model = str(run / "final")
         lap(stage)
-        if stage == BASE_STAGES[-1]:
+        if stage in (BASE_STAGES[-1], MOVE_STAGES[0]):
             result = check_base(Engine.load(model), out / "check", read_questions(out / "world"), say)
+        elif (
+            stage == READING_STAGE
+            and not (run / "metrics.jsonl").is_file()
+            and "check" in earlier.get(stage, {})
+        ):
+            # a stage kept without its loss curve (only its model and summary): the check made when it trained
+            result = earlier[stage]["check"]
+            say(f"[recipe] {stage}: no loss curve in {run}; its check as recorded in {out / 'recipe.json'}")
         elif stage == READING_STAGE:
             result = check_reading(run, say)
-        elif stage == MOAI_STAGES[-1]:
+        elif stage == STAGES[-1]:
             result = check_moai(Engine.load(model), out / "check", say)
         else:
             continue
@@ -450,7 +492,7 @@ def model_card(report: dict) -> str:
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
         else f"- {stage}: passed"
-        for stage in (BASE_STAGES[-1], READING_STAGE, MOAI_STAGES[-1])
+        for stage in (BASE_STAGES[-1], READING_STAGE, *MOVE_STAGES)
         if "check" in report.get(stage, {})
     ]
 
@@ -492,7 +534,11 @@ def model_card(report: dict) -> str:
         "   world/sign-words.json (what word is written on the sign?) the same way, its letters through the mixer",
         "   (`causal` scope from here on; step2_words.yaml); both with the images shown, half with the OCR text alone",
         "   and half with the whole aux (step2_shown.yaml); the world's questions, one question a sample, with both",
-        "   sign files beside them (step2.yaml).",
+        "   sign files beside them (step2.yaml);",
+        f"4. the base trained on ({steps.get('base_pos')} steps, base_pos.yaml): from base2's model, with every position",
+        "   question of the world's two-shape scenes beside the world's conversations (the MoAI stages do not start",
+        f"   reading on such a base, so they train on base2); then step 2's last part again ({steps.get('step2_pos')} steps,",
+        "   step2_pos.yaml) with step 2's MoAI modules moved onto that base, frozen (`base_weights`).",
         "",
     ]
     if reused:
@@ -508,12 +554,14 @@ def model_card(report: dict) -> str:
         "",
     ]
     rows = {}
-    base = next((report[s]["check"] for s in BASE_STAGES[::-1] if "check" in report.get(s, {})), None)
-    if base is not None:
-        rows.update(base["baseline"] and {"majority baseline": base["baseline"]})
-        rows["base (no aux)"] = base["base"]
-    if "check" in report.get(MOAI_STAGES[-1], {}):
-        check = report[MOAI_STAGES[-1]]["check"]
+    labels = {BASE_STAGES[-1]: "base (no aux)", MOVE_STAGES[0]: "base trained on (no aux; the model's base)"}
+    for stage, label in labels.items():
+        check = report.get(stage, {}).get("check")
+        if check is not None:
+            rows.setdefault("majority baseline", check["baseline"])
+            rows[label] = check["base"]
+    if "check" in report.get(STAGES[-1], {}):
+        check = report[STAGES[-1]]["check"]
         for name in ("MoAI", "MoAI, another scene's aux", "MoAI, no aux"):
             rows[name] = check[name]
     lines += markdown_table(rows).splitlines()

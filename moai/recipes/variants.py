@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.config import TrainConfig
-from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES
+from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES
 
 
 @dataclass(frozen=True)
@@ -84,20 +84,32 @@ def _summary(recipe: Path, stage: str) -> dict:
     path = recipe / stage / "summary.json"
     if path.is_file():
         return json.loads(path.read_text())
-    index = recipe / "recipe.json"
-    report = json.loads(index.read_text()) if index.is_file() else {}
+    report = _record(recipe)
     if "summary" not in report.get(stage, {}):
-        raise ValueError(f"recipe run {recipe}: no summary of stage {stage} ({path} nor {index})")
+        raise ValueError(
+            f"recipe run {recipe}: no summary of stage {stage} ({path} nor {recipe / 'recipe.json'})"
+        )
     return report[stage]["summary"]
+
+
+def _record(recipe: Path) -> dict:
+    """The recipe run's ``recipe.json`` ({} where there is none)."""
+    index = recipe / "recipe.json"
+    return json.loads(index.read_text()) if index.is_file() else {}
 
 
 def equal_compute_steps(recipe: Path) -> int:
     """More base steps so that the base's training time equals the recipe run's base (both runs) + the MoAI
-    stages: the base's own steps scaled by the MoAI stages' time over the base's (wall seconds of each stage's
+    stages (+ the base trained on and the moved modules' stage, where the run has them; a run made before them
+    has not): the base's own steps scaled by those stages' time over the base's (wall seconds of each stage's
     summary)."""
     runs = [_summary(recipe, stage) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in MOAI_STAGES)
+    record = _record(recipe)
+    moved = [
+        s for s in MOVE_STAGES if (recipe / s / "summary.json").is_file() or "summary" in record.get(s, {})
+    ]
+    moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in (*MOAI_STAGES, *moved))
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
 
