@@ -45,7 +45,7 @@ shapesworld-model: $(STAMP)
 # recipe stands").
 shapesworld-ablation: $(STAMP)
 	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
-	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base2/final \
+	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base_pos/final \
 		--variants runs/shapesworld/variants/variants.json --out docs/figures/shapesworld
 
 lint: $(STAMP)

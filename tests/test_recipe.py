@@ -368,7 +368,23 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
         assert AuxSettings.load(report[name]["model"]).verbalizer == verbalizer
     for stage in MOAI_STAGES:  # the variants that retrain the MoAI modules run every MoAI stage
         assert report["official-mode"]["stages"][stage]["steps"] == 2
-    assert list(report["reference"]["stages"]) == ["step2"]  # from the recipe's step2_shown model
+    assert list(report["reference"]["stages"]) == [
+        "step2",
+        "step2_pos",
+    ]  # from the recipe's step2_shown model
+    # every MoAI variant ends as the recipe: its modules moved onto the recipe's base_pos and trained there
+    for name in ("reference", "module-dropout", "official-mode", "v2-verbalizer", "official-verbalizer"):
+        moved = TrainConfig.load(run / "variants" / name / "step2_pos" / "config.yaml")
+        assert moved.base_weights == str(run / "base_pos" / "final") and report[name]["stages"]["step2_pos"]
+        assert moved.model == str(run / "variants" / name / list(report[name]["stages"])[-2] / "final")
+        final = load_file(str(run / "variants" / name / "step2_pos" / "final" / "model.safetensors"))
+        base = load_file(str(run / "base_pos" / "final" / "model.safetensors"))
+        llm = [k for k in final if ".language_model.layers.0.mlp." in k]
+        assert llm and all(torch.equal(final[k], base[k]) for k in llm)
+    assert (
+        TrainConfig.load(run / "variants" / "module-dropout" / "step2_pos" / "config.yaml").module_dropout
+        == 0.3
+    )
     dropout = TrainConfig.load(run / "variants" / "module-dropout" / "step2_dropout" / "config.yaml")
     assert dropout.model == str(run / "step2_shown" / "final") and len(dropout.data) == 3
     assert dropout.module_dropout == 0.3 and report["module-dropout"]["stages"]["step2_dropout"]["steps"] == 2

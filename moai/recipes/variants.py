@@ -5,7 +5,9 @@
 The paper's removed-module table (arXiv 2403.07508, Table 4) compares models trained differently, not only one
 model with parts of its input removed. Each variant here is ``moai train`` runs of the shipped stage configs
 (moai/train/configs/shapesworld/) with a few overrides, on the world, perception cache and frozen base of a
-finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``:
+finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``. Every MoAI variant ends as the
+recipe does: its MoAI modules moved onto the recipe's ``base_pos`` model and step 2's last part run again there
+(``step2_pos``; docs/shapesworld.md, "The MoAI modules moved onto a base trained on"):
 
 * ``reference``: step 2's last part as the recipe, from the recipe's ``step2_shown`` model, with the variants'
   step count (the row the other MoAI variants compare against when ``--step2-steps`` differs from the recipe's);
@@ -16,8 +18,8 @@ finished recipe run (``make shapesworld-model``), into ``RECIPE/variants/NAME/``
   ``causal``);
 * ``v2-verbalizer`` / ``official-verbalizer``: every MoAI stage on the v2 / official verbalization;
 * ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base, base2/final)
-  until its training time equals that of the recipe's stages together (both base runs and the MoAI stages), as
-  measured in their summaries.
+  until its training time equals that of the recipe's stages together (both base runs, the MoAI stages and
+  stage 8's two), as measured in their summaries.
 
 A rerun keeps the stages already trained; ``variants.json`` maps each variant to its final model.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.config import TrainConfig
-from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES
+from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES, MOVED_ONTO
 
 
 @dataclass(frozen=True)
@@ -46,28 +48,42 @@ class Variant:
     """The recipe stage whose final model the first stage starts from (``base2``, the recipe's base, or
     ``step2_shown``)."""
     stages: tuple[str, ...]
-    """Shipped stage configs run in order (`MOAI_STAGES`, ``step2_dropout``, ``base``)."""
+    """Shipped stage configs run in order (`MOAI_STAGES`, ``step2_dropout``, ``step2_pos``, ``base``)."""
     overrides: tuple[str, ...] = ()
     """``key=value`` overrides applied to every stage."""
     label: str = ""
     """Row name in the ablation table."""
 
 
+MOVED = MOVE_STAGES[-1]
+"""The stage that ends every MoAI variant: its modules moved onto the recipe's ``base_pos`` and trained there."""
 VARIANTS = (
-    Variant("reference", MOAI_STAGES[-2], MOAI_STAGES[-1:], label="MoAI-tiny, step 2 retrained"),
-    Variant("module-dropout", MOAI_STAGES[-2], ("step2_dropout",), label="MoAI-tiny + module dropout"),
+    Variant("reference", MOAI_STAGES[-2], (MOAI_STAGES[-1], MOVED), label="MoAI-tiny, step 2 retrained"),
+    Variant(
+        "module-dropout",
+        MOAI_STAGES[-2],
+        ("step2_dropout", MOVED),
+        ("module_dropout=0.3",),  # step2_dropout.yaml's, in the moved stage too
+        "MoAI-tiny + module dropout",
+    ),
     Variant(
         "official-mode",
         BASE_STAGES[-1],
-        MOAI_STAGES,
+        (*MOAI_STAGES, MOVED),
         ("compat=official", "compressor_passthrough=false", "mixer_scope=prompt"),
         "MoAI-tiny trained in official mode",
     ),
-    Variant("v2-verbalizer", BASE_STAGES[-1], MOAI_STAGES, ("verbalizer=v2",), "MoAI-tiny, v2 verbalizer"),
+    Variant(
+        "v2-verbalizer",
+        BASE_STAGES[-1],
+        (*MOAI_STAGES, MOVED),
+        ("verbalizer=v2",),
+        "MoAI-tiny, v2 verbalizer",
+    ),
     Variant(
         "official-verbalizer",
         BASE_STAGES[-1],
-        MOAI_STAGES,
+        (*MOAI_STAGES, MOVED),
         ("verbalizer=official",),
         "MoAI-tiny, official verbalizer",
     ),
@@ -75,7 +91,8 @@ VARIANTS = (
 )
 """Every variant, in the order they are trained and reported."""
 NAMES = tuple(v.name for v in VARIANTS)
-STEP2_STAGES = ("step2", "step2_dropout")
+STEP2_STAGES = ("step2", "step2_dropout", MOVED)
+"""Step 2's last part, in each of its forms: ``--step2-steps`` sets their steps."""
 
 
 def _summary(recipe: Path, stage: str) -> dict:
@@ -125,6 +142,8 @@ def stage_config(
     ]
     if stage != "base":
         overrides.append(f"perception_cache={recipe / 'cache'}")
+    if stage in MOVED_ONTO:
+        overrides.append(f"base_weights={recipe / MOVED_ONTO[stage] / 'final'}")
     if steps is not None:
         overrides += [f"max_steps={steps}", f"warmup_steps={min(steps // 10, 30)}"]
     if batch_size:
@@ -148,7 +167,9 @@ def train_variants(
     from ..train.loop import train
     from ..train.plot import plot_run
 
-    for stage in sorted({v.start for v in VARIANTS if v.name in names}):
+    chosen = [v for v in VARIANTS if v.name in names]
+    needed = {v.start for v in chosen} | {MOVED_ONTO[s] for v in chosen for s in v.stages if s in MOVED_ONTO}
+    for stage in sorted(needed):
         if not (recipe / stage / "final" / "config.json").is_file():
             raise ValueError(
                 f"recipe run {recipe}: no {stage}/final model (run make shapesworld-model first)"
