@@ -10,9 +10,9 @@
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
 pretrained CLIP is to MoAI-7B). The other stages are ``moai train`` runs of the shipped configs
-``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_words,step2_shown,step2}.yaml`` (the paper's recipe in
-miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs, then the MoAI modules
-trained on the frozen base in two steps, step 2 in four parts that start the reading of the OCR aux and the
+``moai/train/configs/shapesworld/{base,base2,step1,step2_blank,step2_words,step2_shown,step2,base_pos,step2_pos}.yaml``
+(the paper's recipe in miniature, arXiv 2403.07508 §3.3: a LLaVA-style base trained without aux, in two runs,
+then the MoAI modules trained on the frozen base in two steps, step 2 in four parts that start the reading of the OCR aux and the
 copy of the sign word on the sign questions of moai/worlds/signs.py), then ``base_pos`` and ``step2_pos``: the
 base trained on with the position questions of the world's two-shape scenes, and step 2's last part again with
 the MoAI modules moved onto it (`TrainConfig.base_weights`), because the reading does not start on a base
