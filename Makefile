@@ -31,8 +31,9 @@ demo: $(STAMP)
 	$(BIN)/moai demo
 
 # The bundled model from nothing (docs/shapesworld.md): world and sign questions, perception cache, vision tower,
-# base (two runs), MoAI step 1, step 2 (four parts), checks between them, then checkpoints/moai-tiny-shapes/ with
-# its model card (about 86 minutes of stages on 2 cores, plus the checks).
+# base (two runs), MoAI step 1, step 2 (four parts), the base trained on with position questions and the MoAI
+# modules moved onto it, checks between them, then checkpoints/moai-tiny-shapes/ with its model card (about 105
+# minutes of stages on 2 cores as timed beside other runs, plus the checks; never timed alone).
 # --no-checks: the current recipe's MoAI stages fail their check (another scene's aux changes too few answers;
 # docs/shapesworld.md, "Where the recipe stands"); checks are measured, printed and written to recipe.json and
 # the model card, not stopping the run.
@@ -40,9 +41,9 @@ shapesworld-model: $(STAMP)
 	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --no-checks --install checkpoints/moai-tiny-shapes
 
 # The ablation's trained variants on that run, then the ablation table and figures (docs/shapesworld.md,
-# "Ablation"): about 3 hours 45 minutes on 2 cores (three variants retrain every MoAI stage, about 46 minutes each,
-# and the base trained on as long as the MoAI stages took; the stage times of docs/shapesworld.md, "Where the
-# recipe stands").
+# "Ablation"): about 4 hours on 2 cores (three variants retrain every MoAI stage, about 50 minutes each with the
+# moved modules' stage, and the base trained on as long as the MoAI stages took; the stage times of
+# docs/shapesworld.md, "Where the recipe stands").
 shapesworld-ablation: $(STAMP)
 	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
 	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base_pos/final \
