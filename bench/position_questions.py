@@ -8,7 +8,8 @@ position curriculum, and the check set's position score by number of shapes.
 ``write``: a LLaVA training file with every (question, answer) the position rules allow in each scene whose
 shape count is within ``--shapes MIN:MAX`` (`position_candidates`: two different unique referents, centres
 at least 8 px apart on the asked axis; both templates, both orders), one question a record
-(moai/worlds/positions.py, whose world of two-shape scenes the recipe's ``base_pos`` trains on). The images are
+(`moai.worlds.positions.world_position_records`, which writes the recipe's ``world/positions2.json``, the
+file its ``base_pos`` stage trains on, with ``--shapes 2:2``). The images are
 the world's, so its perception cache serves the file as it is (`moai train` data source ``{path: FILE,
 image_root: WORLD}``).
 
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moai.worlds.positions import position_records, write_position_file  # noqa: E402
+from moai.worlds.positions import world_position_records, write_position_file  # noqa: E402
 from moai.worlds.shapes import read_scenes  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def shape_range(text: str) -> tuple[int, int]:
 
 def records(world: Path, shapes: tuple[int, int]) -> list[dict]:
     """One LLaVA record a position question of every scene with ``shapes`` shapes, ids ``{scene}-pos{k}``."""
-    return position_records(s for s in read_scenes(world) if shapes[0] <= len(s.shapes) <= shapes[1])
+    return world_position_records(world, shapes)
 
 
 def score(engine, world: Path) -> dict[int, tuple[int, int]]:

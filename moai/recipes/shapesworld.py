@@ -43,7 +43,7 @@ from ..perception.dataset import precompute
 from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
 from ..train.curves import PLATEAU_BELOW, find_plateau, read_losses
-from ..worlds.positions import position_records, write_position_file
+from ..worlds.positions import world_position_records, write_position_file
 from ..worlds.score import is_correct
 from ..worlds.shapes import (
     CATEGORIES,
@@ -53,7 +53,6 @@ from ..worlds.shapes import (
     QUESTIONS_FILE,
     SCENES_FILE,
     TRAIN_FILE,
-    read_scenes,
     write_world,
 )
 from ..worlds.signs import SIGN_WORDS_FILE, SIGNS_FILE, write_sign_file
@@ -394,8 +393,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
         counts = write_sign_file(out / "world", out / "world" / SIGN_WORDS_FILE, **SIGN_WORDS)
         say(f"[recipe] sign-word questions: {counts['sign word']} in {out / 'world' / SIGN_WORDS_FILE}")
     if not (out / "world" / POSITIONS2_FILE).is_file():
-        two = position_records(s for s in read_scenes(out / "world") if len(s.shapes) == 2)
-        counts = write_position_file(two, out / "world" / POSITIONS2_FILE)
+        counts = write_position_file(world_position_records(out / "world"), out / "world" / POSITIONS2_FILE)
         say(
             f"[recipe] two-shape position questions: {counts['yes']} yes, {counts['no']} no in "
             f"{out / 'world' / POSITIONS2_FILE}"

@@ -5,10 +5,11 @@ easiest case comes first: scenes of two shapes, where finding one referent almos
 scene's position questions from the start leave it at chance (docs/shapesworld.md, "Position: the easiest
 case first"). `write_position_world` renders a world of such scenes (the ones among the first scenes of a seed
 whose shape count is in range: the generator's own scenes, none drawn again) with the file of their
-questions; `position_records` makes the same records for any world's scenes (bench/position_questions.py).
-Both templates, both orders of each pair, every pair the rules of SHAPESWORLD.md allow
-(`position_candidates`). Not in the paper, nor yet in the shipped recipe: a curriculum for a base trained from
-nothing, where MoAI-7B's LLM arrives pretrained.
+questions; `position_records` makes the same records for any world's scenes, `world_position_records` for a
+world's scenes of a shape range (the recipe's ``world/positions2.json``, on which its ``base_pos`` stage trains;
+bench/position_questions.py). Both templates, both orders of each pair, every pair the rules of SHAPESWORLD.md
+allow (`position_candidates`). Not in the paper: a curriculum for a base trained from nothing, where MoAI-7B's
+LLM arrives pretrained.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .shapes import (
     generate_scene,
     image_path,
     position_candidates,
+    read_scenes,
     render,
     write_jsonl,
 )
@@ -40,6 +42,13 @@ def position_records(scenes: Iterable[Scene]) -> list[dict]:
             turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
             records.append({"id": f"{scene.id}-pos{k}", "image": image_path(scene), "conversations": turns})
     return records
+
+
+def world_position_records(world: Path, shapes: tuple[int, int] = (2, 2)) -> list[dict]:
+    """`position_records` of the scenes of the world in ``world`` that hold ``shapes[0]``..``shapes[1]`` shapes
+    (the recipe's ``world/positions2.json``: its two-shape scenes)."""
+    low, high = shapes
+    return position_records(s for s in read_scenes(world) if low <= len(s.shapes) <= high)
 
 
 def write_position_file(records: list[dict], out: Path) -> dict[str, int]:
