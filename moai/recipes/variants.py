@@ -101,12 +101,16 @@ def _summary(recipe: Path, stage: str) -> dict:
     path = recipe / stage / "summary.json"
     if path.is_file():
         return json.loads(path.read_text())
-    report = _record(recipe)
-    if "summary" not in report.get(stage, {}):
+    if not _has_summary(recipe, stage):
         raise ValueError(
             f"recipe run {recipe}: no summary of stage {stage} ({path} nor {recipe / 'recipe.json'})"
         )
-    return report[stage]["summary"]
+    return _record(recipe)[stage]["summary"]
+
+
+def _has_summary(recipe: Path, stage: str) -> bool:
+    """Whether `_summary` finds the stage's training summary."""
+    return (recipe / stage / "summary.json").is_file() or "summary" in _record(recipe).get(stage, {})
 
 
 def _record(recipe: Path) -> dict:
@@ -122,10 +126,7 @@ def equal_compute_steps(recipe: Path) -> int:
     summary)."""
     runs = [_summary(recipe, stage) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    record = _record(recipe)
-    moved = [
-        s for s in MOVE_STAGES if (recipe / s / "summary.json").is_file() or "summary" in record.get(s, {})
-    ]
+    moved = [stage for stage in MOVE_STAGES if _has_summary(recipe, stage)]
     moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in (*MOAI_STAGES, *moved))
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
