@@ -18,10 +18,12 @@ from moai.recipes.shapesworld import (
     CONFIGS,
     MOAI_STAGES,
     READING_WINDOW,
+    RECIPE_STAGES,
     SIGN_QUESTIONS,
     SIGN_WORDS,
     STAGES,
     TOWER,
+    TOWER_POS,
     RecipeOptions,
     accuracy_by_category,
     answer_all,
@@ -188,14 +190,14 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
         out=tmp_path / "run",
         scenes=13,  # the first two-shape scene of the training seed that asks a position question is its 13th
         check_scenes=3,
-        steps={s: 2 for s in (TOWER, *STAGES)},
+        steps={s: 2 for s in RECIPE_STAGES},
         batch_size=2,
         checks=False,
         overrides={TOWER: ["position_weight=1"]},
     )
     lines = []
     report = run_recipe(options, say=lines.append)
-    assert [k for k in (TOWER, *STAGES) if k in report] == [TOWER, *STAGES]
+    assert [k for k in RECIPE_STAGES if k in report] == list(RECIPE_STAGES)
     assert (
         report[TOWER]["summary"]["steps"] == 2
         and (tmp_path / "run" / TOWER / "final" / "config.json").is_file()
@@ -221,9 +223,16 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
         "base",
         "failed",
     }
-    # the base trained on starts from base2's model on the world's two-shape position questions ...
+    # the base trained on starts from base2's model with its tower trained on with the position target ...
     run = tmp_path / "run"
-    assert TrainConfig.load(run / "base_pos" / "config.yaml").model == str(run / "base2" / "final")
+    assert (
+        report[TOWER_POS]["summary"]["steps"] == 2 and report[TOWER_POS]["summary"]["position_error_px"] > 0
+    )
+    assert TrainConfig.load(run / "base_pos" / "config.yaml").model == str(run / TOWER_POS / "final")
+    base2, tower_pos = (load_file(str(run / s / "final" / "model.safetensors")) for s in ("base2", TOWER_POS))
+    assert all(torch.equal(tower_pos[k], base2[k]) for k in base2 if ".vision_tower." not in k)
+    assert any(not torch.equal(tower_pos[k], base2[k]) for k in base2 if ".vision_tower." in k)
+    # ... on the world's two-shape position questions ...
     two = [s for s in read_scenes(run / "world") if len(s.shapes) == 2]
     written = json.loads((run / "world" / "positions2.json").read_text())
     assert two and written == position_records(two)
@@ -261,12 +270,12 @@ def test_miniature_recipe_runs_end_to_end_and_installs(tmp_path, capsys):
     assert "- step2_blank: step2_blank's loss never fell below" in card
     (run / "step2_blank" / "metrics.jsonl").unlink()  # a stage kept with its model and summary only
     again = run_recipe(options, say=lines.append)  # a rerun keeps every finished stage, and the card says so
-    assert all(again[s]["reused"] for s in (TOWER, *STAGES))
+    assert all(again[s]["reused"] for s in RECIPE_STAGES)
     assert (
         again["step2_blank"]["check"] == report["step2_blank"]["check"]
     )  # the check recorded when it trained
     assert any("step2_blank: no loss curve" in line for line in lines)
-    assert f"reused the stages {', '.join((TOWER, *STAGES))}" in install(again, tmp_path / "model2").joinpath(
+    assert f"reused the stages {', '.join(RECIPE_STAGES)}" in install(again, tmp_path / "model2").joinpath(
         "README.md"
     ).read_text().replace("\n", " ")
     engine = Engine.load(installed)
@@ -302,7 +311,7 @@ def test_a_world_of_another_size_is_made_again_not_reused(tmp_path):
         out=tmp_path,
         scenes=13,  # the first with a two-shape position question
         check_scenes=2,
-        steps={s: 1 for s in (TOWER, *STAGES)},
+        steps={s: 1 for s in RECIPE_STAGES},
         batch_size=2,
         checks=False,
     )
@@ -344,7 +353,7 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
 
     run = tmp_path / "run"
     options = RecipeOptions(
-        out=run, scenes=13, check_scenes=3, steps={s: 2 for s in (TOWER, *STAGES)}, batch_size=2
+        out=run, scenes=13, check_scenes=3, steps={s: 2 for s in RECIPE_STAGES}, batch_size=2
     )
     run_recipe(RecipeOptions(**{**options.__dict__, "checks": False}), say=lambda _m: None)
     with pytest.raises(ValueError, match="no base2/final model"):

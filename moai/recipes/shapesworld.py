@@ -4,8 +4,8 @@
     -> base (two runs) -> check
     -> MoAI step 1 -> step 2 (sign questions on blanked images -> check, then the sign word on blanked images,
     then shown, then beside the world's)
-    -> the base trained on with position questions -> check -> step 2's last part again, the MoAI modules moved
-    onto that base -> check
+    -> base2's vision tower trained on with a position target -> the base trained on with position questions
+    -> check -> step 2's last part again, the MoAI modules moved onto that base -> check
     -> model card + install
 
 The tower stage pretrains the vision tower on the training scenes' patch labels (moai/recipes/tower.py: what a
@@ -67,14 +67,21 @@ MOAI_STAGES = ("step1", "step2_blank", "step2_words", "step2_shown", "step2")
 images, the sign-word question on blanked images, then on shown ones, then every sign question beside the
 world's questions)."""
 MOVE_STAGES = ("base_pos", "step2_pos")
-"""The base trained on from ``base2``'s model with the world's two-shape position questions, then step 2's last
+"""The base trained on from ``base2``'s model (its tower trained on first: `TOWER_POS`) with the world's two-shape
+position questions, then step 2's last
 part again with the MoAI modules of ``step2`` moved onto it (`STARTS`, `MOVED_ONTO`); the base check runs after
 the first, the MoAI check after the second."""
 STAGES = (*BASE_STAGES, *MOAI_STAGES, *MOVE_STAGES)
 """The `moai train` stages, in order, after the tower stage (`make_tower`)."""
 NO_AUX_STAGES = (*BASE_STAGES, MOVE_STAGES[0])
 """The stages that train a base: no aux, no perception cache."""
-STARTS = {"base_pos": "base2", "step2_pos": "step2"}
+TOWER_POS = "tower_pos"
+"""Stage 8's first part: ``base2``'s vision tower trained on with the position target (`make_tower_pos`); ``base_pos``
+starts from its model."""
+TOWER_POS_SETTINGS = ("position_weight=2",)
+"""`TowerConfig` settings of the ``tower_pos`` stage over its defaults: the item's centre as a third target, so that
+the patch features say where they are (docs/shapesworld.md, "The position tower under the referent target")."""
+STARTS = {"base_pos": TOWER_POS, "step2_pos": "step2"}
 """A stage that does not start from the model of the stage before it: the stage whose model it starts from."""
 MOVED_ONTO = {"step2_pos": "base_pos"}
 """A stage whose model's MoAI modules move onto another stage's base (`TrainConfig.base_weights`)."""
@@ -87,6 +94,8 @@ SIGN_WORDS = {**SIGN_QUESTIONS, "word_question": True, "words_only": True}
 """How the recipe writes ``world/sign-words.json``: the sign-word question alone, on the same rounds."""
 TOWER = "tower"
 """Stage 0: the vision tower pretrained on patch labels (moai/recipes/tower.py)."""
+RECIPE_STAGES = (TOWER, *BASE_STAGES, *MOAI_STAGES, TOWER_POS, *MOVE_STAGES)
+"""Every training stage, in the order the recipe runs them (the two tower stages are not `moai train` runs)."""
 TRAIN_SEED = 1000
 """World seed of the training scenes."""
 CHECK_SEED = 2000
@@ -345,6 +354,51 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
     return final
 
 
+def make_tower_pos(options: RecipeOptions, start: Path, report: dict, say: Callable[[str], None]) -> Path:
+    """Stage 8's first part: the model ``start`` (``base2/final``) with its vision tower trained on the training
+    world's patch labels once more, now with the item's centre as a third target (`TOWER_POS_SETTINGS`; the
+    projector and the LLM untouched); saved in ``out/tower_pos/final`` (reused if there). A tower trained on
+    changes its features less than one made anew, so step 2's modules still read the aux once moved onto the base
+    trained on it (docs/shapesworld.md, "The position tower under the referent target")."""
+    # heavy: torch, transformers
+    from ..model.modeling import MoAIForConditionalGeneration
+    from ..model.processing import MoAIProcessor
+    from .tower import TowerConfig, pretrain_tower
+
+    run = options.out / TOWER_POS
+    final = run / "final"
+    if (run / "summary.json").is_file() and (final / "config.json").is_file():
+        say(f"[recipe] stage {TOWER_POS}: already trained in {run}, reused (delete it to train again)")
+        report[TOWER_POS] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
+        return final
+    model, processor = (
+        MoAIForConditionalGeneration.from_pretrained(start),
+        MoAIProcessor.from_pretrained(start),
+    )
+    config = TowerConfig().overridden(
+        [*TOWER_POS_SETTINGS, *([f"steps={options.steps[TOWER_POS]}"] if TOWER_POS in options.steps else [])]
+        + ([f"batch_size={options.batch_size}"] if options.batch_size else [])
+        + options.overrides.get(TOWER_POS, [])
+    )
+    say(
+        f"[recipe] stage {TOWER_POS}: {config.steps} steps of batch {config.batch_size} (the vision tower of {start}, "
+        "patch labels and centres)"
+    )
+    summary = {
+        "steps": config.steps,
+        **pretrain_tower(model, processor, options.out / "world", config, lambda m: say(f"  {m}")),
+    }
+    say(
+        f"  tower: patch accuracy {summary['accuracy']:.1f}%, centre error {summary['position_error_px']:.1f} px "
+        "(last 20 batches)"
+    )
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    report[TOWER_POS] = {"summary": summary}
+    return final
+
+
 def _has_phrases(model_dir: Path) -> bool:
     """Whether the tokenizer saved in ``model_dir`` makes a colour-kind name one token (`RecipeOptions.phrases`)."""
     # heavy: transformers
@@ -409,6 +463,9 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     model = str(make_tower(options, report, say))
     lap("tower")
     for stage in STAGES:
+        if STARTS.get(stage) == TOWER_POS:
+            make_tower_pos(options, out / BASE_STAGES[-1] / "final", report, say)
+            lap(TOWER_POS)
         if stage in STARTS:
             model = str(out / STARTS[stage] / "final")
         config = stage_config(stage, options, model)
@@ -484,8 +541,8 @@ def install(report: dict, dest: Path) -> Path:
 def model_card(report: dict) -> str:
     """The bundled model's card: how it was made, its check-set scores, its limits."""
     opts = report["options"]
-    steps = {s: report[s]["summary"]["steps"] for s in (TOWER, *STAGES) if s in report}
-    train_minutes = sum(report[s]["summary"]["seconds"] for s in (TOWER, *STAGES) if s in report) / 60
+    steps = {s: report[s]["summary"]["steps"] for s in RECIPE_STAGES if s in report}
+    train_minutes = sum(report[s]["summary"]["seconds"] for s in RECIPE_STAGES if s in report) / 60
     checks = [
         f"- {stage}: {report[stage]['check']['message']}"
         if report[stage]["check"]["failed"]
@@ -494,7 +551,7 @@ def model_card(report: dict) -> str:
         if "check" in report.get(stage, {})
     ]
 
-    reused = [s for s in (TOWER, *STAGES) if report.get(s, {}).get("reused")]
+    reused = [s for s in RECIPE_STAGES if report.get(s, {}).get("reused")]
 
     moai = TrainConfig.load(CONFIGS / "step1.yaml")  # the MoAI modules' settings (step 2 keeps them)
     base_slot = TrainConfig.load(CONFIGS / f"{BASE_STAGES[-1]}.yaml").image_slot
@@ -533,8 +590,10 @@ def model_card(report: dict) -> str:
         "   (`causal` scope from here on; step2_words.yaml); both with the images shown, half with the OCR text alone",
         "   and half with the whole aux (step2_shown.yaml); the world's questions, one question a sample, with both",
         "   sign files beside them (step2.yaml);",
-        f"4. the base trained on ({steps.get('base_pos')} steps, base_pos.yaml): from base2's model, with every position",
-        "   question of the world's two-shape scenes beside the world's conversations (the MoAI stages do not start",
+        f"4. base2's vision tower trained on ({steps.get(TOWER_POS)} steps) with the item's centre as a third target;",
+        f"   then the base trained on ({steps.get('base_pos')} steps, base_pos.yaml) from that model, with every position",
+        "   question of the world's two-shape scenes beside the world's conversations and the referent target (the",
+        "   LLM says where the shape it names is; the MoAI stages do not start",
         f"   reading on such a base, so they train on base2); then step 2's last part again ({steps.get('step2_pos')} steps,",
         "   step2_pos.yaml) with step 2's MoAI modules moved onto that base, frozen (`base_weights`).",
         "",
@@ -632,21 +691,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help=f"a config override of one training stage ({', '.join((TOWER, *STAGES))}), as moai train takes "
+        help=f"a config override of one training stage ({', '.join(RECIPE_STAGES)}), as moai train takes "
         "KEY=VALUE (tower: a field of moai.recipes.tower.TowerConfig; relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, list[str]] = {}
     for item in args.override:
         stage, dot, setting = item.partition(".")
-        if not dot or stage not in (TOWER, *STAGES) or "=" not in setting:
+        if not dot or stage not in RECIPE_STAGES or "=" not in setting:
             parser.error(
-                f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join((TOWER, *STAGES))}"
+                f"--override {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(RECIPE_STAGES)}"
             )
         overrides.setdefault(stage, []).append(setting)
     for stage, settings in overrides.items():  # a bad key or value fails now, not after the stages before it
         try:
-            if stage == TOWER:
+            if stage in (TOWER, TOWER_POS):
                 from .tower import TowerConfig  # heavy: torch
 
                 TowerConfig().overridden(settings)
