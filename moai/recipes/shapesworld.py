@@ -68,9 +68,8 @@ images, the sign-word question on blanked images, then on shown ones, then every
 world's questions)."""
 MOVE_STAGES = ("base_pos", "step2_pos")
 """The base trained on from ``base2``'s model (its tower trained on first: `TOWER_POS`) with the world's two-shape
-position questions, then step 2's last
-part again with the MoAI modules of ``step2`` moved onto it (`STARTS`, `MOVED_ONTO`); the base check runs after
-the first, the MoAI check after the second."""
+position questions, then step 2's last part again with the MoAI modules of ``step2`` moved onto it (`STARTS`,
+`MOVED_ONTO`); the base check runs after the first, the MoAI check after the second."""
 STAGES = (*BASE_STAGES, *MOAI_STAGES, *MOVE_STAGES)
 """The `moai train` stages, in order, after the tower stage (`make_tower`)."""
 NO_AUX_STAGES = (*BASE_STAGES, MOVE_STAGES[0])
@@ -310,6 +309,16 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def _reused(run: Path, stage: str, report: dict, say: Callable[[str], None]) -> bool:
+    """Whether ``stage`` finished in ``run`` earlier (its ``summary.json`` and ``final/config.json``); if so its
+    summary goes into ``report``, marked reused."""
+    if not ((run / "summary.json").is_file() and (run / "final" / "config.json").is_file()):
+        return False
+    say(f"[recipe] stage {stage}: already trained in {run}, reused (delete it to train again)")
+    report[stage] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
+    return True
+
+
 def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None]) -> Path:
     """Stage 0: the model the base stage would build from its preset, with the vision tower pretrained on the
     training world's patch labels (moai/recipes/tower.py); saved in ``out/tower/final`` (reused if there)."""
@@ -320,15 +329,14 @@ def make_tower(options: RecipeOptions, report: dict, say: Callable[[str], None])
 
     run = options.out / TOWER
     final = run / "final"
-    if (run / "summary.json").is_file() and (final / "config.json").is_file():
-        if _has_phrases(final) != options.phrases:
-            made, asked = ("without", "with") if options.phrases else ("with", "without")
-            raise ValueError(
-                f"{run}: a tower made {made} the object-name phrases, this run is {asked} them (--phrases); "
-                "delete it or use another --out"
-            )
-        say(f"[recipe] stage {TOWER}: already trained in {run}, reused (delete it to train again)")
-        report[TOWER] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
+    finished = (run / "summary.json").is_file() and (final / "config.json").is_file()
+    if finished and _has_phrases(final) != options.phrases:  # checked before it is reused
+        made, asked = ("without", "with") if options.phrases else ("with", "without")
+        raise ValueError(
+            f"{run}: a tower made {made} the object-name phrases, this run is {asked} them (--phrases); "
+            "delete it or use another --out"
+        )
+    if _reused(run, TOWER, report, say):
         return final
     base = stage_config("base", options, "shapes")
     model, processor = build_model(base)
@@ -367,19 +375,16 @@ def make_tower_pos(options: RecipeOptions, start: Path, report: dict, say: Calla
 
     run = options.out / TOWER_POS
     final = run / "final"
-    if (run / "summary.json").is_file() and (final / "config.json").is_file():
-        say(f"[recipe] stage {TOWER_POS}: already trained in {run}, reused (delete it to train again)")
-        report[TOWER_POS] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
+    if _reused(run, TOWER_POS, report, say):
         return final
     model, processor = (
         MoAIForConditionalGeneration.from_pretrained(start),
         MoAIProcessor.from_pretrained(start),
     )
-    config = TowerConfig().overridden(
-        [*TOWER_POS_SETTINGS, *([f"steps={options.steps[TOWER_POS]}"] if TOWER_POS in options.steps else [])]
-        + ([f"batch_size={options.batch_size}"] if options.batch_size else [])
-        + options.overrides.get(TOWER_POS, [])
-    )
+    config = TowerConfig(
+        steps=options.steps.get(TOWER_POS, TowerConfig.steps),
+        batch_size=options.batch_size or TowerConfig.batch_size,
+    ).overridden([*TOWER_POS_SETTINGS, *options.overrides.get(TOWER_POS, [])])
     say(
         f"[recipe] stage {TOWER_POS}: {config.steps} steps of batch {config.batch_size} (the vision tower of {start}, "
         "patch labels and centres)"
@@ -470,10 +475,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
             model = str(out / STARTS[stage] / "final")
         config = stage_config(stage, options, model)
         run = Path(config.output_dir)
-        if (run / "summary.json").is_file() and (run / "final" / "config.json").is_file():
-            say(f"[recipe] stage {stage}: already trained in {run}, reused (delete it to train again)")
-            report[stage] = {"summary": json.loads((run / "summary.json").read_text()), "reused": True}
-        else:
+        if not _reused(run, stage, report, say):
             say(
                 f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
             )
@@ -692,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="STAGE.KEY=VALUE",
         help=f"a config override of one training stage ({', '.join(RECIPE_STAGES)}), as moai train takes "
-        "KEY=VALUE (tower: a field of moai.recipes.tower.TowerConfig; relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
+        "KEY=VALUE (tower, tower_pos: a field of moai.recipes.tower.TowerConfig; relative data paths: under --out); repeatable, recorded in recipe.json (default: none, the shipped recipe)",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, list[str]] = {}

@@ -96,21 +96,23 @@ STEP2_STAGES = ("step2", "step2_dropout", MOVED)
 
 
 def _summary(recipe: Path, stage: str) -> dict:
-    """The training summary of one recipe stage: its ``summary.json``, else the copy the recipe keeps in
-    ``recipe.json`` (the only record left where the stage's run directory is gone)."""
+    """The training summary of one recipe stage (`_find_summary`); a stage with none is a `ValueError`."""
+    summary = _find_summary(recipe, stage)
+    if summary is None:
+        raise ValueError(
+            f"recipe run {recipe}: no summary of stage {stage} "
+            f"({recipe / stage / 'summary.json'} nor {recipe / 'recipe.json'})"
+        )
+    return summary
+
+
+def _find_summary(recipe: Path, stage: str) -> dict | None:
+    """The stage's ``summary.json``, else the copy the recipe keeps in ``recipe.json`` (the only record left where
+    the stage's run directory is gone), else None."""
     path = recipe / stage / "summary.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if not _has_summary(recipe, stage):
-        raise ValueError(
-            f"recipe run {recipe}: no summary of stage {stage} ({path} nor {recipe / 'recipe.json'})"
-        )
-    return _record(recipe)[stage]["summary"]
-
-
-def _has_summary(recipe: Path, stage: str) -> bool:
-    """Whether `_summary` finds the stage's training summary."""
-    return (recipe / stage / "summary.json").is_file() or "summary" in _record(recipe).get(stage, {})
+    return _record(recipe).get(stage, {}).get("summary")
 
 
 def _record(recipe: Path) -> dict:
@@ -126,7 +128,7 @@ def equal_compute_steps(recipe: Path) -> int:
     summary)."""
     runs = [_summary(recipe, stage) for stage in BASE_STAGES]
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    moved = [stage for stage in MOVE_STAGES if _has_summary(recipe, stage)]
+    moved = [stage for stage in MOVE_STAGES if _find_summary(recipe, stage) is not None]
     moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in (*MOAI_STAGES, *moved))
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
