@@ -1,7 +1,10 @@
 """The referent target (moai/train/referent.py): its ground truth, where it stands in a batch, and the loop."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,13 @@ from moai.train.referent import scene_referents
 from moai.worlds.shapes import CANVAS, Scene, Shape, read_scenes, write_world
 
 QUIET = dict(log=lambda _msg: None)
+ROOT = Path(__file__).resolve().parent.parent
+SUM_ORDER_RTOL = 1e-5
+"""Two processes against one: the losses and gradient norms differed by <= 2e-7 (relative) under
+ATEN_CPU_CAPABILITY=default, avx2 and avx512; 50 times that."""
+SUM_ORDER_ATOL = 1e-4
+"""... and the final weights by <= 1e-5 (Adam's normalised steps make the gradients' last-bit differences
+visible in weights whose gradients are near zero); ten times that."""
 
 
 def _shape(kind: str, colour: str, box: tuple[int, int, int, int]) -> Shape:
@@ -202,3 +212,33 @@ def test_the_referent_target_in_a_moai_step_trains_the_moai_modules_and_leaves_t
         ValueError, match=r"referent_layer 2: reads the LLM's state before its first mixer \(layer 2\)"
     ):
         train(early, **QUIET)
+
+
+def test_two_processes_train_the_referent_target_as_one_process_does(tmp_path):
+    """Data parallel (two gloo processes under torchrun, two samples each) equals one process with all four:
+    the answer's and the referent's loss normalised by the global counts, the referent head's gradients
+    averaged over the processes (it is not in the DDP-wrapped model): the same losses and final weights, up to
+    the order of the float sums."""
+    fields = dict(referent_weight=1.0, referent_layer=1, max_steps=4, save_every=0, seed=1)
+    one = TrainConfig.load(_world_config(tmp_path, **fields, output_dir=str(tmp_path / "one")))
+    train(one, **QUIET)
+    path = _world_config(tmp_path, **fields, batch_size=2, output_dir=str(tmp_path / "two"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "moai.cli", "train", str(path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("one", "two")
+    }
+    assert len(rows["one"]) == len(rows["two"]) == 4
+    for a, b in zip(rows["one"], rows["two"]):
+        assert a["label_tokens"] == b["label_tokens"]  # the same four samples a step
+        assert a["referent_loss"] > 0
+        for key in ("loss", "referent_loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=SUM_ORDER_RTOL), key
+    single, parallel = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
+    for name, value in single.items():
+        torch.testing.assert_close(parallel[name], value, rtol=0, atol=SUM_ORDER_ATOL)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..model.constants import (
@@ -306,14 +307,12 @@ def _start(
     return start, checkpoint
 
 
-def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration, processes: int):
+def _referent_target(config: TrainConfig, model: MoAIForConditionalGeneration):
     """The run's `ReferentTarget` (its head seeded by ``seed``), or None when ``referent_weight`` is 0."""
     if config.referent_weight == 0:
         return None
     if not any(source.scenes for source in config.data):
         raise ValueError("referent_weight > 0 needs the ground truth: give a data source its scenes")
-    if processes > 1:
-        raise ValueError(f"referent_weight > 0 runs on one process, not {processes}")
     layers = model.config.text_config.num_hidden_layers
     if config.referent_layer > layers:
         raise ValueError(f"referent_layer {config.referent_layer}: the LLM has {layers} layers")
@@ -381,8 +380,9 @@ def train_step(
     so that accumulation and data parallelism equal one large batch; gradients are synchronised on the
     last micro-batch only; the mixers' step-1 generator is seeded per micro-batch (`micro_batch_seed`).
     Then: clip the gradient norm (``max_grad_norm`` > 0), optimizer step, schedule step, ``zero_grad``.
-    ``referent``: add the referent target's loss (moai/train/referent.py; one process), its squared errors
-    normalised by the step's target count; the batches then carry `REFERENT_KEYS`.
+    ``referent``: add the referent target's loss (moai/train/referent.py), its squared errors normalised by the
+    step's global target count; the batches then carry `REFERENT_KEYS`. Its head is not part of the DDP-wrapped
+    model, so its gradients are averaged over the processes here, before the clip (`sync_head`).
     """
     unwrapped = accelerator.unwrap_model(model)
     world = accelerator.num_processes
@@ -390,7 +390,12 @@ def train_step(
     count = accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum")
     generator = unwrapped.mixer_settings.generator
     step_loss = torch.zeros((), device=accelerator.device)
-    targets = sum(len(b["referent_rows"]) for b in batches) if referent is not None else 0
+    targets = 0
+    if referent is not None:
+        local_targets = sum(len(b["referent_rows"]) for b in batches)
+        targets = int(
+            accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), reduction="sum")
+        )
     referent_sum = torch.zeros((), device=accelerator.device)
     gates: dict = {}
     for micro, batch in enumerate(batches):
@@ -412,6 +417,8 @@ def train_step(
         gates = gate_statistics(
             out.gate_weights, batch["mm_token_type_ids"], unwrapped.language_model.mixer_layers
         )
+    if referent is not None and world > 1:
+        sync_head(referent.head, accelerator)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm)) if max_grad_norm > 0 else None
     optimizer.step()
@@ -424,8 +431,21 @@ def train_step(
         label_tokens=int(count),
         tokens=int(accelerator.reduce(real, "sum")),
         gates=gates,
-        referent_loss=float(referent_sum) if referent is not None else None,
+        referent_loss=float(accelerator.reduce(referent_sum, reduction="sum"))
+        if referent is not None
+        else None,
     )
+
+
+def sync_head(head: torch.nn.Module, accelerator) -> None:
+    """Average the referent head's gradients over the processes, as DDP averages the wrapped model's: each
+    process's loss is multiplied by the process count before its backward, so the mean is the gradient of the
+    global loss. A process whose batches held no target has none yet: zeros."""
+    for p in head.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        p.grad /= accelerator.num_processes
 
 
 def _train(
@@ -474,7 +494,7 @@ def _train(
                 f"data[{i}].drop_modules needs the perception of each sample (aux: cache or perceive), "
                 f"not aux: {config.aux}"
             )
-    referent = _referent_target(config, model, accelerator.num_processes)
+    referent = _referent_target(config, model)
     collator = Collator(
         processor,
         config.max_length,
@@ -489,6 +509,7 @@ def _train(
 
     groups = optimizer_groups(model, config)
     if referent is not None:
+        referent.head.to(accelerator.device)
         groups.append({"name": "referent_head", "params": list(referent.head.parameters()), "lr": config.lr})
     say(
         "learning rates: "
