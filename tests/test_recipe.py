@@ -8,9 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_referent import SUM_ORDER_ATOL, SUM_ORDER_RTOL
+from train_data import write_config, write_dataset
 from transformers import AutoTokenizer
 
 from moai.engine import Engine
+from moai.recipes.launch import train_stage
 from moai.recipes.shapesworld import (
     BASE_CHECKED,
     BASE_STAGES,
@@ -541,3 +544,32 @@ def test_phrases_option_makes_object_names_one_token_and_refuses_a_tower_without
     assert make_tower(options, {}, say=lambda m: None) == final  # the same kind: reused
     assert shapesworld_main(["--out", str(tmp_path), "--scenes", "13"]) == 2  # the CLI: one line, exit 2
     assert "a tower made with the object-name phrases" in capsys.readouterr().err
+
+
+def test_a_stage_on_two_processes_trains_the_one_process_model_and_keeps_the_global_batch(tmp_path):
+    """`train_stage` on two torchrun processes (moai/recipes/launch.py): each gets half the batch, the run is
+    the one-process run up to the order of the float sums, and its config.yaml says the global batch."""
+    data = write_dataset(tmp_path, n=8)
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        config = TrainConfig.load(
+            write_config(tmp_path, data, batch_size=4, output_dir=str(out), max_steps=3)
+        )
+        summary = train_stage(config, processes, say=lambda _m: None)
+        assert summary["steps"] == 3
+        runs[processes] = (out, summary["final_loss"])
+    assert TrainConfig.load(tmp_path / "p2" / "launch.yaml").batch_size == 2  # a process's half
+    assert TrainConfig.load(tmp_path / "p2" / "config.yaml").batch_size == 4  # what `moai train` reruns
+    assert runs[2][1] == pytest.approx(runs[1][1], rel=SUM_ORDER_RTOL)
+    one, two = (load_file(str(runs[p][0] / "final" / "model.safetensors")) for p in (1, 2))
+    for name, value in one.items():  # the tolerance of tests/test_referent.py's two-process test
+        torch.testing.assert_close(two[name], value, rtol=0, atol=SUM_ORDER_ATOL)
+
+    # a batch that does not split is refused before anything runs, by the stage and by the recipe
+    with pytest.raises(ValueError, match="batch_size 4 does not split over 3 processes"):
+        train_stage(config, 3)
+    options = RecipeOptions(out=tmp_path / "run", batch_size=3, processes=2)
+    with pytest.raises(ValueError, match="batch_size 3 does not split over 2 processes"):
+        run_recipe(options, say=lambda _m: None)
+    assert not (tmp_path / "run").exists()

@@ -56,6 +56,7 @@ from ..worlds.shapes import (
     write_world,
 )
 from ..worlds.signs import SIGN_WORDS_FILE, SIGNS_FILE, write_sign_file
+from .launch import default_processes, rank_config, train_stage
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train" / "configs" / "shapesworld"
 """The shipped stage configs."""
@@ -135,6 +136,9 @@ class RecipeOptions:
     overrides: dict[str, list[str]] = field(default_factory=dict)
     """Further ``KEY=VALUE`` config overrides of a training stage (``{"step2": ["lr=3e-3"]}``), applied after
     the run's paths and sizes: experiments on the recipe; the shipped model uses none."""
+    processes: int = 1
+    """Data-parallel processes of each ``moai train`` stage (moai/recipes/launch.py; the batch is split over
+    them, the model the same up to float rounding); the command line's default is two on a CPU machine."""
     phrases: bool = False
     """Make each colour-kind object name one token (``shapes_tokenizer(phrases=True)``), in the questions
     and the aux text: an experiment (docs/shapesworld.md, "One token an object"); the shipped model does not."""
@@ -419,10 +423,11 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
     """Make the ShapesWorld model in ``options.out``; returns (and writes to recipe.json) the measurements."""
     # heavy: torch, transformers
     from ..engine import Engine
-    from ..train.loop import train
     from ..train.plot import plot_run
 
     out = options.out
+    for stage in STAGES:  # a batch that does not split over the processes fails now, not hours in
+        rank_config(stage_config(stage, options, "shapes"), options.processes)
     out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").is_file() else {}
     report: dict = {"options": {**asdict(options), "out": str(out)}, "seconds": {}}
@@ -479,7 +484,7 @@ def run_recipe(options: RecipeOptions, say: Callable[[str], None] = print) -> di
             say(
                 f"[recipe] stage {stage}: {config.max_steps} steps of batch {config.batch_size} ({config.trainable})"
             )
-            report[stage] = {"summary": train(config, log=lambda m: say(f"  {m}"))}
+            report[stage] = {"summary": train_stage(config, options.processes, lambda m: say(f"  {m}"))}
             plot_run(run)
         model = str(run / "final")
         lap(stage)
@@ -684,6 +689,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "world's questions, as the base's check does (default: none)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="data-parallel processes of each moai train stage, the machine's cores shared among them "
+        "(default: 2 on a CPU machine with two or more cores, else 1)",
+    )
+    parser.add_argument(
         "--phrases",
         action="store_true",
         help="an experiment: each colour-kind object name one token (default: off, as the shipped model)",
@@ -715,6 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             TrainConfig.load(CONFIGS / f"{stage}.yaml", settings, root=Path(args.out))
         except ValueError as err:
             parser.error(f"--override {stage}: {err}")
+    if args.processes is not None and args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
     if args.check_model and args.check_base:
         parser.error("--check-model and --check-base: give one")
     if args.check_model or args.check_base:
@@ -754,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks=args.checks,
         overrides=overrides,
         phrases=args.phrases,
+        processes=args.processes or default_processes(),
     )
     try:
         report = run_recipe(options, say=lambda m: print(m, flush=True))
@@ -763,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # a run directory that does not fit the options: one line, no traceback
         print(f"shapesworld recipe: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a stage on several processes failed; its own output said why
+        print(f"shapesworld recipe: {err}", file=sys.stderr)
+        return 1
     print(f"[recipe] model in {report['model']}")
     if args.install:
         print(f"[recipe] installed {install(report, Path(args.install))}")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.config import TrainConfig
+from .launch import default_processes, train_stage
 from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES, MOVED_ONTO
 
 
@@ -161,13 +162,14 @@ def train_variants(
     batch_size: int | None = None,
     say: Callable[[str], None] = print,
     stage_steps: dict[str, int] | None = None,
+    processes: int = 1,
 ) -> dict:
     """Train the ``names`` variants on the recipe run in ``recipe``; returns (and writes to
     ``RECIPE/variants/variants.json``) each variant's label, final model, stages and seconds.
     ``step2_steps`` sets the steps of step 2's last part (``step2``, ``step2_dropout``), ``stage_steps`` those of
-    any other MoAI stage (``{"step2_blank": 10}``); the configs' otherwise."""
+    any other MoAI stage (``{"step2_blank": 10}``); the configs' otherwise. ``processes``: data-parallel
+    processes of each stage (moai/recipes/launch.py)."""
     # heavy: torch, transformers
-    from ..train.loop import train
     from ..train.plot import plot_run
 
     chosen = [v for v in VARIANTS if v.name in names]
@@ -201,7 +203,7 @@ def train_variants(
                 say(
                     f"[variants] {variant.name} {stage}: {config.max_steps} steps of batch {config.batch_size}"
                 )
-                summary = train(config, log=lambda m: say(f"  {m}"))
+                summary = train_stage(config, processes, lambda m: say(f"  {m}"))
                 plot_run(run)
             stages[stage] = {
                 "steps": summary["steps"],
@@ -237,6 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="override every stage's (default: none)")
     parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="data-parallel processes of each stage (default: 2 on a CPU machine with two or more cores, else 1)",
+    )
+    parser.add_argument(
         "--only", default=",".join(NAMES), help="comma-separated variants to train (default: %(default)s)"
     )
     args = parser.parse_args(argv)
@@ -253,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.step2_steps,
             args.batch_size,
             say=lambda m: print(m, flush=True),
+            processes=args.processes or default_processes(),
         )
     except (ValueError, OSError) as err:
         print(f"python -m moai.recipes.variants: error: {err}", file=sys.stderr)
