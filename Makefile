@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/perception.py
 	$(BIN)/python bench/threads.py
+	$(BIN)/python bench/train_processes.py
 	$(BIN)/python bench/parity_noise.py
 	$(BIN)/python bench/infer_threads.py
 	$(BIN)/python bench/serve.py

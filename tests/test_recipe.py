@@ -556,8 +556,10 @@ def test_a_stage_on_two_processes_trains_the_one_process_model_and_keeps_the_glo
         config = TrainConfig.load(
             write_config(tmp_path, data, batch_size=4, output_dir=str(out), max_steps=3)
         )
-        summary = train_stage(config, processes, say=lambda _m: None)
+        lines = []
+        summary = train_stage(config, processes, say=lines.append)
         assert summary["steps"] == 3
+        assert any(line.startswith("done: 3 steps") for line in lines)  # the processes' output reaches say
         runs[processes] = (out, summary["final_loss"])
     assert TrainConfig.load(tmp_path / "p2" / "launch.yaml").batch_size == 2  # a process's half
     assert TrainConfig.load(tmp_path / "p2" / "config.yaml").batch_size == 4  # what `moai train` reruns

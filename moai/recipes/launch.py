@@ -44,17 +44,38 @@ def rank_config(config: TrainConfig, processes: int) -> TrainConfig:
 
 def launch_command(config_path: Path, processes: int) -> list[str]:
     """The `torchrun` command that runs ``moai train config_path`` on ``processes`` local processes."""
+    return [*_torchrun(processes), "train", str(config_path)]
+
+
+def _torchrun(processes: int) -> list[str]:
+    """``moai`` under `torchrun` on ``processes`` local processes (the subcommand and its arguments follow)."""
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    return [*run, "-m", "moai.cli", "train", str(config_path)]
+    return [*run, "-m", "moai.cli"]
+
+
+def _run(command: list[str], processes: int, say: Callable[[str], None], what: Path) -> None:
+    """Run ``command`` with the machine's cores shared among its ``processes`` (``OMP_NUM_THREADS``), its
+    output through ``say`` line by line; a failure is a `RuntimeError` naming ``what`` and the exit status."""
+    threads = max(1, (os.cpu_count() or processes) // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    say(f"{processes} processes, {threads} thread(s) each (torchrun)")
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            say(line.rstrip("\n"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what}: {processes} processes exited with status {proc.returncode}")
 
 
 def train_stage(config: TrainConfig, processes: int = 1, say: Callable[[str], None] = print) -> dict:
     """Train ``config`` (its ``batch_size`` the global batch) on ``processes`` processes; its summary.
 
     One process: `moai.train.loop.train` here. Several: ``config`` split by `rank_config`, written to
-    ``output_dir/launch.yaml``, and run by `launch_command` with the machine's cores shared among the
-    processes (``OMP_NUM_THREADS``); its output goes to this process's; the summary is the run's summary.json,
-    and its config.yaml is ``config`` (the global batch) again afterwards. A failed run is a `RuntimeError` naming the stage's directory and the exit status."""
+    ``output_dir/launch.yaml``, and run by `launch_command` (`_run`: the cores shared among the processes,
+    their output through ``say``); the summary is the run's summary.json, and its config.yaml is ``config``
+    (the global batch) again afterwards. A failed run is a `RuntimeError` naming the stage's directory and the
+    exit status."""
     if processes == 1:
         from ..train.loop import train  # heavy: torch, transformers
 
@@ -63,12 +84,7 @@ def train_stage(config: TrainConfig, processes: int = 1, say: Callable[[str], No
     run = Path(config.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     per_rank.save(run / "launch.yaml")
-    threads = max(1, (os.cpu_count() or processes) // processes)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    say(f"{processes} processes of {per_rank.batch_size} samples, {threads} thread(s) each (torchrun)")
-    sys.stdout.flush()
-    done = subprocess.run(launch_command(run / "launch.yaml", processes), env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{run}: moai train on {processes} processes exited with status {done.returncode}")
+    say(f"moai train, {per_rank.batch_size} samples a process")
+    _run(launch_command(run / "launch.yaml", processes), processes, say, run)
     config.save(run / "config.yaml")  # the run as one process would train it, for `moai train` to rerun
     return json.loads((run / "summary.json").read_text())

@@ -138,7 +138,9 @@ class RecipeOptions:
     the run's paths and sizes: experiments on the recipe; the shipped model uses none."""
     processes: int = 1
     """Data-parallel processes of each ``moai train`` stage (moai/recipes/launch.py; the batch is split over
-    them, the model the same up to float rounding); the command line's default is two on a CPU machine."""
+    them, the model the same up to float rounding); the command line's default is two on a CPU machine. The
+    perception cache stays one process: onnxruntime's OCR already uses every core (two processes were no faster
+    on 400 images here)."""
     phrases: bool = False
     """Make each colour-kind object name one token (``shapes_tokenizer(phrases=True)``), in the questions
     and the aux text: an experiment (docs/shapesworld.md, "One token an object"); the shipped model does not."""

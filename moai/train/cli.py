@@ -35,7 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.config, overrides)
     if not config.data:
         raise ValueError(f"{args.config}: data is empty: list at least one LLaVA data file")
-    print(f"config: {config.to_dict()}", flush=True)
+    if os.environ.get("RANK", "0") == "0":  # one line, not one a process under torchrun
+        print(f"config: {config.to_dict()}", flush=True)
     try:
         summary = train(config, resume=args.resume)
     except Interrupted as stopped:
