@@ -1,7 +1,7 @@
 """One `moai train` stage of a recipe, in this process or data-parallel over several CPU processes.
 
 On a CPU, two processes of one thread each train a small model faster than one process of two threads: the
-ShapesWorld recipe's stages ran 1.3-1.4 times faster on the 2-core machine (docs/shapesworld.md, "The recipe on
+ShapesWorld recipe's steps ran 1.25-1.4 times faster on the 2-core machine (docs/shapesworld.md, "The recipe on
 two processes"). The processes are `torchrun` workers of ``moai train`` (gloo, the loop's data-parallel path:
 the same global batch, losses normalised by the global counts), so the model is the one-process model up to the
 order of the float sums (tests/test_referent.py, tests/test_recipe.py).
