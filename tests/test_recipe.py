@@ -42,6 +42,7 @@ from moai.recipes.shapesworld import (
     texts,
 )
 from moai.recipes.shapesworld import main as shapesworld_main
+from moai.recipes.variants import main as variants_main
 from moai.train.config import TrainConfig
 from moai.worlds.positions import position_records
 from moai.worlds.shapes import read_scenes, sign_word_question, write_world
@@ -575,3 +576,7 @@ def test_a_stage_on_two_processes_trains_the_one_process_model_and_keeps_the_glo
     with pytest.raises(ValueError, match="batch_size 3 does not split over 2 processes"):
         run_recipe(options, say=lambda _m: None)
     assert not (tmp_path / "run").exists()
+    for main in (shapesworld_main, variants_main):  # and a process count under one, by both commands
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--processes", "0"])
+        assert exit_info.value.code == 2

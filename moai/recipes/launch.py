@@ -44,13 +44,8 @@ def rank_config(config: TrainConfig, processes: int) -> TrainConfig:
 
 def launch_command(config_path: Path, processes: int) -> list[str]:
     """The `torchrun` command that runs ``moai train config_path`` on ``processes`` local processes."""
-    return [*_torchrun(processes), "train", str(config_path)]
-
-
-def _torchrun(processes: int) -> list[str]:
-    """``moai`` under `torchrun` on ``processes`` local processes (the subcommand and its arguments follow)."""
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    return [*run, "-m", "moai.cli"]
+    return [*run, "-m", "moai.cli", "train", str(config_path)]
 
 
 def _run(command: list[str], processes: int, say: Callable[[str], None], what: Path) -> None:

@@ -252,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    if args.processes is not None and args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
     if args.step2_steps is not None and args.step2_steps < 1:
         parser.error(f"--step2-steps must be >= 1, got {args.step2_steps}")
     try:
@@ -266,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"python -m moai.recipes.variants: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a stage on several processes failed; its own output said why
+        print(f"python -m moai.recipes.variants: error: {err}", file=sys.stderr)
+        return 1
     for name in names:
         print(f"[variants] {name}: {report[name]['model']}")
     return 0
