@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 from train_data import write_config
 
 from moai.model.constants import IGNORE_INDEX
+from moai.recipes.launch import launch_command
 from moai.train.build import build_model
 from moai.train.config import TrainConfig
 from moai.train.data import Collator, DataReport, Example, load_examples
@@ -224,9 +224,9 @@ def test_two_processes_train_the_referent_target_as_one_process_does(tmp_path):
     train(one, **QUIET)
     path = _world_config(tmp_path, **fields, batch_size=2, output_dir=str(tmp_path / "two"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "moai.cli", "train", str(path)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        launch_command(path, 2), env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     rows = {

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..model.constants import (
@@ -442,10 +441,8 @@ def sync_head(head: torch.nn.Module, accelerator) -> None:
     process's loss is multiplied by the process count before its backward, so the mean is the gradient of the
     global loss. A process whose batches held no target has none yet: zeros."""
     for p in head.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)  # gloo has no AVG
-        p.grad /= accelerator.num_processes
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        p.grad = accelerator.reduce(grad, reduction="mean")
 
 
 def _train(
