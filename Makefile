@@ -41,9 +41,9 @@ shapesworld-model: $(STAMP)
 	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --no-checks --install checkpoints/moai-tiny-shapes
 
 # The ablation's trained variants on that run, then the ablation table and figures (docs/shapesworld.md,
-# "Ablation"): about 4 hours on 2 cores (three variants retrain every MoAI stage, about 50 minutes each with the
-# moved modules' stage, and the base trained on as long as the MoAI stages took; the stage times of
-# docs/shapesworld.md, "Where the recipe stands").
+# "Ablation"): about 3 hours 15 minutes on 2 cores, each stage on two processes (three variants retrain every
+# MoAI stage, 35-45 minutes each with the moved modules' stage; the base trained on as long as the MoAI stages
+# took, about 56 minutes; the stage times of docs/shapesworld.md, "The trained variants of the run from nothing").
 shapesworld-ablation: $(STAMP)
 	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
 	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base_pos/final \
