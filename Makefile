@@ -45,7 +45,7 @@ shapesworld-model: $(STAMP)
 # MoAI stage, 35-45 minutes each with the moved modules' stage; the base trained on as long as the MoAI stages
 # took, about 56 minutes; the stage times of docs/shapesworld.md, "The trained variants of the run from nothing").
 shapesworld-ablation: $(STAMP)
-	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld --step2-steps 500
+	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld
 	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base_pos/final \
 		--variants runs/shapesworld/variants/variants.json --out docs/figures/shapesworld
 

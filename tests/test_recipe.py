@@ -350,6 +350,29 @@ def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_g
         variants.train_variants(tmp_path, ["base-equal-compute"], say=lambda _m: None)
 
 
+def test_variant_stage_keeps_its_configs_warmup_when_its_steps_are_set(tmp_path):
+    """A variant's step count changes the run's length only: step 2's later parts keep their config's warmup of
+    0 (they go on at their start model's learning rate), and no warmup outlasts the run."""
+    from moai.recipes import variants
+
+    by_name = {v.name: v for v in variants.VARIANTS}
+    shipped = {
+        s: TrainConfig.load(CONFIGS / f"{s}.yaml", root=tmp_path)
+        for s in ("step1", "step2", "step2_dropout", "step2_pos")
+    }
+    assert shipped["step2"].warmup_steps == 0 and shipped["step1"].warmup_steps > 2
+    for stage in ("step2", "step2_dropout", "step2_pos"):
+        config = variants.stage_config(stage, by_name["module-dropout"], tmp_path, "m", 500, None)
+        assert (config.max_steps, config.warmup_steps) == (500, shipped[stage].warmup_steps)
+    assert variants.stage_config(
+        "step1", by_name["v2-verbalizer"], tmp_path, "m", None, None
+    ).warmup_steps == (shipped["step1"].warmup_steps)
+    short = variants.stage_config("step1", by_name["v2-verbalizer"], tmp_path, "m", 2, None)
+    assert (short.max_steps, short.warmup_steps) == (2, 2)
+    base = variants.stage_config("base", by_name["base-equal-compute"], tmp_path, "m", 7000, None)
+    assert (base.max_steps, base.warmup_steps) == (7000, 30)  # base2.yaml's restarted schedule
+
+
 def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_path):
     """Every trained variant of the ablation for two steps on a miniature recipe run, then the ablation with them."""
     from moai.perception.settings import AuxSettings

@@ -31,7 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..train.config import TrainConfig
@@ -88,7 +88,13 @@ VARIANTS = (
         ("verbalizer=official",),
         "MoAI-tiny, official verbalizer",
     ),
-    Variant("base-equal-compute", BASE_STAGES[-1], ("base",), label="base (no aux), same compute as MoAI"),
+    Variant(
+        "base-equal-compute",
+        BASE_STAGES[-1],
+        ("base",),
+        ("warmup_steps=30",),  # base2.yaml's: base.yaml's schedule restarted from a trained base
+        "base (no aux), same compute as MoAI",
+    ),
 )
 """Every variant, in the order they are trained and reported."""
 NAMES = tuple(v.name for v in VARIANTS)
@@ -149,10 +155,13 @@ def stage_config(
     if stage in MOVED_ONTO:
         overrides.append(f"base_weights={recipe / MOVED_ONTO[stage] / 'final'}")
     if steps is not None:
-        overrides += [f"max_steps={steps}", f"warmup_steps={min(steps // 10, 30)}"]
+        overrides.append(f"max_steps={steps}")
     if batch_size:
         overrides.append(f"batch_size={batch_size}")
-    return TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides, root=recipe)
+    config = TrainConfig.load(CONFIGS / f"{stage}.yaml", overrides, root=recipe)
+    # the config's warmup (step 2's later parts have none: they go on at their start model's learning rate),
+    # never longer than the run
+    return replace(config, warmup_steps=min(config.warmup_steps, config.max_steps))
 
 
 def train_variants(
