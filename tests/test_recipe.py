@@ -341,6 +341,13 @@ def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_g
     report["step2_pos"] = {"summary": {"steps": 10, "seconds": 60.0}}  # a run with the moved modules' stage
     (tmp_path / "recipe.json").write_text(json.dumps(report))
     assert variants.equal_compute_steps(tmp_path) == round(400 * (moai + 60.0) / 400)
+    report["base_pos"] = {
+        "summary": {"steps": 300, "seconds": 150.0}
+    }  # its own time and the MoAI stages' after it
+    (tmp_path / "recipe.json").write_text(json.dumps(report))
+    assert variants.equal_compute_steps(tmp_path, "base_pos") == round(300 * (moai + 60.0) / 150)
+    with pytest.raises(ValueError, match="no equal-compute schedule for stage step1"):
+        variants.equal_compute_steps(tmp_path, "step1")
     del report["step2"]
     (tmp_path / "recipe.json").write_text(json.dumps(report))
     with pytest.raises(ValueError, match="no summary of stage step2"):
@@ -425,6 +432,16 @@ def test_miniature_variants_train_on_a_recipe_run_and_enter_the_ablation(tmp_pat
     assert dropout.model == str(run / "step2_shown" / "final") and len(dropout.data) == 3
     assert dropout.module_dropout == 0.3 and report["module-dropout"]["stages"]["step2_dropout"]["steps"] == 2
     assert report["base-equal-compute"]["stages"]["base"]["steps"] == variants.equal_compute_steps(run)
+    # the base the MoAI modules end on, trained on by its own config from its own model
+    on = TrainConfig.load(run / "variants" / "base-pos-equal-compute" / "base_pos" / "config.yaml")
+    assert on.model == str(run / "base_pos" / "final") and on.aux == "none" and on.perception_cache is None
+    assert [Path(d.path).name for d in on.data] == [
+        "train.json",
+        "positions2.json",
+    ] and on.referent_weight > 0
+    assert report["base-pos-equal-compute"]["stages"]["base_pos"]["steps"] == variants.equal_compute_steps(
+        run, "base_pos"
+    )
     assert report["reference"]["label"] == "MoAI-tiny, step 2 retrained (2 step-2 steps)"
     # a rerun reuses every stage
     lines.clear()

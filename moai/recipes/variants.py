@@ -19,7 +19,10 @@ recipe does: its MoAI modules moved onto the recipe's ``base_pos`` model and ste
 * ``v2-verbalizer`` / ``official-verbalizer``: every MoAI stage on the v2 / official verbalization;
 * ``base-equal-compute``: the base trained on (``base.yaml``'s schedule, from the recipe's base, base2/final)
   until its training time equals that of the recipe's stages together (both base runs, the MoAI stages and
-  stage 8's two), as measured in their summaries.
+  stage 8's two), as measured in their summaries;
+* ``base-pos-equal-compute``: the base the MoAI modules end on (``base_pos``, with the position tower and the
+  position questions) trained on by ``base_pos.yaml`` for as long as the MoAI stages and ``step2_pos`` took:
+  the base alone at the MoAI model's whole compute, everything before those stages shared by both.
 
 A rerun keeps the stages already trained; ``variants.json`` maps each variant to its final model.
 """
@@ -36,7 +39,7 @@ from pathlib import Path
 
 from ..train.config import TrainConfig
 from .launch import default_processes, train_stage
-from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES, MOVED_ONTO
+from .shapesworld import BASE_STAGES, CONFIGS, MOAI_STAGES, MOVE_STAGES, MOVED_ONTO, NO_AUX_STAGES
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ VARIANTS = (
         ("warmup_steps=30",),  # base2.yaml's: base.yaml's schedule restarted from a trained base
         "base (no aux), same compute as MoAI",
     ),
+    Variant(
+        "base-pos-equal-compute",
+        MOVED_ONTO[MOVED],
+        (MOVED_ONTO[MOVED],),
+        label="base_pos trained on (no aux), same compute as MoAI",
+    ),
 )
 """Every variant, in the order they are trained and reported."""
 NAMES = tuple(v.name for v in VARIANTS)
@@ -128,15 +137,22 @@ def _record(recipe: Path) -> dict:
     return json.loads(index.read_text()) if index.is_file() else {}
 
 
-def equal_compute_steps(recipe: Path) -> int:
-    """More base steps so that the base's training time equals the recipe run's base (both runs) + the MoAI
-    stages (+ the base trained on and the moved modules' stage, where the run has them; a run made before them
-    has not): the base's own steps scaled by those stages' time over the base's (wall seconds of each stage's
-    summary)."""
-    runs = [_summary(recipe, stage) for stage in BASE_STAGES]
+def equal_compute_steps(recipe: Path, stage: str = "base") -> int:
+    """More steps of a base stage so that the base is trained as long as the MoAI model past it: the stage's own
+    steps scaled by those stages' time over its own (wall seconds of each stage's summary).
+
+    ``base`` (from base2): past both base runs come the MoAI stages (+ the base trained on and the moved
+    modules' stage, where the run has them; a run made before them has not). ``base_pos``: past it come the
+    MoAI stages and the moved modules' stage."""
+    if stage == "base":
+        runs = [_summary(recipe, s) for s in BASE_STAGES]
+        after = (*MOAI_STAGES, *(s for s in MOVE_STAGES if _find_summary(recipe, s) is not None))
+    elif stage == MOVED_ONTO[MOVED]:
+        runs, after = [_summary(recipe, stage)], (*MOAI_STAGES, MOVED)
+    else:
+        raise ValueError(f"no equal-compute schedule for stage {stage}")
     steps, seconds = sum(r["steps"] for r in runs), sum(float(r["seconds"]) for r in runs)
-    moved = [stage for stage in MOVE_STAGES if _find_summary(recipe, stage) is not None]
-    moai = sum(float(_summary(recipe, stage)["seconds"]) for stage in (*MOAI_STAGES, *moved))
+    moai = sum(float(_summary(recipe, s)["seconds"]) for s in after)
     return max(1, round(steps * moai / max(seconds, 1e-3)))
 
 
@@ -150,7 +166,7 @@ def stage_config(
         "progress=false",
         *variant.overrides,
     ]
-    if stage != "base":
+    if stage not in NO_AUX_STAGES:
         overrides.append(f"perception_cache={recipe / 'cache'}")
     if stage in MOVED_ONTO:
         overrides.append(f"base_weights={recipe / MOVED_ONTO[stage] / 'final'}")
@@ -198,8 +214,8 @@ def train_variants(
         model = str(recipe / variant.start / "final")
         stages: dict[str, dict] = {}
         for stage in variant.stages:
-            if stage == "base":
-                steps = equal_compute_steps(recipe)
+            if stage in ("base", MOVED_ONTO[MOVED]):
+                steps = equal_compute_steps(recipe, stage)
             else:
                 steps = step2_steps if stage in STEP2_STAGES else (stage_steps or {}).get(stage)
             config = stage_config(stage, variant, recipe, model, steps, batch_size)
