@@ -441,6 +441,54 @@ def test_score_integer_ids_and_answers_and_no_category(tmp_path, capsys):
     ]
 
 
+def test_score_by_template_beside_each_templates_majority_answer(tmp_path, capsys):
+    """``--by-template``: one row a question template (colour, kind and sign words as placeholders), in the
+    category order, with the accuracy a model that gives every question its template's commonest answer gets."""
+    word = "Is the word {} written in the image?"
+    rows = [
+        ("w1", "ocr", word.format("QUAKE"), "no", "no"),
+        ("w2", "ocr", word.format("FOX"), "no", "yes"),
+        ("w3", "ocr", word.format("LYNX"), "yes", "yes"),
+        ("w4", "ocr", word.format("DUSK"), "no", "no"),
+        ("s1", "ocr", "What word is written on the sign?", "HELLO", "HELLO"),
+        ("s2", "ocr", "What word is written on the sign?", "ZEBRA", "no"),
+        ("c1", "count", "How many red objects are there?", "2", "2"),
+        ("c2", "count", "How many circles are there?", "1", "3"),
+        ("e1", "existence", "Is there a blue square in the image?", "yes", None),
+        ("n1", "", "", "3", "3"),  # no category and no text
+    ]
+    questions = write_lines(
+        tmp_path / "q.jsonl",
+        [{"question_id": i, "category": c, "text": t, "answer": a} for i, c, t, a, _ in rows],
+    )
+    answers = write_lines(tmp_path / "a.jsonl", [{"question_id": r[0], "text": r[4]} for r in rows if r[4]])
+    argv = ["worlds", "score", "--questions", str(questions), "--answers", str(answers), "--by-template"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[5] == "overall          6     10    60.0%" and out[6] == ""
+    table = [line.split() for line in out[7:]]
+    assert table[0] == ["category", "template", "correct", "total", "accuracy", "majority"]
+    assert table[1:] == [
+        ["existence", "Is", "there", "a", "{x}", "{x}", "in", "the", "image?", "0", "1", "0.0%", "100.0%"],
+        ["count", "How", "many", "{x}", "are", "there?", "0", "1", "0.0%", "100.0%"],
+        ["count", "How", "many", "{x}", "objects", "are", "there?", "1", "1", "100.0%", "100.0%"],
+        ["ocr", "Is", "the", "word", "{WORD}", "written", "in", "the", "image?", "3", "4", "75.0%", "75.0%"],
+        ["ocr", "What", "word", "is", "written", "on", "the", "sign?", "1", "2", "50.0%", "50.0%"],
+        ["(none)", "(no", "text)", "1", "1", "100.0%", "100.0%"],
+    ]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["templates"][3] == {
+        "category": "ocr",
+        "template": "Is the word {WORD} written in the image?",
+        "correct": 3,
+        "total": 4,
+        "accuracy": 0.75,
+        "majority": 0.75,
+    }
+    assert main(argv[:-1] + ["--json"]) == 0 and "templates" not in json.loads(capsys.readouterr().out)
+
+
 def test_position_world_keeps_the_generators_two_shape_scenes_and_asks_every_allowed_pair(tmp_path):
     """moai/worlds/positions.py: the scenes with two shapes among the first ones of the seed (the generator's
     own, by index), every allowed position question of each one a record, each answer from the box centres."""

@@ -30,7 +30,6 @@ on, but the second):
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -44,12 +43,9 @@ from ..perception.verbalize import MODULES
 from ..train.config import TrainConfig
 from ..train.curves import PLATEAU_BELOW, find_plateau, read_losses
 from ..worlds.positions import world_position_records, write_position_file
-from ..worlds.score import is_correct
+from ..worlds.score import is_correct, template_key
 from ..worlds.shapes import (
     CATEGORIES,
-    COLOURS,
-    KINDS,
-    PLURALS,
     QUESTIONS_FILE,
     SCENES_FILE,
     TRAIN_FILE,
@@ -144,13 +140,6 @@ class RecipeOptions:
     phrases: bool = False
     """Make each colour-kind object name one token (``shapes_tokenizer(phrases=True)``), in the questions
     and the aux text: an experiment (docs/shapesworld.md, "One token an object"); the shipped model does not."""
-
-
-def template_key(text: str) -> str:
-    """A question with its colour, kind and sign words replaced by placeholders: the question's template."""
-    words = "|".join(sorted([*COLOURS, *KINDS, *PLURALS.values()], key=len, reverse=True))
-    text = re.sub(rf"\b({words})\b", "{x}", text)
-    return re.sub(r"\b[A-Z]{3,6}\b", "{WORD}", text)
 
 
 def majority_answers(questions: Sequence[dict]) -> dict[str, str]:

@@ -61,7 +61,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"{_listed(result.unknown)}",
             file=sys.stderr,
         )
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+    if args.json:
+        print(json.dumps(result.to_dict(by_template=args.by_template), indent=2))
+    else:
+        print(format_table(result, by_template=args.by_template))
     return 0
 
 
@@ -135,4 +138,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="abort with exit code 2 at the first malformed line (default: off, report and skip it)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    p.add_argument(
+        "--by-template",
+        action="store_true",
+        help="also score each question template (colour, kind and sign words as placeholders) beside the "
+        "accuracy of its majority answer, what answering without looking scores (default: off)",
+    )
     p.set_defaults(func=cmd_score)

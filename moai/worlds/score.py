@@ -1,20 +1,23 @@
 """Scoring answers against a ShapesWorld question file (docs/shapesworld.md, Scoring and Files).
 
 An answer is right when it equals the question's ``answer`` ignoring case, after both are stripped of
-surrounding whitespace and one trailing period. Accuracy is per category and overall; a question without
-an answer counts as wrong. A malformed line of either file is a ``Problem`` (file, line, reason) that the
+surrounding whitespace and one trailing period. Accuracy is per category and overall, and per question
+template beside the template's majority answer (what a model that answers without looking scores); a
+question without an answer counts as wrong. A malformed line of either file is a ``Problem`` (file, line, reason) that the
 caller reports and skips, or, with ``strict``, a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import Problem
-from .shapes import CATEGORIES
+from .shapes import CATEGORIES, COLOURS, KINDS, PLURALS
 
 
 def normalize_answer(text: str) -> str:
@@ -29,11 +32,24 @@ def is_correct(answer: str, truth: str) -> bool:
     return normalize_answer(answer) == normalize_answer(truth)
 
 
+_FILLED = re.compile(
+    r"\b(" + "|".join(sorted([*COLOURS, *KINDS, *PLURALS.values()], key=len, reverse=True)) + r")\b"
+)
+
+
+def template_key(text: str) -> str:
+    """A question with its colour, kind and sign words replaced by placeholders: the question's template
+    (``"Is the word QUAKE written in the image?"`` -> ``"Is the word {WORD} written in the image?"``)."""
+    return re.sub(r"\b[A-Z]{3,6}\b", "{WORD}", _FILLED.sub("{x}", text))
+
+
 @dataclass(frozen=True)
 class ScoredQuestion:
     question_id: str
     category: str
     answer: str
+    text: str = ""
+    """The question (its template is `template_key` of it; empty where the line has none)."""
 
 
 @dataclass
@@ -46,27 +62,55 @@ class Tally:
         return self.correct / self.total if self.total else 0.0
 
 
+@dataclass(frozen=True)
+class TemplateScore:
+    """One question template's accuracy beside its majority answer's."""
+
+    category: str
+    template: str
+    """`template_key` of the questions (``NO_TEXT`` for lines without a ``text``)."""
+    model: Tally
+    """The answers' tally."""
+    majority: Tally
+    """The tally of the template's most common right answer given to every one of its questions."""
+
+    def to_dict(self) -> dict:
+        return {
+            "category": self.category,
+            "template": self.template,
+            "correct": self.model.correct,
+            "total": self.model.total,
+            "accuracy": self.model.accuracy,
+            "majority": self.majority.accuracy,
+        }
+
+
 @dataclass
 class Score:
     per_category: dict[str, Tally]
     overall: Tally
+    per_template: list[TemplateScore] = field(default_factory=list)
+    """Every (category, template), in the category order, then by template."""
     missing: list[str] = field(default_factory=list)
     """Question ids without an answer (counted wrong)."""
     unknown: list[str] = field(default_factory=list)
     """Answer ids of no question (ignored)."""
     problems: list[Problem] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, by_template: bool = False) -> dict:
         def row(t: Tally) -> dict:
             return {"correct": t.correct, "total": t.total, "accuracy": t.accuracy}
 
-        return {
+        out = {
             "categories": {c: row(t) for c, t in self.per_category.items()},
             "overall": row(self.overall),
             "missing": self.missing,
             "unknown": self.unknown,
             "problems": [str(p) for p in self.problems],
         }
+        if by_template:
+            out["templates"] = [t.to_dict() for t in self.per_template]
+        return out
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
@@ -87,6 +131,8 @@ def json_lines(path: Path) -> Iterator[tuple[int, object | Problem]]:
 
 #: Category of questions whose line has none (the question file may leave it out; docs/shapesworld.md).
 NO_CATEGORY = "(none)"
+#: Template of questions whose line has no ``text`` (scoring needs only the id and the answer).
+NO_TEXT = "(no text)"
 
 
 def string_field(row: object, key: str) -> str | None:
@@ -127,7 +173,8 @@ def read_questions(path: Path, strict: bool = False) -> tuple[list[ScoredQuestio
             _check(Problem(str(path), number, f"duplicate question_id {qid!r}"), problems, strict)
             continue
         seen.add(qid)
-        questions.append(ScoredQuestion(qid, string_field(row, "category") or NO_CATEGORY, answer))
+        category = string_field(row, "category") or NO_CATEGORY
+        questions.append(ScoredQuestion(qid, category, answer, string_field(row, "text") or ""))
     if not questions:
         raise ValueError(f"{path}: no usable question (expected JSONL lines with question_id and answer)")
     return questions, problems
@@ -173,7 +220,28 @@ def score(questions: list[ScoredQuestion], answers: dict[str, str]) -> Score:
             tally.correct += right
     asked = {q.question_id for q in questions}
     unknown = [qid for qid in answers if qid not in asked]
-    return Score(per_category, overall, missing, unknown)
+    return Score(per_category, overall, by_template(questions, answers, names), missing, unknown)
+
+
+def by_template(
+    questions: list[ScoredQuestion], answers: dict[str, str], categories: list[str]
+) -> list[TemplateScore]:
+    """Accuracy per (category, template) beside the template's majority answer's (the most common
+    normalized right answer among its questions, given to all of them)."""
+    groups: dict[tuple[str, str], list[ScoredQuestion]] = {}
+    for q in questions:
+        groups.setdefault((q.category, template_key(q.text) if q.text else NO_TEXT), []).append(q)
+    rows = []
+    for category, template in sorted(groups, key=lambda k: (categories.index(k[0]), k[1])):
+        group = groups[(category, template)]
+        common = Counter(normalize_answer(q.answer) for q in group).most_common(1)[0][0]
+        model, majority = Tally(total=len(group)), Tally(total=len(group))
+        for q in group:
+            given = answers.get(q.question_id)
+            model.correct += given is not None and is_correct(given, q.answer)
+            majority.correct += normalize_answer(q.answer) == common
+        rows.append(TemplateScore(category, template, model, majority))
+    return rows
 
 
 def score_files(questions_path: Path, answers_path: Path, strict: bool = False) -> Score:
@@ -188,9 +256,21 @@ def score_files(questions_path: Path, answers_path: Path, strict: bool = False) 
     return result
 
 
-def format_table(result: Score) -> str:
-    """The accuracy table printed by ``moai worlds score``."""
+def format_table(result: Score, by_template: bool = False) -> str:
+    """The accuracy table printed by ``moai worlds score`` (``by_template``: then one row a question
+    template, with the accuracy of its majority answer)."""
     lines = [f"{'category':<10} {'correct':>7} {'total':>6} {'accuracy':>8}"]
     for name, tally in [*result.per_category.items(), ("overall", result.overall)]:
         lines.append(f"{name:<10} {tally.correct:>7} {tally.total:>6} {100 * tally.accuracy:>7.1f}%")
+    if by_template:
+        width = max([len("template"), *(len(t.template) for t in result.per_template)])
+        lines += [
+            "",
+            f"{'category':<10} {'template':<{width}} {'correct':>7} {'total':>6} {'accuracy':>8} {'majority':>8}",
+        ]
+        for t in result.per_template:
+            lines.append(
+                f"{t.category:<10} {t.template:<{width}} {t.model.correct:>7} {t.model.total:>6} "
+                f"{100 * t.model.accuracy:>7.1f}% {100 * t.majority.accuracy:>7.1f}%"
+            )
     return "\n".join(lines)
