@@ -41,9 +41,10 @@ shapesworld-model: $(STAMP)
 	$(BIN)/python -m moai.recipes.shapesworld --out runs/shapesworld --no-checks --install checkpoints/moai-tiny-shapes
 
 # The ablation's trained variants on that run, then the ablation table and figures (docs/shapesworld.md,
-# "Ablation"): about 3 hours 15 minutes on 2 cores, each stage on two processes (three variants retrain every
+# "Ablation"): about 3 hours 45 minutes on 2 cores, each stage on two processes (three variants retrain every
 # MoAI stage, 35-45 minutes each with the moved modules' stage; the base trained on as long as the MoAI stages
-# took, about 56 minutes; the stage times of docs/shapesworld.md, "The trained variants of the run from nothing").
+# took, about 56 minutes, and base_pos as long as they took after it, about 36; the stage times of
+# docs/shapesworld.md, "The trained variants of the run from nothing" and the section after it).
 shapesworld-ablation: $(STAMP)
 	$(BIN)/python -m moai.recipes.variants --recipe runs/shapesworld
 	$(BIN)/python -m moai.recipes.ablation --model checkpoints/moai-tiny-shapes --base runs/shapesworld/base_pos/final \
