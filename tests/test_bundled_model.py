@@ -124,6 +124,35 @@ def test_the_sign_word_is_read_from_the_ocr_aux(world, engine):
     assert right > sum(is_correct(a.text, q["answer"]) for q, a in zip(words, blind))
 
 
+def test_the_sign_word_follows_another_scenes_ocr_aux(world, engine):
+    """Given the next scene's aux, the sign-word answers change and are read from that scene's OCR text (the
+    issue's check that the MoAI model changes its answer with another scene's aux, on the questions the aux
+    decides: the sign word is nowhere else)."""
+    questions = [q for q in _questions(world) if q["text"].startswith("What word")]
+    images = sorted(
+        {json.loads(line)["image"] for line in (world / "questions.jsonl").read_text().splitlines()}
+    )
+    perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(world / i) for i in images])))
+    other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
+    questions = [q for q in questions if other[q["image"]].text_lines]  # the other scene has words to read
+    assert questions
+    paths, texts = [world / q["image"] for q in questions], [q["text"] for q in questions]
+    own = [a.text for a in engine.answer(paths, texts)]
+    swapped = [
+        a.text for a in engine.answer(paths, texts, perceptions=[other[q["image"]] for q in questions])
+    ]
+    assert all(a.upper() != b.upper() for a, b in zip(own, swapped)), (own, swapped)
+    # read from the other scene's words: their first two letters at least (the copy is not always whole)
+    read = [
+        any(b.upper()[:2] == t.text.upper()[:2] for t in other[q["image"]].text_lines)
+        for q, b in zip(questions, swapped)
+    ]
+    assert sum(read) > len(read) / 2, (
+        swapped,
+        [[t.text for t in other[q["image"]].text_lines] for q in questions],
+    )
+
+
 def test_cached_decoding_answers_as_the_whole_sequence_does(world, engine):
     """The bundled model's mixers run in causal scope: `generate`'s `MoAICache` decode gives every fresh
     question the answer of the whole-sequence decode, multi-token sign words included, and the sign words
