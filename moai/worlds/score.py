@@ -204,44 +204,40 @@ def read_answers(path: Path, strict: bool = False) -> tuple[dict[str, str], list
 
 
 def score(questions: list[ScoredQuestion], answers: dict[str, str]) -> Score:
-    """Accuracy per category (the world's categories first, in their order, then any others) and overall."""
+    """Accuracy per category (the world's categories first, in their order, then any others) and overall, and
+    per (category, template) beside the template's majority answer's: its most common normalized right answer
+    among its questions, given to all of them."""
     names = [c for c in CATEGORIES if any(q.category == c for q in questions)]
     names += sorted({q.category for q in questions} - set(CATEGORIES))
     per_category = {c: Tally() for c in names}
     overall = Tally()
+    per_template: dict[tuple[str, str], Tally] = {}
+    truths: dict[tuple[str, str], Counter] = {}  # each template's normalized right answers
     missing = []
     for q in questions:
         given = answers.get(q.question_id)
         if given is None:
             missing.append(q.question_id)
         right = given is not None and is_correct(given, q.answer)
-        for tally in (per_category[q.category], overall):
+        key = (q.category, template_key(q.text) if q.text else NO_TEXT)
+        for tally in (per_category[q.category], overall, per_template.setdefault(key, Tally())):
             tally.total += 1
             tally.correct += right
+        truths.setdefault(key, Counter())[normalize_answer(q.answer)] += 1
     asked = {q.question_id for q in questions}
     unknown = [qid for qid in answers if qid not in asked]
-    return Score(per_category, overall, by_template(questions, answers, names), missing, unknown)
-
-
-def by_template(
-    questions: list[ScoredQuestion], answers: dict[str, str], categories: list[str]
-) -> list[TemplateScore]:
-    """Accuracy per (category, template) beside the template's majority answer's (the most common
-    normalized right answer among its questions, given to all of them)."""
-    groups: dict[tuple[str, str], list[ScoredQuestion]] = {}
-    for q in questions:
-        groups.setdefault((q.category, template_key(q.text) if q.text else NO_TEXT), []).append(q)
-    rows = []
-    for category, template in sorted(groups, key=lambda k: (categories.index(k[0]), k[1])):
-        group = groups[(category, template)]
-        common = Counter(normalize_answer(q.answer) for q in group).most_common(1)[0][0]
-        model, majority = Tally(total=len(group)), Tally(total=len(group))
-        for q in group:
-            given = answers.get(q.question_id)
-            model.correct += given is not None and is_correct(given, q.answer)
-            majority.correct += normalize_answer(q.answer) == common
-        rows.append(TemplateScore(category, template, model, majority))
-    return rows
+    templates = [
+        TemplateScore(
+            category,
+            template,
+            per_template[(category, template)],
+            Tally(
+                truths[(category, template)].most_common(1)[0][1], per_template[(category, template)].total
+            ),
+        )
+        for category, template in sorted(per_template, key=lambda k: (names.index(k[0]), k[1]))
+    ]
+    return Score(per_category, overall, templates, missing, unknown)
 
 
 def score_files(questions_path: Path, answers_path: Path, strict: bool = False) -> Score:
