@@ -61,6 +61,10 @@ class Variant:
 
 MOVED = MOVE_STAGES[-1]
 """The stage that ends every MoAI variant: its modules moved onto the recipe's ``base_pos`` and trained there."""
+BASE_POS = MOVED_ONTO[MOVED]
+"""The base the MoAI modules end on (``base_pos``)."""
+EQUAL_COMPUTE_STAGES = ("base", BASE_POS)
+"""The base stages a variant trains on for the MoAI stages' time (`equal_compute_steps`)."""
 VARIANTS = (
     Variant("reference", MOAI_STAGES[-2], (MOAI_STAGES[-1], MOVED), label="MoAI-tiny, step 2 retrained"),
     Variant(
@@ -100,8 +104,8 @@ VARIANTS = (
     ),
     Variant(
         "base-pos-equal-compute",
-        MOVED_ONTO[MOVED],
-        (MOVED_ONTO[MOVED],),
+        BASE_POS,
+        (BASE_POS,),
         label="base_pos trained on (no aux), same compute as MoAI",
     ),
 )
@@ -147,7 +151,7 @@ def equal_compute_steps(recipe: Path, stage: str = "base") -> int:
     if stage == "base":
         runs = [_summary(recipe, s) for s in BASE_STAGES]
         after = (*MOAI_STAGES, *(s for s in MOVE_STAGES if _find_summary(recipe, s) is not None))
-    elif stage == MOVED_ONTO[MOVED]:
+    elif stage == BASE_POS:
         runs, after = [_summary(recipe, stage)], (*MOAI_STAGES, MOVED)
     else:
         raise ValueError(f"no equal-compute schedule for stage {stage}")
@@ -214,7 +218,7 @@ def train_variants(
         model = str(recipe / variant.start / "final")
         stages: dict[str, dict] = {}
         for stage in variant.stages:
-            if stage in ("base", MOVED_ONTO[MOVED]):
+            if stage in EQUAL_COMPUTE_STAGES:
                 steps = equal_compute_steps(recipe, stage)
             else:
                 steps = step2_steps if stage in STEP2_STAGES else (stage_steps or {}).get(stage)
