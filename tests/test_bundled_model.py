@@ -50,6 +50,14 @@ def chance_accuracy(question: dict) -> float:
     return 0.5
 
 
+def _next_scene_perceptions(world: Path, engine: Engine, questions: list[dict]) -> dict:
+    """Each image of ``questions`` -> the perception of the next image (in sorted order, the last one's the first
+    one's): another scene's aux for every question."""
+    images = sorted({q["image"] for q in questions})
+    perceptions = engine.perceive([engine.perceiver.load(world / i) for i in images])
+    return {img: perceptions[(i + 1) % len(images)] for i, img in enumerate(images)}
+
+
 def test_checkpoint_is_small_and_complete():
     files = {p.name for p in DEFAULT_MODEL.iterdir()}
     assert {
@@ -96,9 +104,7 @@ def test_predict_then_score_beats_chance(world, tmp_path, capsys):
 def test_answers_follow_the_aux_knowledge(world, engine):
     """Another scene's aux changes many answers (the recipe's check asks for 20 % on its check set)."""
     questions = _questions(world)
-    images = sorted({q["image"] for q in questions})
-    perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(world / i) for i in images])))
-    other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
+    other = _next_scene_perceptions(world, engine, questions)
     paths, texts = [world / q["image"] for q in questions], [q["text"] for q in questions]
     own = [a.text for a in engine.answer(paths, texts)]
     swapped = [
@@ -128,13 +134,9 @@ def test_the_sign_word_follows_another_scenes_ocr_aux(world, engine):
     """Given the next scene's aux, the sign-word answers change and are read from that scene's OCR text (the
     issue's check that the MoAI model changes its answer with another scene's aux, on the questions the aux
     decides: the sign word is nowhere else)."""
-    questions = [q for q in _questions(world) if q["text"].startswith("What word")]
-    images = sorted(
-        {json.loads(line)["image"] for line in (world / "questions.jsonl").read_text().splitlines()}
-    )
-    perceptions = dict(zip(images, engine.perceive([engine.perceiver.load(world / i) for i in images])))
-    other = {img: perceptions[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
-    questions = [q for q in questions if other[q["image"]].text_lines]  # the other scene has words to read
+    every = _questions(world)
+    other = _next_scene_perceptions(world, engine, every)  # the next scene of the whole world, words or not
+    questions = [q for q in every if q["text"].startswith("What word") and other[q["image"]].text_lines]
     assert questions
     paths, texts = [world / q["image"] for q in questions], [q["text"] for q in questions]
     own = [a.text for a in engine.answer(paths, texts)]

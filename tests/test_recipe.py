@@ -341,9 +341,8 @@ def test_equal_compute_steps_read_the_recipe_record_where_a_stage_directory_is_g
     report["step2_pos"] = {"summary": {"steps": 10, "seconds": 60.0}}  # a run with the moved modules' stage
     (tmp_path / "recipe.json").write_text(json.dumps(report))
     assert variants.equal_compute_steps(tmp_path) == round(400 * (moai + 60.0) / 400)
-    report["base_pos"] = {
-        "summary": {"steps": 300, "seconds": 150.0}
-    }  # its own time and the MoAI stages' after it
+    # base_pos: its own time, and the MoAI stages' after it
+    report["base_pos"] = {"summary": {"steps": 300, "seconds": 150.0}}
     (tmp_path / "recipe.json").write_text(json.dumps(report))
     assert variants.equal_compute_steps(tmp_path, "base_pos") == round(300 * (moai + 60.0) / 150)
     with pytest.raises(ValueError, match="no equal-compute schedule for stage step1"):
